@@ -1,0 +1,39 @@
+# The front door: `make lab` brings up a working lab homeserver, `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LAYOUT ?= single
+
+.PHONY: venv lab lab-up lab-down deploy-lab test lint format
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+lab-up: venv ## boot the lab hosts (no deploy)
+	$(BIN)/python -m matrix_deploy.lab up --layout $(LAYOUT)
+
+lab-down: venv ## stop the lab and undo every change it made to this machine
+	$(BIN)/python -m matrix_deploy.lab down
+
+lab: lab-up deploy-lab ## lab-up, then the real deploy into it
+
+deploy-lab: venv
+	$(BIN)/python -m tests.mas_standin.build .lab/mas --lab-settings
+	$(BIN)/pyinfra -y inventories/lab.py deploy.py
+	$(BIN)/python -m matrix_deploy.lab welcome
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -v
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .

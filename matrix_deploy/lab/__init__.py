@@ -1,0 +1,129 @@
+"""Lab hosts: throwaway Debian 12 machines on this box (systemd-nspawn), one command away.
+
+`up()` boots the hosts of a layout and records them in `.lab/hosts.json`, which
+`inventories/lab.py` reads; `down()` removes everything `up()` created, including what a
+crashed run left behind.
+"""
+
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import image, machines, network
+from .system import STATE_DIR, LabError, ensure_host_tools, require_disk, require_root
+
+__all__ = ["LAYOUTS", "LabError", "LabHost", "down", "up", "leftovers"]
+
+ROLES = ("db", "mas", "synapse", "proxy")
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+LAB_DIR = PROJECT_DIR / ".lab"
+HOSTS_FILE = LAB_DIR / "hosts.json"
+SSH_KEY = LAB_DIR / "id_ed25519"
+LAYOUTS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "single": [("lab1", ROLES)],
+    "split": [("lab-db", ("db",)), ("lab-mas", ("mas",)), ("lab-synapse", ("synapse",)), ("lab-proxy", ("proxy",))],
+}
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+    ssh_user: str
+    ssh_key: str
+    roles: tuple[str, ...]
+
+
+def _ensure_ssh_key() -> str:
+    if not SSH_KEY.exists():
+        LAB_DIR.mkdir(exist_ok=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "matrix-deploy-lab", "-f", str(SSH_KEY)],
+            check=True,
+        )
+    return SSH_KEY.with_suffix(".pub").read_text()
+
+
+def read_hosts() -> list[LabHost]:
+    if not HOSTS_FILE.exists():
+        return []
+    return [LabHost(**{**h, "roles": tuple(h["roles"])}) for h in json.loads(HOSTS_FILE.read_text())["hosts"]]
+
+
+def _check_layout(spec: list[tuple[str, tuple[str, ...]]]) -> None:
+    names = [name for name, _ in spec]
+    if len(set(names)) != len(names):
+        raise LabError(f"lab host names must be unique, got {names}")
+    for name, roles in spec:
+        if not name.replace("-", "").isalnum() or len(name) > 11:
+            raise LabError(f"lab host name {name!r}: use letters, digits and '-', at most 11 characters")
+        unknown = set(roles) - set(ROLES)
+        if unknown:
+            raise LabError(f"lab host {name}: unknown roles {sorted(unknown)}; roles are {', '.join(ROLES)}")
+        pid = machines.foreign_with_name(name)
+        if pid:
+            raise LabError(
+                f"a container named {name} is already running (pid {pid}) and is not this lab's: stop it first"
+            )
+
+
+def up(layout: str = "single", spec: list[tuple[str, tuple[str, ...]]] | None = None, log=print) -> list[LabHost]:
+    """Boot the hosts of `layout` (or of an explicit name/roles `spec`); harmless when already up."""
+    require_root()
+    if spec is None:
+        if layout not in LAYOUTS:
+            raise LabError(f"unknown lab layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        spec = LAYOUTS[layout]
+    _check_layout(spec)
+    current = read_hosts()
+    if [(h.name, h.roles) for h in current] == [(n, tuple(r)) for n, r in spec] and len(machines.running()) == len(
+        spec
+    ):
+        log(f"lab: already up ({', '.join(h.name for h in current)})")
+        return current
+    down(log=lambda *_: None)
+    ensure_host_tools()
+    require_disk(STATE_DIR, len(spec))
+    public_key = _ensure_ssh_key()
+    img = image.ensure_image(log)
+    started = time.monotonic()
+    network.up()
+    addresses = {name: network.host_address(i) for i, (name, _) in enumerate(spec)}
+    hosts = [LabHost(name, addresses[name], "root", str(SSH_KEY), tuple(roles)) for name, roles in spec]
+    try:
+        booted = []
+        for host in hosts:
+            root = machines.prepare(host.name, host.address, addresses, public_key, img)
+            booted.append((host, machines.boot(host.name, root)))
+        for host, pid in booted:
+            machines.wait_for_ssh(host.name, host.address, pid)
+    except BaseException:
+        down(log=lambda *_: None)
+        raise
+    LAB_DIR.mkdir(exist_ok=True)
+    HOSTS_FILE.write_text(json.dumps({"layout": layout, "hosts": [asdict(h) for h in hosts]}, indent=2) + "\n")
+    log(
+        f"lab: {len(hosts)} host(s) up in {time.monotonic() - started:.1f}s: "
+        + ", ".join(f"{h.name} {h.address}" for h in hosts)
+    )
+    return hosts
+
+
+def down(log=print) -> None:
+    """Stop every lab host and undo every change the lab made to this machine; harmless when nothing is up."""
+    require_root()
+    removed = machines.stop_all() + network.down()
+    HOSTS_FILE.unlink(missing_ok=True)
+    log("lab: down" + (f" (removed {', '.join(removed)})" if removed else " (nothing was up)"))
+
+
+def leftovers() -> dict:
+    """What the lab still holds on this machine: all empty/false once `down()` has run."""
+    return {
+        **network.leftovers(),
+        "containers": sorted(machines.running().values()),
+        "disks": sorted(p.name for p in machines.MACHINES_DIR.iterdir()) if machines.MACHINES_DIR.exists() else [],
+        "hosts_file": HOSTS_FILE.exists(),
+    }

@@ -1,0 +1,148 @@
+"""Lab hosts: fresh copies of the base image, booted with systemd-nspawn on the lab bridge."""
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from . import image, network
+from .system import STATE_DIR, LabError
+
+MACHINES_DIR = STATE_DIR / "machines"
+BOOT_TIMEOUT = 90
+
+
+def _network_file(address: str) -> str:
+    dns = [
+        line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines() if line.startswith("nameserver")
+    ]
+    lines = ["[Match]", "Name=host0", "", "[Network]", f"Address={address}/24", f"Gateway={network.GATEWAY}"]
+    lines += [f"DNS={d}" for d in dns]
+    return "\n".join(lines) + "\n"
+
+
+def prepare(name: str, address: str, peers: dict[str, str], public_key: str, img: Path) -> Path:
+    """Unpack a fresh rootfs for `name` and give it its identity, address and the lab's SSH key."""
+    root = MACHINES_DIR / name
+    image.extract(img, root)
+    (root / "etc/hostname").write_text(f"{name}\n")
+    hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback", f"127.0.1.1 {name}"]
+    hosts += [f"{addr} {peer}" for peer, addr in peers.items() if peer != name]
+    (root / "etc/hosts").write_text("\n".join(hosts) + "\n")
+    (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
+    (root / "etc/systemd/network/10-lab.network").write_text(_network_file(address))
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(public_key)
+    os.chmod(ssh_dir / "authorized_keys", 0o600)
+    return root
+
+
+def boot(name: str, root: Path) -> int:
+    log = open(MACHINES_DIR / f"{name}.log", "wb")
+    proc = subprocess.Popen(
+        [
+            "systemd-nspawn",
+            "--boot",
+            "-D",
+            str(root),
+            f"--machine={name}",
+            "--register=no",
+            "--keep-unit",
+            "--console=passive",
+            f"--network-bridge={network.BRIDGE}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc.pid
+
+
+def wait_for_ssh(name: str, address: str, pid: int) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            tail = (MACHINES_DIR / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+            raise LabError(f"lab host {name} stopped while booting:\n" + "\n".join(tail))
+        try:
+            with socket.create_connection((address, 22), timeout=1) as sock:
+                if sock.recv(4).startswith(b"SSH"):
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise LabError(
+        f"lab host {name} ({address}) did not answer SSH within {BOOT_TIMEOUT}s; see {MACHINES_DIR / name}.log"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def running() -> dict[int, str]:
+    """PIDs of systemd-nspawn processes booted from the lab's machine directory, with their names."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        args = _cmdline(int(entry.name))
+        if args and args[0].endswith("systemd-nspawn") and "-D" in args:
+            root = args[args.index("-D") + 1]
+            if Path(root).parent == MACHINES_DIR:
+                found[int(entry.name)] = Path(root).name
+    return found
+
+
+def foreign_with_name(name: str) -> int | None:
+    """PID of a container called `name` that this lab did not start, if any."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            args = _cmdline(int(entry.name))
+            if args and args[0].endswith("systemd-nspawn") and f"--machine={name}" in args:
+                if int(entry.name) not in running():
+                    return int(entry.name)
+    return None
+
+
+def stop_all() -> list[str]:
+    """Power off every lab container (SIGTERM, then SIGKILL) and delete their disks."""
+    stopped = []
+    pids = running()
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for pid, name in pids.items():
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.1)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        stopped.append(f"container {name} (pid {pid})")
+    if MACHINES_DIR.exists():
+        shutil.rmtree(MACHINES_DIR)
+        stopped.append(f"disks under {MACHINES_DIR}")
+    return stopped

@@ -1,0 +1,93 @@
+"""The lab network: one bridge with a private subnet, masqueraded to reach the package mirrors.
+
+Every change to the kernel is recorded in the state directory so `down` can undo it, even after
+a crash or from a fresh clone.
+"""
+
+import json
+from pathlib import Path
+
+from .system import STATE_DIR, LabError, run
+
+BRIDGE = "mdlab0"
+NFT_TABLE = "matrix_deploy_lab"
+SUBNET = "10.99.0"  # /24; .1 is this machine, lab hosts start at .11
+GATEWAY = f"{SUBNET}.1"
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+SAVED_SYSCTL = STATE_DIR / "ip_forward.orig"
+
+NFT_RULES = f"""
+table inet {NFT_TABLE} {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr {SUBNET}.0/24 oifname != "{BRIDGE}" masquerade
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{BRIDGE}" accept
+        oifname "{BRIDGE}" ct state established,related accept
+    }}
+}}
+"""
+
+
+def host_address(index: int) -> str:
+    if not 0 <= index < 200:
+        raise LabError(f"the lab subnet {SUBNET}.0/24 holds at most 200 hosts")
+    return f"{SUBNET}.{11 + index}"
+
+
+def _link_exists(name: str) -> bool:
+    return run(["ip", "link", "show", name], check=False, quiet=True).returncode == 0
+
+
+def _route_owner() -> str | None:
+    out = run(["ip", "-4", "route", "show", f"{SUBNET}.0/24"], check=False, quiet=True).stdout
+    return out.strip() or None
+
+
+def up() -> None:
+    if not _link_exists(BRIDGE):
+        other = _route_owner()
+        if other:
+            raise LabError(f"the lab subnet {SUBNET}.0/24 is already routed on this machine ({other}); free it first")
+        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        run(["ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE])
+    run(["ip", "link", "set", BRIDGE, "up"])
+    run(["nft", "delete", "table", "inet", NFT_TABLE], check=False, quiet=True)
+    run(["nft", "-f", "-"], input=NFT_RULES)
+    if not SAVED_SYSCTL.exists():
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        SAVED_SYSCTL.write_text(IP_FORWARD.read_text())
+    IP_FORWARD.write_text("1\n")
+
+
+def down() -> list[str]:
+    """Undo everything `up` did; returns what was removed."""
+    removed = []
+    if _link_exists(BRIDGE):
+        run(["ip", "link", "delete", BRIDGE])
+        removed.append(f"bridge {BRIDGE}")
+    if run(["nft", "list", "table", "inet", NFT_TABLE], check=False, quiet=True).returncode == 0:
+        run(["nft", "delete", "table", "inet", NFT_TABLE])
+        removed.append(f"nft table inet {NFT_TABLE}")
+    if SAVED_SYSCTL.exists():
+        IP_FORWARD.write_text(SAVED_SYSCTL.read_text())
+        SAVED_SYSCTL.unlink()
+        removed.append("net.ipv4.ip_forward restored")
+    return removed
+
+
+def leftovers() -> dict:
+    """Kernel state of the lab that is still present (empty when the machine is clean)."""
+    veths = [
+        link["ifname"]
+        for link in json.loads(run(["ip", "-j", "link", "show"], quiet=True).stdout)
+        if link["ifname"].startswith("vb-") or link.get("master") == BRIDGE
+    ]
+    return {
+        "bridge": _link_exists(BRIDGE),
+        "nft_table": run(["nft", "list", "table", "inet", NFT_TABLE], check=False, quiet=True).returncode == 0,
+        "veths": veths,
+        "saved_sysctl": SAVED_SYSCTL.exists(),
+    }
