@@ -1,18 +1,45 @@
-"""The lab: whatever `make lab-up` booted, as recorded in .lab/hosts.json."""
+"""The lab: whatever `make lab-up` booted (.lab/hosts.json), deployed with the lab's settings.
 
-from matrix_deploy.lab import read_hosts
+The lab cannot download the real MAS release here, so `make lab` builds the tests' stand-in
+release into .lab/ and records its file and sha256 in .lab/mas-release.json, which is fed to the
+product's normal local-file install path below.
+"""
+
+import json
+from pathlib import Path
+
+from matrix_deploy.inventory import check
+from matrix_deploy.lab import LAB_DIR, read_hosts
 
 _hosts = read_hosts()
 if not _hosts:
     raise SystemExit("inventories/lab.py: no lab is up; run `make lab-up` first")
+_release_file = LAB_DIR / "mas-release.json"
+if not _release_file.exists():
+    raise SystemExit("inventories/lab.py: no lab MAS release; run `make lab` (it builds one into .lab/)")
+_release = json.loads(_release_file.read_text())
 
+_settings = {
+    "matrix_server_name": "lab.test",
+    "matrix_public_url": "https://matrix.lab.test/",
+    "mas_public_url": "https://auth.lab.test/",
+    "mas_release_file": _release["file"],
+    "mas_release_sha256": _release["sha256"],
+    "admin_user": "admin",
+    "secrets_dir": str(LAB_DIR / "secrets"),
+    **json.loads(Path(LAB_DIR / "settings.json").read_text() if (LAB_DIR / "settings.json").exists() else "{}"),
+}
 _ssh = {"ssh_known_hosts_file": "/dev/null", "ssh_strict_host_key_checking": "off"}
-_by_role = {
-    role: [
-        (h.address, {"ssh_user": h.ssh_user, "ssh_key": h.ssh_key, "lab_name": h.name, **_ssh})
+
+
+def _group(role):
+    return [
+        (h.address, {"ssh_user": h.ssh_user, "ssh_key": h.ssh_key, **_ssh, **_settings})
         for h in _hosts
         if role in h.roles
     ]
-    for role in ("db", "mas", "synapse", "proxy")
-}
-db, mas, synapse, proxy = (_by_role[r] for r in ("db", "mas", "synapse", "proxy"))
+
+
+db, mas, synapse, proxy = _group("db"), _group("mas"), _group("synapse"), _group("proxy")
+
+check(__file__)

@@ -1,0 +1,24 @@
+"""The whole stack, in order: PostgreSQL, MAS, Synapse, nginx, then the optional admin user.
+
+pyinfra runs each operation on every host before the next one, so in a split layout the database
+host is done (and healthy) before MAS is touched, MAS before Synapse, Synapse before nginx.
+"""
+
+from pyinfra import host
+
+from matrix_deploy import mas, nginx, postgres, synapse
+from matrix_deploy.inventory import current
+
+deployment = current()
+roles = deployment.settings.placement.roles_of(host.name)
+
+if "db" in roles:
+    postgres.install(deployment)
+if "mas" in roles:
+    mas.install(deployment)
+if "synapse" in roles:
+    synapse.install(deployment)
+if "proxy" in roles:
+    nginx.install(deployment)
+if "mas" in roles and deployment.settings.admin_user:
+    mas.admin_user(deployment)

@@ -1,0 +1,53 @@
+# Every setting of matrix-deploy with its default, one line each. Override any of them in an
+# inventory (group data of `all`, or a group such as `synapse`) or in group_data/<group>.py.
+# Settings are checked before any host is contacted; the README mirrors this file.
+
+# The homeserver's name: the part after ':' in user IDs (@alice:example.org). Required.
+matrix_server_name = None
+# Public URL of the client and federation APIs (nginx); default https://matrix.<server name>/.
+matrix_public_url = None
+# Public URL of MAS, its OIDC issuer and login pages; default https://auth.<server name>/.
+mas_public_url = None
+
+# How Synapse delegates authentication to MAS: "native" (matrix_authentication_service, Synapse >= 1.136).
+auth_mode = "native"
+
+# Synapse release installed from PyPI into /opt/synapse/<version>.
+synapse_version = "1.163.2"
+# Synapse's HTTP listener (client + federation + /_synapse/mas), bound to localhost or the internal address.
+synapse_port = 8008
+# Extra homeserver.yaml settings merged over the rendered ones (settings Synapse forbids beside MAS are refused).
+synapse_extra_config = {}
+
+# MAS release installed under /opt/matrix-authentication-service/<version>.
+mas_version = "1.22.0"
+# Where the release tarball comes from: a URL fetched by the host ({version} is filled in)...
+mas_release_url = "https://github.com/element-hq/matrix-authentication-service/releases/download/v{version}/mas-cli-x86_64-linux.tar.gz"
+# ...or a file on the operator's machine uploaded to the hosts (air-gapped hosts); wins over the URL when set.
+mas_release_file = None
+# sha256 of the release tarball (MAS publishes none: pin the one you checked). Required.
+mas_release_sha256 = None
+# MAS's public web listener (OAuth, compat login, pages), proxied by nginx.
+mas_port = 8080
+# MAS's internal listener (/health), never proxied.
+mas_health_port = 8081
+# Extra MAS config.yaml settings merged over the rendered ones.
+mas_extra_config = {}
+
+# PostgreSQL major version of the hosts' Debian release (15 on Debian 12).
+postgres_version = 15
+# PostgreSQL's port.
+postgres_port = 5432
+
+# TLS certificate and key files on the operator's machine; unset: a self-signed certificate made on the proxy.
+tls_certificate = None
+tls_certificate_key = None
+
+# Initial MAS admin user (localpart) created once; its password is generated into the secrets store.
+admin_user = None
+
+# Where the per-inventory secrets store lives on the operator's machine (relative to the working directory).
+secrets_dir = ".secrets"
+
+# Address other hosts of the deployment use to reach this host (split layouts); default: its inventory name.
+internal_address = None

@@ -1,0 +1,49 @@
+"""Config files that only go live once their service's own checker accepts them."""
+
+import shlex
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.facts.files import Sha1File
+from pyinfra.operations import files, server
+
+
+def install_checked(path: str, content: str, check: str, user: str, group: str, mode: str, service: str):
+    """
+    Stage `content` beside `path`, then put it live only if `check` (run against the live path)
+    passes; otherwise restore the previous file and fail with the checker's output.
+
+    The running service never sees a rejected file, and a rejected candidate is removed so the
+    next run checks it again instead of taking it for installed. Returns the operation that put
+    the file live (did_change() means the service must restart).
+    """
+    candidate = f"{path}.candidate"
+    staged = files.put(
+        name=f"Stage {path}",
+        src=StringIO(content),
+        dest=candidate,
+        user="root",
+        group=group,
+        mode="640",
+    )
+    # A run that died between staging and installing left them different: install anyway.
+    differs = host.get_fact(Sha1File, path=candidate) != host.get_fact(Sha1File, path=path)
+    p, c = shlex.quote(path), shlex.quote(candidate)
+    script = f"""
+set -e
+if [ -e {p} ]; then cp -p {p} {p}.previous; else rm -f {p}.previous; fi
+install -o {user} -g {group} -m {mode} {c} {p}
+if ! out=$({check} 2>&1); then
+    if [ -e {p}.previous ]; then mv {p}.previous {p}; else rm -f {p}; fi
+    rm -f {c}
+    echo "{service}: the new {path} was rejected by its checker; the running service keeps the old one:" >&2
+    echo "$out" >&2
+    exit 1
+fi
+rm -f {p}.previous
+"""
+    return server.shell(
+        name=f"Check and install {path}",
+        commands=[script],
+        _if=lambda: staged.did_change() or differs,
+    )

@@ -1,0 +1,213 @@
+"""matrix-authentication-service: a pinned, sha256-verified release, its config, database and unit."""
+
+import copy
+
+import yaml
+from jinja2 import FileSystemLoader
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File, FileContents
+from pyinfra.operations import files, server
+
+from . import restarts
+from .config_files import install_checked
+from .inventory import Deployment
+from .paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_USER, STATE, TEMPLATES
+from .secret_files import secret_file
+
+SECRET_FILES = {
+    # file name in /etc/mas/secrets -> secrets store entry
+    "matrix_secret": "matrix_shared_secret",
+    "database_password": "mas_db_password",
+    "encryption_key": "mas_encryption_key",
+    "signing_rsa.pem": "mas_signing_key_rsa",
+    "signing_ec.pem": "mas_signing_key_ec",
+}
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def config(d: Deployment) -> dict:
+    """MAS's config.yaml: secrets by file, Synapse and PostgreSQL by their internal addresses."""
+    s, p = d.settings, d.settings.placement
+    listen = p.listen(p.mas, [p.synapse, *p.proxy])
+    trusted = sorted({"127.0.0.1/8", "::1/128"} | {f"{p.addresses[h]}/32" for h in p.proxy if h != p.mas})
+    base = {
+        "http": {
+            "public_base": s.mas_public_url,
+            "issuer": s.mas_public_url,
+            "trusted_proxies": trusted,
+            "listeners": [
+                {
+                    "name": "web",
+                    "resources": [{"name": r} for r in ("discovery", "human", "oauth", "compat", "graphql", "assets")],
+                    "binds": [{"host": a, "port": s.mas_port} for a in listen],
+                },
+                {
+                    "name": "internal",
+                    "resources": [{"name": "health"}],
+                    "binds": [{"host": "127.0.0.1", "port": s.mas_health_port}],
+                },
+            ],
+        },
+        "database": {
+            "host": p.reach(p.mas, p.db),
+            "port": s.postgres_port,
+            "username": "mas",
+            "password_file": f"{MAS_SECRETS}/database_password",
+            "database": "mas",
+        },
+        "secrets": {
+            "encryption_file": f"{MAS_SECRETS}/encryption_key",
+            "keys": [
+                {"kid": "rsa", "key_file": f"{MAS_SECRETS}/signing_rsa.pem"},
+                {"kid": "ec", "key_file": f"{MAS_SECRETS}/signing_ec.pem"},
+            ],
+        },
+        "matrix": {
+            "kind": "synapse",
+            "homeserver": s.server_name,
+            "endpoint": f"http://{p.reach(p.mas, p.synapse)}:{s.synapse_port}/",
+            "secret_file": f"{MAS_SECRETS}/matrix_secret",
+        },
+        "passwords": {"enabled": True},
+    }
+    return deep_merge(base, s.mas_extra_config)
+
+
+def render_config(d: Deployment) -> str:
+    return "# Managed by matrix-deploy: edit the settings, not this file.\n" + yaml.safe_dump(
+        config(d), default_flow_style=False, sort_keys=False
+    )
+
+
+def _release(d: Deployment):
+    """Put the release tarball on the host and unpack it into /opt/mas/<version> once, sha256 checked."""
+    release = d.settings.mas
+    archive = f"{STATE}/downloads/{release.archive_name}"
+    target = f"{MAS_HOME}/{release.version}"
+    files.directory(name="MAS download directory", path=f"{STATE}/downloads", mode="700")
+    if release.file:
+        fetched = files.put(
+            name=f"Upload MAS {release.version} release", src=str(release.file), dest=archive, mode="600"
+        )
+    else:
+        fetched = files.download(
+            name=f"Download MAS {release.version} release", src=release.url, dest=archive, sha256sum=release.sha256
+        )
+    unpacked = host.get_fact(FileContents, path=f"{target}/.release-sha256") == [release.sha256]
+    unpack = server.shell(
+        name=f"Unpack MAS {release.version} into {target}",
+        commands=[
+            f"""
+set -e
+if ! echo "{release.sha256}  {archive}" | sha256sum -c --quiet - >/dev/null 2>&1; then
+    echo "MAS release {archive}: sha256 is $(sha256sum {archive} | cut -d' ' -f1), expected {release.sha256} (mas_release_sha256)" >&2
+    rm -f {archive}
+    exit 1
+fi
+rm -rf {target}.partial
+mkdir -p {target}.partial
+tar -xzf {archive} -C {target}.partial
+test -x {target}.partial/mas-cli
+echo {release.sha256} > {target}.partial/.release-sha256
+rm -rf {target}
+mv {target}.partial {target}
+"""
+        ],
+        _if=lambda: fetched.did_change() or not unpacked,
+    )
+    link = files.link(name=f"MAS {release.version} is the current release", path=MAS_CURRENT, target=target)
+    return [unpack, link]
+
+
+@deploy("matrix-authentication-service")
+def install(d: Deployment):
+    server.group(name="MAS group", group=MAS_USER, system=True)
+    server.user(
+        name="MAS system user", user=MAS_USER, group=MAS_USER, system=True, home=MAS_HOME,
+        create_home=False, shell="/usr/sbin/nologin",
+    )  # fmt: skip
+    files.directory(name="MAS home", path=MAS_HOME, user="root", group="root", mode="755")
+    files.directory(name="MAS config directory", path=MAS_ETC, user="root", group=MAS_USER, mode="750")
+    files.directory(name="MAS secrets directory", path=MAS_SECRETS, user="root", group=MAS_USER, mode="750")
+    changes = _release(d)
+    for name, secret in SECRET_FILES.items():
+        changes.append(
+            secret_file(
+                name=f"MAS secret {name}",
+                path=f"{MAS_SECRETS}/{name}",
+                content=d.secrets[secret].strip() + "\n",
+                user=MAS_USER,
+                group=MAS_USER,
+                mode="400",
+            )  # fmt: skip
+        )
+    changes.append(
+        install_checked(
+            MAS_CONFIG,
+            render_config(d),
+            check=f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli config check --config {MAS_CONFIG}",
+            user="root",
+            group=MAS_USER,
+            mode="640",
+            service="MAS",
+        )  # fmt: skip
+    )
+    changes.append(
+        files.template(
+            name="MAS systemd unit",
+            src=str(TEMPLATES / "mas/mas.service.j2"),
+            dest="/etc/systemd/system/mas.service",
+            jinja_env_kwargs={"loader": FileSystemLoader(str(TEMPLATES))},
+            service_user=MAS_USER,
+            current=MAS_CURRENT,
+            config=MAS_CONFIG,
+        )  # fmt: skip
+    )
+    marked = restarts.mark("mas", changes)
+    cli = f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli"
+    server.shell(
+        name="MAS database migrations and config sync",
+        commands=[f"{cli} database migrate --config {MAS_CONFIG}", f"{cli} config sync --config {MAS_CONFIG}"],
+        _if=restarts.due("mas", marked),
+    )
+    restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_health_port}/health", marked)
+
+
+@deploy("MAS admin user")
+def admin_user(d: Deployment):
+    """Create the initial admin once; its password is sent as a file, never on a command line."""
+    user = d.settings.admin_user
+    password_file = f"{MAS_SECRETS}/admin_password"
+    secret_file(name="MAS admin password", path=password_file, content=d.secrets["admin_password"],
+                user="root", group="root", mode="400")  # fmt: skip
+    done = f"{STATE}/admin-user-{user}"
+    if host.get_fact(File, path=done):
+        return
+    server.shell(
+        name=f"Register MAS admin user {user}",
+        commands=[
+            f"""
+set -e
+cd {MAS_CURRENT}
+if out=$(runuser -u {MAS_USER} -- ./mas-cli manage register-user --config {MAS_CONFIG} --yes --admin \\
+        --ignore-password-complexity --username {user} --password "$(cat {password_file})" 2>&1); then
+    :
+elif echo "$out" | grep -qi "already exists"; then
+    echo "MAS user {user} already exists; left as it is"
+else
+    echo "$out" >&2; exit 1
+fi
+touch {done}
+"""
+        ],
+    )

@@ -1,0 +1,24 @@
+"""Where things live on the hosts and in this repository, named once."""
+
+from pathlib import Path
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+STATE = "/var/lib/matrix-deploy"
+
+MAS_USER = "mas"
+MAS_HOME = "/opt/mas"  # releases in /opt/mas/<version>, the running one linked as /opt/mas/current
+MAS_CURRENT = f"{MAS_HOME}/current"
+MAS_ETC = "/etc/mas"
+MAS_CONFIG = f"{MAS_ETC}/config.yaml"
+MAS_SECRETS = f"{MAS_ETC}/secrets"
+
+SYNAPSE_USER = "synapse"
+SYNAPSE_HOME = "/opt/synapse"  # one virtualenv per version in /opt/synapse/<version>, linked as current
+SYNAPSE_CURRENT = f"{SYNAPSE_HOME}/current"
+SYNAPSE_ETC = "/etc/synapse"
+SYNAPSE_CONFIG = f"{SYNAPSE_ETC}/homeserver.yaml"
+SYNAPSE_SECRETS = f"{SYNAPSE_ETC}/secrets"
+SYNAPSE_DATA = "/var/lib/synapse"
+
+NGINX_SITE = "/etc/nginx/conf.d/matrix-deploy.conf"
+NGINX_TLS = "/etc/nginx/tls"

@@ -1,0 +1,58 @@
+"""Restarts that happen once, in order, only when something the service reads changed.
+
+A restart that is due is recorded on the host (a marker file) before anything else happens, so a
+run that dies before restarting leaves the marker and the next run still restarts the service:
+pyinfra forgets what changed, the host does not.
+"""
+
+from pyinfra import host
+from pyinfra.facts.files import File
+from pyinfra.operations import files, server
+from pyinfra.operations.util import any_changed
+
+MARKERS = "/var/lib/matrix-deploy/restart-pending"
+
+
+def mark(service: str, changes: list):
+    """Record that `service` must restart when any of the `changes` operations changed something."""
+    return files.file(
+        name=f"Record that {service} must restart",
+        path=f"{MARKERS}/{service}",
+        present=True,
+        touch=False,
+        create_remote_dir=True,
+        _if=any_changed(*changes),
+    )
+
+
+def due(service: str, marked):
+    """A condition for `_if`: a restart of `service` is pending (from this run or an interrupted one)."""
+    pending = bool(host.get_fact(File, path=f"{MARKERS}/{service}"))
+    return lambda: pending or marked.did_change()
+
+
+def restart(service: str, unit: str, ready: str, marked, action: str = "restart"):
+    """Restart `unit` if a restart is pending, wait until `ready` succeeds, then clear the marker.
+
+    `ready` is a shell command retried for up to 90 s; on failure the unit's journal is shown and
+    the deploy stops here, so later services are not touched.
+    """
+    marker = f"{MARKERS}/{service}"
+    script = f"""
+set -e
+systemctl daemon-reload
+systemctl enable --quiet {unit}
+systemctl {action} {unit}
+for i in $(seq 90); do
+    if {ready} >/dev/null 2>&1; then rm -f {marker}; exit 0; fi
+    sleep 1
+done
+echo "{service} did not become healthy after {action}: {ready}" >&2
+journalctl -u {unit} -n 40 --no-pager >&2 || true
+exit 1
+"""
+    return server.shell(
+        name=f"Restart {service} and wait until it is healthy",
+        commands=[script],
+        _if=due(service, marked),
+    )

@@ -1,0 +1,384 @@
+"""The deployment's settings: read once from inventory and group data, checked, and frozen.
+
+Every problem is collected and reported together, each naming the setting, the bad value and
+what is expected, before any host is contacted.
+"""
+
+import difflib
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROLES = ("db", "mas", "synapse", "proxy")
+SINGLE_INSTANCE_ROLES = ("db", "mas", "synapse")
+AUTH_MODES = ("native",)
+# The first Synapse with the `matrix_authentication_service` section.
+NATIVE_MIN_SYNAPSE = (1, 136, 0)
+# Settings Synapse refuses beside MAS, or that this deployment renders itself.
+SYNAPSE_FORBIDDEN = {
+    "enable_registration": "registration is handled by MAS",
+    "enable_registration_without_verification": "registration is handled by MAS",
+    "registration_requires_3pid": "registration is handled by MAS",
+    "password_config": "passwords are handled by MAS",
+    "enable_3pid_changes": "3PID changes are handled by MAS",
+    "enable_registration_captcha": "captcha is handled by MAS",
+    "recaptcha_public_key": "captcha is handled by MAS",
+    "recaptcha_private_key": "captcha is handled by MAS",
+    "user_consent": "Synapse refuses user_consent beside MAS",
+    "oidc_providers": "SSO is configured in MAS (upstream_oauth2)",
+    "oidc_config": "SSO is configured in MAS (upstream_oauth2)",
+    "saml2_config": "SSO is configured in MAS",
+    "cas_config": "SSO is configured in MAS",
+    "jwt_config": "SSO is configured in MAS",
+    "sso": "SSO is configured in MAS",
+    "password_providers": "authentication is handled by MAS",
+    "login_via_existing_session": "Synapse refuses it beside MAS",
+    "session_lifetime": "token lifetimes are handled by MAS",
+    "refresh_access_token_lifetime": "token lifetimes are handled by MAS",
+    "refreshable_access_token_lifetime": "token lifetimes are handled by MAS",
+    "nonrefreshable_access_token_lifetime": "token lifetimes are handled by MAS",
+    "experimental_features": "msc3861 is chosen with the auth_mode setting",
+    "matrix_authentication_service": "it is rendered from the MAS settings",
+    "server_name": "set matrix_server_name instead",
+    "public_baseurl": "set matrix_public_url instead",
+    "database": "the database is managed by this deployment",
+    "listeners": "set synapse_port instead",
+    "signing_key_path": "the signing key comes from the secrets store",
+    "macaroon_secret_key": "it comes from the secrets store",
+    "form_secret": "it comes from the secrets store",
+    "macaroon_secret_key_path": "it comes from the secrets store",
+    "form_secret_path": "it comes from the secrets store",
+    "registration_shared_secret": "registration is handled by MAS",
+}
+MAS_FORBIDDEN = {
+    "matrix": "it is rendered from the Synapse settings and the shared secret",
+    "database": "the database is managed by this deployment",
+    "secrets": "the secrets come from the secrets store",
+}
+HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+OUR_PREFIXES = ("matrix_", "mas_", "synapse_", "postgres_", "tls_", "admin_", "auth_", "secrets_")
+
+
+class SettingsError(Exception):
+    """One or more settings are wrong; `problems` lists each, ready to print."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class MasRelease:
+    version: str
+    sha256: str
+    url: str | None  # fetched by the host
+    file: Path | None  # uploaded from the operator's machine
+
+    @property
+    def archive_name(self) -> str:
+        return f"mas-cli-{self.version}-{self.sha256[:12]}.tar.gz"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which inventory host runs each role, and how the others reach it."""
+
+    db: str
+    mas: str
+    synapse: str
+    proxy: tuple[str, ...]
+    addresses: dict[str, str] = field(hash=False)
+
+    def reach(self, client: str, server: str) -> str:
+        """Address `client` uses to talk to `server`: loopback when they are the same host."""
+        return "127.0.0.1" if client == server else self.addresses[server]
+
+    def listen(self, server: str, clients: list[str]) -> list[str]:
+        """Addresses a service on `server` binds: loopback, plus its internal address for remote clients."""
+        remote = any(c != server for c in clients)
+        return ["127.0.0.1", self.addresses[server]] if remote else ["127.0.0.1"]
+
+    def roles_of(self, host: str) -> set[str]:
+        roles = {r for r in SINGLE_INSTANCE_ROLES if getattr(self, r) == host}
+        return roles | ({"proxy"} if host in self.proxy else set())
+
+
+@dataclass(frozen=True)
+class Settings:
+    server_name: str
+    public_url: str  # with a trailing slash
+    mas_public_url: str
+    auth_mode: str
+    synapse_version: str
+    synapse_port: int
+    synapse_extra_config: dict[str, Any] = field(hash=False)
+    mas: MasRelease
+    mas_port: int
+    mas_health_port: int
+    mas_extra_config: dict[str, Any] = field(hash=False)
+    postgres_version: int
+    postgres_port: int
+    tls_certificate: Path | None
+    tls_certificate_key: Path | None
+    admin_user: str | None
+    secrets_dir: Path
+    placement: Placement
+
+    @property
+    def public_host(self) -> str:
+        return urlsplit(self.public_url).hostname
+
+    @property
+    def mas_public_host(self) -> str:
+        return urlsplit(self.mas_public_url).hostname
+
+
+DEPLOYMENT_KEYS = (
+    "matrix_server_name",
+    "matrix_public_url",
+    "mas_public_url",
+    "auth_mode",
+    "synapse_version",
+    "synapse_port",
+    "synapse_extra_config",
+    "mas_version",
+    "mas_release_url",
+    "mas_release_file",
+    "mas_release_sha256",
+    "mas_port",
+    "mas_health_port",
+    "mas_extra_config",
+    "postgres_version",
+    "postgres_port",
+    "tls_certificate",
+    "tls_certificate_key",
+    "admin_user",
+    "secrets_dir",
+)
+HOST_KEYS = ("internal_address",)
+
+
+class _Checker:
+    """Reads settings from a data mapping, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.data = data
+        self.problems: list[str] = []
+
+    def bad(self, key: str, value: Any, expected: str) -> None:
+        self.problems.append(f"{key} = {value!r}: expected {expected}")
+
+    def text(self, key: str, pattern: re.Pattern | None = None, expected: str = "", required: bool = True):
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                self.problems.append(f"{key} is not set: expected {expected or 'a value'}")
+            return None
+        if not isinstance(value, str) or (pattern and not pattern.match(value)):
+            self.bad(key, value, expected or "a string")
+            return None
+        return value
+
+    def port(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            self.bad(key, value, "a TCP port number between 1 and 65535")
+            return None
+        return value
+
+    def url(self, key: str, default: str | None) -> str | None:
+        value = self.data.get(key) or default
+        if value is None:
+            return None
+        parts = urlsplit(value) if isinstance(value, str) else None
+        if not parts or parts.scheme != "https" or not parts.hostname or not HOSTNAME.match(parts.hostname):
+            self.bad(key, value, "an https URL with a host name, like https://matrix.example.org/")
+            return None
+        if parts.query or parts.fragment or parts.path not in ("", "/"):
+            self.bad(key, value, "a bare https://host[:port]/ URL without path, query or fragment")
+            return None
+        return f"https://{parts.netloc}/"
+
+    def version(self, key: str) -> str | None:
+        return self.text(key, VERSION, "a release version like 1.2.3")
+
+    def file(self, key: str) -> Path | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        path = Path(value).expanduser() if isinstance(value, (str, Path)) else None
+        if path is None or not path.is_file():
+            self.bad(key, value, "an existing file on this machine")
+            return None
+        try:
+            path.open("rb").close()
+        except OSError as error:
+            self.bad(key, value, f"a readable file ({error.strerror})")
+            return None
+        return path.resolve()
+
+    def mapping(self, key: str, forbidden: dict[str, str]) -> dict:
+        value = self.data.get(key) or {}
+        if not isinstance(value, dict):
+            self.bad(key, value, "a mapping of config keys to values")
+            return {}
+        for name in value:
+            if name in forbidden:
+                self.problems.append(f"{key}.{name}: not allowed ({forbidden[name]})")
+        return value
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unknown_keys(data: dict[str, Any], known: set[str]) -> list[str]:
+    problems = []
+    for key in data:
+        if key.startswith(OUR_PREFIXES) and key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(f"{key}: unknown setting{hint}")
+    return problems
+
+
+def _placement(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]], problems: list[str]):
+    chosen: dict[str, list[str]] = {}
+    for role in ROLES:
+        members = groups.get(role, [])
+        if not members:
+            problems.append(
+                f"role {role}: no host is in the {role!r} group; expected exactly one host"
+                + ("" if role in SINGLE_INSTANCE_ROLES else " or more")
+            )
+        elif role in SINGLE_INSTANCE_ROLES and len(members) > 1:
+            problems.append(f"role {role}: {len(members)} hosts ({', '.join(members)}); expected exactly one host")
+        chosen[role] = members
+    addresses = {}
+    for name, data in hosts.items():
+        value = data.get("internal_address") or name
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not isinstance(value, str) or not HOSTNAME.match(value):
+                problems.append(f"internal_address of host {name} = {value!r}: expected an IP address or host name")
+        addresses[name] = value
+    if any(not chosen[r] or (r in SINGLE_INSTANCE_ROLES and len(chosen[r]) != 1) for r in ROLES):
+        return None
+    return Placement(chosen["db"][0], chosen["mas"][0], chosen["synapse"][0], tuple(chosen["proxy"]), addresses)
+
+
+def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Settings:
+    """Build the settings from each host's merged data and the role groups; raise SettingsError listing every problem."""
+    problems: list[str] = []
+    if not hosts:
+        raise SettingsError(["the inventory has no hosts: put hosts in the db, mas, synapse and proxy groups"])
+    names = list(hosts)
+    first = hosts[names[0]]
+    for name in names[1:]:
+        for key in DEPLOYMENT_KEYS:
+            if hosts[name].get(key) != first.get(key):
+                problems.append(
+                    f"{key} differs between hosts {names[0]} ({first.get(key)!r}) and {name} ({hosts[name].get(key)!r}): "
+                    "expected one value for the whole deployment (set it in group data for all)"
+                )
+    for data in hosts.values():
+        for problem in _unknown_keys(data, set(DEPLOYMENT_KEYS) | set(HOST_KEYS)):
+            if problem not in problems:
+                problems.append(problem)
+
+    c = _Checker(first)
+    server_name = c.text("matrix_server_name", HOSTNAME, "a DNS name like example.org (lower case, no scheme, no port)")
+    public_url = c.url("matrix_public_url", f"https://matrix.{server_name}/" if server_name else None)
+    mas_public_url = c.url("mas_public_url", f"https://auth.{server_name}/" if server_name else None)
+    if public_url and mas_public_url and urlsplit(public_url).netloc == urlsplit(mas_public_url).netloc:
+        problems.append(
+            f"mas_public_url = {mas_public_url!r}: expected a host name of its own, not the one of matrix_public_url"
+        )
+    auth_mode = c.text("auth_mode", expected=f"one of {', '.join(AUTH_MODES)}")
+    if auth_mode is not None and auth_mode not in AUTH_MODES:
+        c.bad("auth_mode", auth_mode, f"one of {', '.join(AUTH_MODES)}")
+    synapse_version = c.version("synapse_version")
+    if synapse_version and auth_mode == "native" and version_tuple(synapse_version) < NATIVE_MIN_SYNAPSE:
+        c.bad(
+            "synapse_version",
+            synapse_version,
+            "1.136.0 or newer with auth_mode 'native' (matrix_authentication_service)",
+        )
+    mas_version = c.version("mas_version")
+    sha = c.text("mas_release_sha256", SHA256, "the release tarball's sha256: 64 lower-case hex digits")
+    release_file = c.file("mas_release_file")
+    release_url = None
+    if release_file is None and first.get("mas_release_file") is None:
+        release_url = c.text("mas_release_url", expected="an http(s) URL of the MAS release tarball")
+        if release_url and urlsplit(release_url).scheme not in ("http", "https"):
+            c.bad("mas_release_url", release_url, "an http(s) URL of the MAS release tarball")
+            release_url = None
+        elif release_url and mas_version:
+            release_url = release_url.replace("{version}", mas_version)
+    if release_file and sha and sha256_of(release_file) != sha:
+        problems.append(
+            f"mas_release_file {release_file}: its sha256 is {sha256_of(release_file)}, but mas_release_sha256 = {sha}; "
+            "expected the file the checksum was pinned for"
+        )
+    ports = {key: c.port(key) for key in ("synapse_port", "mas_port", "mas_health_port", "postgres_port")}
+    seen: dict[int, str] = {443: "nginx (https)", 80: "nginx (http)"}
+    for key, port in ports.items():
+        if port in seen:
+            problems.append(f"{key} = {port}: already used by {seen[port]}; expected a port of its own")
+        elif port:
+            seen[port] = key
+    postgres_version = first.get("postgres_version")
+    if isinstance(postgres_version, bool) or not isinstance(postgres_version, int) or not 12 <= postgres_version <= 30:
+        c.bad("postgres_version", postgres_version, "a PostgreSQL major version such as 15")
+    cert, key = c.file("tls_certificate"), c.file("tls_certificate_key")
+    if (first.get("tls_certificate") is None) != (first.get("tls_certificate_key") is None):
+        problems.append(
+            "tls_certificate and tls_certificate_key: expected both set (your certificate) or neither (self-signed)"
+        )
+    admin_user = c.text("admin_user", LOCALPART, "a user name (localpart) of a-z, 0-9 and ._=/+-", required=False)
+    secrets_dir = first.get("secrets_dir")
+    if not isinstance(secrets_dir, str) or not secrets_dir:
+        c.bad("secrets_dir", secrets_dir, "a directory path on this machine")
+    synapse_extra = c.mapping("synapse_extra_config", SYNAPSE_FORBIDDEN)
+    mas_extra = c.mapping("mas_extra_config", MAS_FORBIDDEN)
+    placement = _placement(hosts, groups, problems)
+
+    problems = problems + c.problems
+    if problems:
+        raise SettingsError(problems)
+    return Settings(
+        server_name=server_name,
+        public_url=public_url,
+        mas_public_url=mas_public_url,
+        auth_mode=auth_mode,
+        synapse_version=synapse_version,
+        synapse_port=ports["synapse_port"],
+        synapse_extra_config=synapse_extra,
+        mas=MasRelease(mas_version, sha, release_url, release_file),
+        mas_port=ports["mas_port"],
+        mas_health_port=ports["mas_health_port"],
+        mas_extra_config=mas_extra,
+        postgres_version=postgres_version,
+        postgres_port=ports["postgres_port"],
+        tls_certificate=cert,
+        tls_certificate_key=key,
+        admin_user=admin_user,
+        secrets_dir=Path(secrets_dir),
+        placement=placement,
+    )

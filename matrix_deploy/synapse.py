@@ -1,0 +1,172 @@
+"""Synapse from PyPI in a per-version virtualenv, delegating authentication to MAS."""
+
+import yaml
+from jinja2 import FileSystemLoader
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server
+
+from . import restarts
+from .config_files import install_checked
+from .inventory import Deployment
+from .mas import deep_merge
+from .paths import (
+    SYNAPSE_CONFIG,
+    SYNAPSE_CURRENT,
+    SYNAPSE_DATA,
+    SYNAPSE_ETC,
+    SYNAPSE_HOME,
+    SYNAPSE_SECRETS,
+    SYNAPSE_USER,
+    TEMPLATES,
+)
+from .secret_files import secret_file
+
+PSYCOPG2 = "psycopg2-binary>=2.9,<3"
+
+
+def secret_contents(d: Deployment) -> dict[str, str]:
+    """Files in /etc/synapse/secrets and what they hold."""
+    s, p = d.settings, d.settings.placement
+    db_host = p.reach(p.synapse, p.db)
+    return {
+        "signing.key": d.secrets["synapse_signing_key"],
+        "macaroon_secret_key": d.secrets["synapse_macaroon_secret_key"] + "\n",
+        "form_secret": d.secrets["synapse_form_secret"] + "\n",
+        "mas_secret": d.secrets["matrix_shared_secret"] + "\n",
+        # libpq's password file: host:port:database:user:password
+        "pgpass": f"{db_host}:{s.postgres_port}:synapse:synapse:{d.secrets['synapse_db_password']}\n",
+    }
+
+
+def config(d: Deployment) -> dict:
+    """homeserver.yaml: MAS delegation, PostgreSQL, a listener for the proxy and MAS, secrets by path."""
+    s, p = d.settings, d.settings.placement
+    base = {
+        "server_name": s.server_name,
+        "public_baseurl": s.public_url,
+        "report_stats": False,
+        "listeners": [
+            {
+                "port": s.synapse_port,
+                "bind_addresses": p.listen(p.synapse, [p.mas, *p.proxy]),
+                "type": "http",
+                "tls": False,
+                "x_forwarded": True,
+                "resources": [{"names": ["client", "federation"], "compress": False}],
+            }
+        ],
+        "database": {
+            "name": "psycopg2",
+            "args": {
+                "user": "synapse",
+                "dbname": "synapse",
+                "host": p.reach(p.synapse, p.db),
+                "port": s.postgres_port,
+                "passfile": f"{SYNAPSE_SECRETS}/pgpass",
+                "cp_min": 5,
+                "cp_max": 10,
+            },
+        },
+        "log_config": f"{SYNAPSE_ETC}/log.yaml",
+        "media_store_path": f"{SYNAPSE_DATA}/media_store",
+        "signing_key_path": f"{SYNAPSE_SECRETS}/signing.key",
+        "macaroon_secret_key_path": f"{SYNAPSE_SECRETS}/macaroon_secret_key",
+        "form_secret_path": f"{SYNAPSE_SECRETS}/form_secret",
+        "trusted_key_servers": [{"server_name": "matrix.org"}],
+        "suppress_key_server_warning": True,
+        "matrix_authentication_service": {
+            "enabled": True,
+            "endpoint": f"http://{p.reach(p.synapse, p.mas)}:{s.mas_port}/",
+            "secret_path": f"{SYNAPSE_SECRETS}/mas_secret",
+        },
+    }
+    return deep_merge(base, s.synapse_extra_config)
+
+
+def render_config(d: Deployment) -> str:
+    return "# Managed by matrix-deploy: edit the settings, not this file.\n" + yaml.safe_dump(
+        config(d), default_flow_style=False, sort_keys=False
+    )
+
+
+def _virtualenv(version: str):
+    """Install Synapse into /opt/synapse/<version> once; a half-done install is redone."""
+    venv = f"{SYNAPSE_HOME}/{version}"
+    if host.get_fact(File, path=f"{venv}/.complete"):
+        installed = None
+    else:
+        installed = server.shell(
+            name=f"Install Synapse {version} into {venv}",
+            commands=[
+                f"rm -rf {venv} && python3 -m venv {venv}"
+                f" && {venv}/bin/pip install --quiet --disable-pip-version-check 'matrix-synapse=={version}' '{PSYCOPG2}'"
+                f" && touch {venv}/.complete"
+            ],
+        )
+    link = files.link(name=f"Synapse {version} is the current version", path=SYNAPSE_CURRENT, target=venv)
+    return [op for op in (installed, link) if op is not None]
+
+
+@deploy("Synapse")
+def install(d: Deployment):
+    s = d.settings
+    apt.packages(name="Python venv for Synapse", packages=["python3-venv", "curl"], update=True, cache_time=3600)
+    server.group(name="Synapse group", group=SYNAPSE_USER, system=True)
+    server.user(
+        name="Synapse system user", user=SYNAPSE_USER, group=SYNAPSE_USER, system=True, home=SYNAPSE_DATA,
+        create_home=False, shell="/usr/sbin/nologin",
+    )  # fmt: skip
+    files.directory(name="Synapse home", path=SYNAPSE_HOME, user="root", group="root", mode="755")
+    files.directory(name="Synapse data", path=SYNAPSE_DATA, user=SYNAPSE_USER, group=SYNAPSE_USER, mode="750")
+    files.directory(name="Synapse config directory", path=SYNAPSE_ETC, user="root", group=SYNAPSE_USER, mode="750")
+    files.directory(name="Synapse secrets directory", path=SYNAPSE_SECRETS, user="root", group=SYNAPSE_USER, mode="750")
+    changes = _virtualenv(s.synapse_version)
+    for name, content in secret_contents(d).items():
+        changes.append(
+            secret_file(
+                name=f"Synapse secret {name}",
+                path=f"{SYNAPSE_SECRETS}/{name}",
+                content=content,
+                user=SYNAPSE_USER,
+                group=SYNAPSE_USER,
+                mode="400",
+            )  # fmt: skip
+        )
+    changes.append(
+        files.template(
+            name="Synapse log config",
+            src=str(TEMPLATES / "synapse/log.yaml.j2"),
+            dest=f"{SYNAPSE_ETC}/log.yaml",
+            level="INFO",
+            user="root",
+            group=SYNAPSE_USER,
+            mode="640",
+        )  # fmt: skip
+    )
+    changes.append(
+        install_checked(
+            SYNAPSE_CONFIG,
+            render_config(d),
+            check=f"runuser -u {SYNAPSE_USER} -- {SYNAPSE_HOME}/{s.synapse_version}/bin/python -m synapse.config -c {SYNAPSE_CONFIG}",
+            user="root",
+            group=SYNAPSE_USER,
+            mode="640",
+            service="Synapse",
+        )  # fmt: skip
+    )
+    changes.append(
+        files.template(
+            name="Synapse systemd unit",
+            src=str(TEMPLATES / "synapse/synapse.service.j2"),
+            dest="/etc/systemd/system/synapse.service",
+            jinja_env_kwargs={"loader": FileSystemLoader(str(TEMPLATES))},
+            service_user=SYNAPSE_USER,
+            current=SYNAPSE_CURRENT,
+            config=SYNAPSE_CONFIG,
+            data=SYNAPSE_DATA,
+        )  # fmt: skip
+    )
+    marked = restarts.mark("synapse", changes)
+    restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked)

@@ -1,0 +1,149 @@
+"""Rendered configs are accepted by the real checkers: MAS's schema, Synapse's own config checker, nginx -t."""
+
+import json
+import re
+import shutil
+import subprocess
+import venv
+from pathlib import Path
+
+import fastjsonschema
+import pytest
+import yaml
+
+from matrix_deploy import mas, nginx, synapse
+from matrix_deploy.paths import SYNAPSE_DATA, SYNAPSE_ETC
+from tests.conftest import SHARED
+
+CACHE = Path.home() / ".cache/matrix-deploy"
+
+
+def test_mas_config_is_valid_against_the_mas_schema(deployment):
+    validate = fastjsonschema.compile(json.loads((SHARED / "mas/config.schema.json").read_text()))
+    config = yaml.safe_load(mas.render_config(deployment))
+    validate(config)
+    assert config["matrix"] == {
+        "kind": "synapse",
+        "homeserver": "example.org",
+        "endpoint": "http://127.0.0.1:8008/",
+        "secret_file": "/etc/mas/secrets/matrix_secret",
+    }
+    assert "secret" not in config["matrix"] and "password" not in config["database"]
+    for value in deployment.secrets.values.values():
+        assert value.strip() not in mas.render_config(deployment)
+
+
+def test_mas_schema_check_catches_a_broken_config(deployment):
+    validate = fastjsonschema.compile(json.loads((SHARED / "mas/config.schema.json").read_text()))
+    config = yaml.safe_load(mas.render_config(deployment))
+    config["matrix"]["kind"] = "dendrite"
+    with pytest.raises(fastjsonschema.JsonSchemaException):
+        validate(config)
+
+
+def test_one_shared_secret_on_both_sides(deployment):
+    synapse_side = synapse.secret_contents(deployment)["mas_secret"].strip()
+    mas_side = deployment.secrets[mas.SECRET_FILES["matrix_secret"]]
+    assert synapse_side == mas_side
+    assert yaml.safe_load(synapse.render_config(deployment))["matrix_authentication_service"] == {
+        "enabled": True,
+        "endpoint": "http://127.0.0.1:8080/",
+        "secret_path": "/etc/synapse/secrets/mas_secret",
+    }
+
+
+@pytest.fixture(scope="session")
+def synapse_python(tmp_path_factory) -> Path:
+    """Synapse's own interpreter, from a virtualenv cached outside the clone (same version as deployed)."""
+    from tests.conftest import defaults
+
+    version = defaults()["synapse_version"]
+    target = CACHE / f"synapse-{version}"
+    if not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        venv.create(target, with_pip=True)
+        subprocess.run(
+            [target / "bin/pip", "install", "-q", f"matrix-synapse=={version}", synapse.PSYCOPG2], check=True
+        )
+        (target / ".complete").touch()
+    return target / "bin/python"
+
+
+def _synapse_check(python: Path, deployment, tmp_path: Path, extra: dict | None = None):
+    """Run `python -m synapse.config -c` on the rendered config, with its files moved under tmp_path."""
+    text = (
+        synapse.render_config(deployment)
+        .replace(SYNAPSE_ETC, str(tmp_path / "etc"))
+        .replace(SYNAPSE_DATA, str(tmp_path / "data"))
+    )
+    config = yaml.safe_load(text) | (extra or {})
+    (tmp_path / "etc/secrets").mkdir(parents=True)
+    for name, content in synapse.secret_contents(deployment).items():
+        (tmp_path / "etc/secrets" / name).write_text(content)
+    (tmp_path / "etc/log.yaml").write_text("version: 1\n")
+    path = tmp_path / "etc/homeserver.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([python, "-m", "synapse.config", "-c", path], capture_output=True, text=True)
+
+
+def test_synapse_config_is_accepted_by_synapses_checker(synapse_python, deployment, tmp_path):
+    result = _synapse_check(synapse_python, deployment, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_synapse_checker_rejects_what_synapse_forbids_beside_mas(synapse_python, deployment, tmp_path):
+    result = _synapse_check(synapse_python, deployment, tmp_path, {"enable_registration": True})
+    assert result.returncode != 0
+    assert "Registration cannot be enabled" in result.stderr + result.stdout
+
+
+def _nginx_test(site: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    certificate, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test",
+         "-keyout", key, "-out", certificate], check=True, capture_output=True,
+    )  # fmt: skip
+    site = site.replace(nginx.CERTIFICATE_KEY, str(key)).replace(nginx.CERTIFICATE, str(certificate))
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{\n include /etc/nginx/mime.types;\n access_log off;\n include {tmp_path}/site.conf;\n}}\n"
+    )
+    return subprocess.run(
+        ["nginx", "-t", "-p", tmp_path, "-c", tmp_path / "nginx.conf"], capture_output=True, text=True
+    )
+
+
+@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is installed by .ci/run")
+def test_nginx_site_is_accepted_by_nginx(deployment, tmp_path):
+    result = _nginx_test(nginx.render_site(deployment, "hs1"), tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is installed by .ci/run")
+def test_nginx_test_catches_a_broken_site(deployment, tmp_path):
+    result = _nginx_test(
+        nginx.render_site(deployment, "hs1").replace("location / { return 404; }", "location / {", 1), tmp_path
+    )
+    assert result.returncode != 0
+
+
+def test_compat_location_matches_only_the_compat_endpoints(deployment):
+    site = nginx.render_site(deployment, "hs1")
+    (pattern,) = re.findall(r"location ~ (\^/_matrix/client/\S+) \{", site)
+    compat = re.compile(pattern)
+    for path in ["/_matrix/client/v3/login", "/_matrix/client/r0/logout", "/_matrix/client/v3/logout/all",
+                 "/_matrix/client/v3/refresh", "/_matrix/client/v3/login/sso/redirect", "/_matrix/client/unstable/login"]:  # fmt: skip
+        assert compat.match(path), path
+    for path in ["/_matrix/client/v3/rooms/!r:x/login", "/_matrix/client/v3/loginx", "/_matrix/client/v3/user/@login:x/filter",
+                 "/_matrix/client/versions", "/_matrix/client/v3/profile/@refresh:x", "/_matrix/client/v3/account/whoami"]:  # fmt: skip
+        assert not compat.match(path), path
+
+
+def test_well_known_documents_are_json(deployment):
+    site = nginx.render_site(deployment, "hs1")
+    client = json.loads(re.search(r"location = /.well-known/matrix/client \{[^}]*return 200 '([^']*)'", site).group(1))
+    server = json.loads(re.search(r"location = /.well-known/matrix/server \{[^}]*return 200 '([^']*)'", site).group(1))
+    assert client["m.homeserver"]["base_url"] == "https://matrix.example.org/"
+    assert client["org.matrix.msc2965.authentication"]["issuer"] == "https://auth.example.org/"
+    assert server == {"m.server": "matrix.example.org:443"}
