@@ -134,7 +134,7 @@ def install(d: Deployment):
     server.group(name="MAS group", group=MAS_USER, system=True)
     server.user(
         name="MAS system user", user=MAS_USER, group=MAS_USER, system=True, home=MAS_HOME,
-        create_home=False, shell="/usr/sbin/nologin",
+        create_home=False, ensure_home=False, shell="/usr/sbin/nologin",
     )  # fmt: skip
     files.directory(name="MAS home", path=MAS_HOME, user="root", group="root", mode="755")
     files.directory(name="MAS config directory", path=MAS_ETC, user="root", group=MAS_USER, mode="750")

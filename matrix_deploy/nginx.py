@@ -73,7 +73,7 @@ def _certificate(d: Deployment):
 def install(d: Deployment):
     apt.packages(name="Install nginx", packages=["nginx", "openssl", "curl"], update=True, cache_time=3600)
     changes = _certificate(d)
-    changes.append(files.file(name="No default nginx site", path="/etc/nginx/sites-enabled/default", present=False))
+    changes.append(files.link(name="No default nginx site", path="/etc/nginx/sites-enabled/default", present=False))
     changes.append(
         install_checked(
             NGINX_SITE,

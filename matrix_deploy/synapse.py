@@ -116,7 +116,7 @@ def install(d: Deployment):
     server.group(name="Synapse group", group=SYNAPSE_USER, system=True)
     server.user(
         name="Synapse system user", user=SYNAPSE_USER, group=SYNAPSE_USER, system=True, home=SYNAPSE_DATA,
-        create_home=False, shell="/usr/sbin/nologin",
+        create_home=False, ensure_home=False, shell="/usr/sbin/nologin",
     )  # fmt: skip
     files.directory(name="Synapse home", path=SYNAPSE_HOME, user="root", group="root", mode="755")
     files.directory(name="Synapse data", path=SYNAPSE_DATA, user=SYNAPSE_USER, group=SYNAPSE_USER, mode="750")
