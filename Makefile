@@ -21,7 +21,7 @@ lab-down: venv ## stop the lab and undo every change it made to this machine
 lab: lab-up deploy-lab ## lab-up, then the real deploy into it
 
 deploy-lab: venv
-	$(BIN)/python -m tests.mas_standin.build .lab/mas --lab-settings
+	$(BIN)/python -m tests.lab_release
 	$(BIN)/pyinfra -y inventories/lab.py deploy.py
 	$(BIN)/python -m matrix_deploy.lab welcome
 

@@ -8,9 +8,12 @@ secrets store, and exits with every problem listed when something is wrong.
 
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyinfra.api import State
+from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory_from_files
 
 from . import secrets as secrets_store
@@ -39,7 +42,9 @@ def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:
     inventory_file = Path(inventory_file).resolve()
     _loading = True  # the inventory file runs again inside; its own check() call must not recurse
     try:
-        inventory = make_inventory_from_files(str(inventory_file), cwd=cwd or os.getcwd())
+        # Outside the pyinfra CLI (tests, `lab welcome`) there is no pyinfra state to load files in.
+        with nullcontext() if ctx_state.isset() else ctx_state.use(State()):
+            inventory = make_inventory_from_files(str(inventory_file), cwd=cwd or os.getcwd())
     finally:
         _loading = False
     hosts = {host.name: host.data.dict() for host in inventory}

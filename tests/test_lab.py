@@ -6,18 +6,11 @@ import pytest
 
 from matrix_deploy import lab
 from matrix_deploy.lab import network
+from tests.lab_support import ssh
 
 pytestmark = pytest.mark.lab
 
 SPEC = [("labtest1", ("db", "mas")), ("labtest2", ("synapse", "proxy"))]
-
-
-def ssh(host: lab.LabHost, command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"{host.ssh_user}@{host.address}", command],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
 
 
 def test_two_hosts_boot_reach_each_other_and_the_mirror_then_vanish():

@@ -4,7 +4,25 @@ import argparse
 import json
 import sys
 
-from . import LAYOUTS, LabError, down, leftovers, read_hosts, up
+from . import LAYOUTS, PROJECT_DIR, LabError, down, leftovers, read_hosts, up
+
+
+def welcome() -> None:
+    from ..inventory import build
+
+    d = build(PROJECT_DIR / "inventories/lab.py")
+    s = d.settings
+    proxy = next(h for h in read_hosts() if "proxy" in h.roles)
+    names = f"{s.public_host} {s.mas_public_host} {s.server_name}"
+    print(f"""
+The lab homeserver is up: {s.public_url} (server name {s.server_name}), MAS at {s.mas_public_url},
+proxy on {proxy.name} ({proxy.address}); the certificate is self-signed.
+These names resolve only where you say so: add "{proxy.address} {names}" to /etc/hosts, or use curl --resolve.
+
+Log in as @{s.admin_user}:{s.server_name}; the password is admin_password in {d.secrets_file}:
+  curl -k --resolve {s.public_host}:443:{proxy.address} {s.public_url}_matrix/client/v3/login \\
+    -d '{{"type":"m.login.password","identifier":{{"type":"m.id.user","user":"{s.admin_user}"}},"password":"<admin_password>"}}'
+""")
 
 
 def main() -> int:
@@ -14,12 +32,15 @@ def main() -> int:
     up_cmd.add_argument("--layout", default="single", choices=sorted(LAYOUTS))
     sub.add_parser("down", help="stop the lab and undo every change it made")
     sub.add_parser("status", help="print the running hosts and any leftovers")
+    sub.add_parser("welcome", help="print how to reach and log in to the deployed lab homeserver")
     args = parser.parse_args()
     try:
         if args.command == "up":
             up(args.layout)
         elif args.command == "down":
             down()
+        elif args.command == "welcome":
+            welcome()
         else:
             print(json.dumps({"hosts": [h.__dict__ for h in read_hosts()], "leftovers": leftovers()}, indent=2))
     except LabError as error:

@@ -1,0 +1,55 @@
+"""Helpers for tests that run against lab hosts: ssh, pyinfra runs, HTTPS through the proxy."""
+
+import http.client
+import json
+import ssl
+import subprocess
+from pathlib import Path
+
+from matrix_deploy.lab import LAB_DIR, LabHost
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB_SETTINGS = LAB_DIR / "settings.json"  # per-run setting overrides read by inventories/lab.py
+PUBLIC_HOST = "matrix.lab.test"
+SERVICES = {"postgres": "postgresql@15-main", "mas": "mas", "synapse": "synapse", "nginx": "nginx"}
+
+
+def ssh(host: LabHost, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"{host.ssh_user}@{host.address}", command],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def pyinfra(*args: str, inventory: str = "inventories/lab.py") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/pyinfra"), "-y", *args, inventory, "deploy.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def fetch(host: LabHost, method: str, path: str, body=None, token=None, vhost=PUBLIC_HOST):
+    """One HTTPS request to the lab's nginx for `vhost`; returns (status, decoded JSON or text)."""
+    conn = http.client.HTTPSConnection(host.address, 443, timeout=30, context=ssl._create_unverified_context())
+    headers = {"Host": vhost, "Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    response = conn.getresponse()
+    raw = response.read().decode()
+    conn.close()
+    try:
+        return response.status, json.loads(raw)
+    except ValueError:
+        return response.status, raw
+
+
+def service_stamps(host: LabHost) -> dict[str, str]:
+    """When each service last (re)started; nginx reloads show as new worker PIDs."""
+    stamps = {}
+    for name, unit in SERVICES.items():
+        stamps[name] = ssh(host, f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}").stdout.strip()
+    workers = ssh(host, "pgrep -P $(systemctl show -p MainPID --value nginx) | sort").stdout.split()
+    stamps["nginx"] += " workers " + ",".join(workers)
+    return stamps

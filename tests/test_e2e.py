@@ -1,0 +1,149 @@
+"""End to end: the real deploy into a fresh lab host, then real requests over HTTPS through nginx.
+
+PostgreSQL, Synapse and nginx are the real ones. MAS is the tests' stand-in release (the real one
+cannot be downloaded here), installed through the product's local-file path with its sha256 checked.
+"""
+
+import json
+import re
+import socket
+
+import pytest
+
+from matrix_deploy import lab
+from matrix_deploy.inventory import build
+from tests.lab_release import prepare as prepare_release
+from tests.lab_support import LAB_SETTINGS, ROOT, fetch, pyinfra, service_stamps, ssh
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def stack():
+    lab.down()
+    LAB_SETTINGS.unlink(missing_ok=True)
+    (host,) = lab.up("single")
+    prepare_release()
+    first = pyinfra()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    deployment = build(ROOT / "inventories/lab.py")
+    yield host, first, deployment
+    LAB_SETTINGS.unlink(missing_ok=True)
+    lab.down()
+
+
+def login(host, deployment, password=None):
+    body = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": deployment.settings.admin_user},
+        "password": password or deployment.secrets["admin_password"],
+    }
+    return fetch(host, "POST", "/_matrix/client/v3/login", body)
+
+
+def test_client_versions_come_from_synapse(stack):
+    host, _, _ = stack
+    status, body = fetch(host, "GET", "/_matrix/client/versions")
+    assert status == 200
+    assert "v1.11" in body["versions"] and "unstable_features" in body
+
+
+def test_login_is_answered_by_mas(stack):
+    # With MAS delegation Synapse itself answers 404 here: a list of flows means MAS answered.
+    host, _, _ = stack
+    status, body = fetch(host, "GET", "/_matrix/client/v3/login")
+    assert status == 200
+    assert {"type": "m.login.password"} in body["flows"]
+
+
+def test_user_logs_in_through_the_compat_layer_and_synapse_accepts_the_token(stack):
+    host, _, deployment = stack
+    status, session = login(host, deployment)
+    assert status == 200, session
+    assert session["user_id"] == "@admin:lab.test"
+    status, me = fetch(host, "GET", "/_matrix/client/v3/account/whoami", token=session["access_token"])
+    assert status == 200, me
+    assert me["user_id"] == "@admin:lab.test" and me["device_id"] == session["device_id"]
+    assert login(host, deployment, password="not the password")[0] == 403
+
+
+def test_paths_that_only_contain_the_compat_words_reach_synapse(stack):
+    host, _, deployment = stack
+    token = login(host, deployment)[1]["access_token"]
+    for word in ("login", "logout", "refresh"):
+        path = f"/_matrix/client/v3/user/@admin:lab.test/account_data/{word}"
+        assert fetch(host, "PUT", path, {"stored": word}, token=token)[0] == 200
+        assert fetch(host, "GET", path, token=token) == (200, {"stored": word})
+
+
+def test_internal_endpoints_are_not_reachable_from_outside(stack):
+    host, _, deployment = stack
+    s = deployment.settings
+    token = login(host, deployment)[1]["access_token"]
+    for path in ("/_synapse/mas/is_localpart_available?localpart=x", "/_synapse/admin/v1/server_version", "/health"):
+        assert fetch(host, "GET", path, token=token)[0] == 404, path
+    assert fetch(host, "GET", "/health", vhost=s.mas_public_host)[0] == 404
+    for port in (s.synapse_port, s.mas_port, s.mas_health_port, s.postgres_port):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host.address, port), timeout=5).close()
+
+
+def test_secret_files_belong_to_their_service_only(stack):
+    host, _, _ = stack
+    listing = ssh(host, "stat -c '%U %G %a %n' /etc/synapse/secrets/* /etc/mas/secrets/* /etc/nginx/tls/*.key").stdout
+    modes = {line.split()[3]: tuple(line.split()[:3]) for line in listing.splitlines()}
+    assert modes["/etc/synapse/secrets/mas_secret"] == ("synapse", "synapse", "400")
+    assert modes["/etc/mas/secrets/matrix_secret"] == ("mas", "mas", "400")
+    assert modes["/etc/nginx/tls/matrix-deploy.key"] == ("root", "root", "400")
+    assert len(modes) >= 12
+    for path, (user, _group, mode) in modes.items():
+        assert mode == "400", path
+        assert user == ("synapse" if "/synapse/" in path else "mas" if path.startswith("/etc/mas/") else "root") or (
+            path == "/etc/mas/secrets/admin_password" and user == "root"
+        ), path
+    world = ssh(host, "find /etc/synapse /etc/mas /var/lib/matrix-deploy /var/lib/postgresql -perm -o=r -type f").stdout
+    assert world.strip() == "", world
+
+
+def _secret_fragments(deployment) -> list[str]:
+    """Every secret, and every line of the multi-line ones (PEM keys)."""
+    fragments = []
+    for value in deployment.secrets.values.values():
+        fragments += [value.strip()] + [line for line in value.splitlines() if len(line) > 20 and "-----" not in line]
+    return fragments
+
+
+def test_no_secret_in_the_pyinfra_output(stack):
+    _, first, deployment = stack
+    output = first.stdout + first.stderr
+    assert "Grand total" in output
+    for fragment in _secret_fragments(deployment):
+        assert fragment not in output
+
+
+def test_second_run_changes_nothing_and_restarts_nothing(stack):
+    host, _, deployment = stack
+    before = service_stamps(host)
+    again = pyinfra("-vv")
+    assert again.returncode == 0, again.stderr[-3000:]
+    changed = re.findall(r"^\s+(.+?)\s+1\s+1\s+-\s+-\s*$", again.stdout, re.M)
+    assert changed == [], changed
+    assert service_stamps(host) == before
+    for fragment in _secret_fragments(deployment):
+        assert fragment not in again.stdout + again.stderr
+
+
+def test_changing_one_synapse_setting_restarts_synapse_only(stack):
+    host, _, deployment = stack
+    before = service_stamps(host)
+    LAB_SETTINGS.write_text(json.dumps({"synapse_extra_config": {"max_upload_size": "20M"}}))
+    result = pyinfra()
+    assert result.returncode == 0, result.stdout[-3000:]
+    after = service_stamps(host)
+    assert after["synapse"] != before["synapse"]
+    assert {k: v for k, v in after.items() if k != "synapse"} == {k: v for k, v in before.items() if k != "synapse"}
+    assert "max_upload_size: 20M" in ssh(host, "cat /etc/synapse/homeserver.yaml").stdout
+    status, me = fetch(
+        host, "GET", "/_matrix/client/v3/account/whoami", token=login(host, deployment)[1]["access_token"]
+    )
+    assert status == 200, me
