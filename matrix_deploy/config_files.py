@@ -8,14 +8,15 @@ from pyinfra.facts.files import Sha1File
 from pyinfra.operations import files, server
 
 
-def install_checked(path: str, content: str, check: str, user: str, group: str, mode: str, service: str):
+def install_checked(path: str, content: str, check: str, user: str, group: str, mode: str, service: str, recheck=()):
     """
     Stage `content` beside `path`, then put it live only if `check` (run against the live path)
     passes; otherwise restore the previous file and fail with the checker's output.
 
     The running service never sees a rejected file, and a rejected candidate is removed so the
-    next run checks it again instead of taking it for installed. Returns the operation that put
-    the file live (did_change() means the service must restart).
+    next run checks it again instead of taking it for installed. The file is checked again when
+    any `recheck` operation changed something (a new binary must accept the running config).
+    Returns the operation that put the file live (did_change() means the service must restart).
     """
     candidate = f"{path}.candidate"
     staged = files.put(
@@ -45,5 +46,5 @@ rm -f {p}.previous
     return server.shell(
         name=f"Check and install {path}",
         commands=[script],
-        _if=lambda: staged.did_change() or differs,
+        _if=lambda: staged.did_change() or differs or any(op.did_change() for op in recheck),
     )

@@ -207,7 +207,7 @@ elif echo "$out" | grep -qi "already exists"; then
 else
     echo "$out" >&2; exit 1
 fi
-touch {done}
+umask 077; touch {done}
 """
         ],
     )

@@ -63,7 +63,7 @@ def _certificate(d: Deployment):
             commands=[
                 f"umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN={s.public_host}"
                 f" -addext subjectAltName={san} -keyout {CERTIFICATE_KEY} -out {CERTIFICATE} 2>/dev/null"
-                f" && chmod 644 {CERTIFICATE}"
+                f" && chmod 400 {CERTIFICATE_KEY} && chmod 644 {CERTIFICATE}"
             ],
         )
     ]

@@ -7,6 +7,7 @@ cannot be downloaded here), installed through the product's local-file path with
 import json
 import re
 import socket
+import subprocess
 
 import pytest
 
@@ -101,8 +102,25 @@ def test_secret_files_belong_to_their_service_only(stack):
         assert user == ("synapse" if "/synapse/" in path else "mas" if path.startswith("/etc/mas/") else "root") or (
             path == "/etc/mas/secrets/admin_password" and user == "root"
         ), path
-    world = ssh(host, "find /etc/synapse /etc/mas /var/lib/matrix-deploy /var/lib/postgresql -perm -o=r -type f").stdout
-    assert world.strip() == "", world
+
+
+def test_no_world_readable_file_on_the_host_holds_a_secret(stack):
+    host, _, deployment = stack
+    patterns = "\n".join(_secret_fragments(deployment)) + "\n"
+    upload = subprocess.run(
+        ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", f"root@{host.address}", "umask 077 && cat > /root/.secret-patterns"],
+        input=patterns, text=True, capture_output=True, check=True,
+    )  # fmt: skip
+    assert upload.returncode == 0
+    found = ssh(
+        host,
+        "find / -xdev -type f -perm -o=r -size -2M ! -path /root/.secret-patterns -print0"
+        " | xargs -0 grep -lF -f /root/.secret-patterns; rm -f /root/.secret-patterns",
+    ).stdout
+    assert found.strip() == "", found
+    # The control: the secret files themselves do hold the secrets.
+    assert deployment.secrets["matrix_shared_secret"] in ssh(host, "cat /etc/synapse/secrets/mas_secret").stdout
 
 
 def _secret_fragments(deployment) -> list[str]:
