@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LAYOUT ?= single
 
-.PHONY: venv lab lab-up lab-down deploy-lab test lint format
+.PHONY: venv lab lab-up lab-down deploy-lab test bench lint format
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +29,9 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -v
+
+bench: venv ## deploy timings against the floor on lab hosts; prints one table (several minutes)
+	$(BIN)/python bench/bench.py
 
 lint: venv
 	$(BIN)/ruff check .

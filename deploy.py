@@ -6,12 +6,13 @@ host is done (and healthy) before MAS is touched, MAS before Synapse, Synapse be
 
 from pyinfra import host
 
-from matrix_deploy import mas, nginx, postgres, synapse
+from matrix_deploy import base, mas, nginx, postgres, synapse
 from matrix_deploy.inventory import current
 
 deployment = current()
 roles = deployment.settings.placement.roles_of(host.name)
 
+base.prepare(roles)
 if "db" in roles:
     postgres.install(deployment)
 if "mas" in roles:

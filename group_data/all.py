@@ -43,6 +43,11 @@ postgres_port = 5432
 tls_certificate = None
 tls_certificate_key = None
 
+# Where PostgreSQL dumps taken before database migrations (new MAS release or Synapse version) go, on the service's host.
+backup_dir = "/var/backups/matrix-deploy"
+# How many dumps of each database to keep there.
+backup_keep = 5
+
 # Initial MAS admin user (localpart) created once; its password is generated into the secrets store.
 admin_user = None
 

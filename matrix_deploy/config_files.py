@@ -1,5 +1,6 @@
 """Config files that only go live once their service's own checker accepts them."""
 
+import hashlib
 import shlex
 from io import StringIO
 
@@ -19,7 +20,7 @@ def install_checked(path: str, content: str, check: str, user: str, group: str, 
     Returns the operation that put the file live (did_change() means the service must restart).
     """
     candidate = f"{path}.candidate"
-    staged = files.put(
+    files.put(
         name=f"Stage {path}",
         src=StringIO(content),
         dest=candidate,
@@ -27,8 +28,9 @@ def install_checked(path: str, content: str, check: str, user: str, group: str, 
         group=group,
         mode="640",
     )
-    # A run that died between staging and installing left them different: install anyway.
-    differs = host.get_fact(Sha1File, path=candidate) != host.get_fact(Sha1File, path=path)
+    # Install whenever the live file is not what we want: this also covers a run that died
+    # between staging and installing, and a candidate rejected earlier.
+    differs = host.get_fact(Sha1File, path=path) != hashlib.sha1(content.encode()).hexdigest()
     p, c = shlex.quote(path), shlex.quote(candidate)
     script = f"""
 set -e
@@ -46,5 +48,5 @@ rm -f {p}.previous
     return server.shell(
         name=f"Check and install {path}",
         commands=[script],
-        _if=lambda: staged.did_change() or differs or any(op.did_change() for op in recheck),
+        _if=lambda: differs or any(op.did_change() for op in recheck),
     )

@@ -10,6 +10,7 @@ from pyinfra.facts.files import File, FileContents
 from pyinfra.operations import files, server
 
 from . import restarts
+from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
 from .paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_USER, STATE, TEMPLATES
@@ -139,7 +140,8 @@ def install(d: Deployment):
     files.directory(name="MAS home", path=MAS_HOME, user="root", group="root", mode="755")
     files.directory(name="MAS config directory", path=MAS_ETC, user="root", group=MAS_USER, mode="750")
     files.directory(name="MAS secrets directory", path=MAS_SECRETS, user="root", group=MAS_USER, mode="750")
-    changes = _release(d)
+    release = _release(d)
+    changes = list(release)
     for name, secret in SECRET_FILES.items():
         changes.append(
             secret_file(
@@ -174,6 +176,10 @@ def install(d: Deployment):
         )  # fmt: skip
     )
     marked = restarts.mark("mas", changes)
+    p = d.settings.placement
+    dump_before_migration(
+        d, "mas", "mas", p.reach(p.mas, p.db), f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"', release
+    )
     cli = f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli"
     server.shell(
         name="MAS database migrations and config sync",

@@ -6,7 +6,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import files, server
 
 from . import restarts
 from .config_files import install_checked
@@ -71,7 +71,6 @@ def _certificate(d: Deployment):
 
 @deploy("nginx")
 def install(d: Deployment):
-    apt.packages(name="Install nginx", packages=["nginx", "openssl", "curl"], update=True, cache_time=3600)
     changes = _certificate(d)
     changes.append(files.link(name="No default nginx site", path="/etc/nginx/sites-enabled/default", present=False))
     changes.append(

@@ -1,11 +1,11 @@
 """PostgreSQL (Debian package): a role and a database each for Synapse and MAS, scram-sha-256, local by default."""
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import files, server
 
 from . import restarts
 from .inventory import Deployment
-from .paths import STATE, TEMPLATES
+from .paths import TEMPLATES
 from .secret_files import secret_file
 
 # In postgres's home: readable by postgres only.
@@ -41,7 +41,6 @@ def install(d: Deployment):
     s = d.settings
     conf_dir = f"/etc/postgresql/{s.postgres_version}/main"
     unit = f"postgresql@{s.postgres_version}-main"
-    apt.packages(name="Install PostgreSQL", packages=["postgresql"], update=True, cache_time=3600)
     listen = s.placement.listen(s.placement.db, [s.placement.mas, s.placement.synapse])
     conf = files.template(
         name="PostgreSQL listens where MAS and Synapse reach it",
@@ -66,7 +65,6 @@ def install(d: Deployment):
     restarts.restart("postgres", unit, f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
     # The instance itself, not the umbrella `postgresql` unit, tells whether it runs.
     server.service(name="PostgreSQL is running", service=unit, running=True, enabled=True)
-    files.directory(name="matrix-deploy state directory", path=STATE, mode="700")
     sql = secret_file(name="Roles and databases for Synapse and MAS", path=SQL_FILE, content=roles_sql(d),
                       user="postgres", group="postgres", mode="400")  # fmt: skip
     server.shell(

@@ -13,10 +13,10 @@ from pyinfra.operations.util import any_changed
 MARKERS = "/var/lib/matrix-deploy/restart-pending"
 
 
-def mark(service: str, changes: list):
+def mark(service: str, changes: list, due: str = "must restart"):
     """Record that `service` must restart when any of the `changes` operations changed something."""
     return files.file(
-        name=f"Record that {service} must restart",
+        name=f"Record that {service} {due}",
         path=f"{MARKERS}/{service}",
         present=True,
         touch=False,

@@ -63,7 +63,7 @@ HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-
 LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
 VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-OUR_PREFIXES = ("matrix_", "mas_", "synapse_", "postgres_", "tls_", "admin_", "auth_", "secrets_")
+OUR_PREFIXES = ("matrix_", "mas_", "synapse_", "postgres_", "tls_", "admin_", "auth_", "secrets_", "backup_")
 
 
 class SettingsError(Exception):
@@ -129,6 +129,8 @@ class Settings:
     tls_certificate_key: Path | None
     admin_user: str | None
     secrets_dir: Path
+    backup_dir: str
+    backup_keep: int
     placement: Placement
 
     @property
@@ -161,6 +163,8 @@ DEPLOYMENT_KEYS = (
     "tls_certificate_key",
     "admin_user",
     "secrets_dir",
+    "backup_dir",
+    "backup_keep",
 )
 HOST_KEYS = ("internal_address",)
 
@@ -355,6 +359,10 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
     secrets_dir = first.get("secrets_dir")
     if not isinstance(secrets_dir, str) or not secrets_dir:
         c.bad("secrets_dir", secrets_dir, "a directory path on this machine")
+    backup_dir = c.text("backup_dir", re.compile(r"^/[\w./-]*$"), "an absolute directory path on the hosts")
+    backup_keep = first.get("backup_keep")
+    if isinstance(backup_keep, bool) or not isinstance(backup_keep, int) or backup_keep < 1:
+        c.bad("backup_keep", backup_keep, "a whole number of dumps to keep, 1 or more")
     synapse_extra = c.mapping("synapse_extra_config", SYNAPSE_FORBIDDEN)
     mas_extra = c.mapping("mas_extra_config", MAS_FORBIDDEN)
     placement = _placement(hosts, groups, problems)
@@ -380,5 +388,7 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
         tls_certificate_key=key,
         admin_user=admin_user,
         secrets_dir=Path(secrets_dir),
+        backup_dir=backup_dir.rstrip("/"),
+        backup_keep=backup_keep,
         placement=placement,
     )

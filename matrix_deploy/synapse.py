@@ -5,9 +5,10 @@ from jinja2 import FileSystemLoader
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import files, server
 
 from . import restarts
+from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
 from .mas import deep_merge
@@ -112,7 +113,6 @@ def _virtualenv(version: str):
 @deploy("Synapse")
 def install(d: Deployment):
     s = d.settings
-    apt.packages(name="Python venv for Synapse", packages=["python3-venv", "curl"], update=True, cache_time=3600)
     server.group(name="Synapse group", group=SYNAPSE_USER, system=True)
     server.user(
         name="Synapse system user", user=SYNAPSE_USER, group=SYNAPSE_USER, system=True, home=SYNAPSE_DATA,
@@ -122,7 +122,8 @@ def install(d: Deployment):
     files.directory(name="Synapse data", path=SYNAPSE_DATA, user=SYNAPSE_USER, group=SYNAPSE_USER, mode="750")
     files.directory(name="Synapse config directory", path=SYNAPSE_ETC, user="root", group=SYNAPSE_USER, mode="750")
     files.directory(name="Synapse secrets directory", path=SYNAPSE_SECRETS, user="root", group=SYNAPSE_USER, mode="750")
-    changes = _virtualenv(s.synapse_version)
+    venv = _virtualenv(s.synapse_version)
+    changes = list(venv)
     for name, content in secret_contents(d).items():
         changes.append(
             secret_file(
@@ -169,4 +170,9 @@ def install(d: Deployment):
         )  # fmt: skip
     )
     marked = restarts.mark("synapse", changes)
+    p = s.placement
+    # Synapse migrates its database when it starts on a new version.
+    dump_before_migration(
+        d, "synapse", "synapse", p.reach(p.synapse, p.db), f"PGPASSFILE={SYNAPSE_SECRETS}/pgpass", venv
+    )
     restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked)

@@ -14,7 +14,7 @@ RELEASE_JSON = LAB_DIR / "mas-release.json"
 
 
 def prepare(version: str = "1.22.0") -> dict:
-    path, sha256 = build(LAB_DIR / "mas", version)
+    path, sha256 = build(LAB_DIR / f"mas-{version}", version)
     release = {"file": str(path), "sha256": sha256}
     LAB_DIR.mkdir(exist_ok=True)
     RELEASE_JSON.write_text(json.dumps(release, indent=2) + "\n")

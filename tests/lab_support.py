@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import re
 import ssl
 import subprocess
 from pathlib import Path
@@ -23,9 +24,10 @@ def ssh(host: LabHost, command: str) -> subprocess.CompletedProcess:
 
 
 def pyinfra(*args: str, inventory: str = "inventories/lab.py") -> subprocess.CompletedProcess:
+    """Run the deploy; pyinfra writes its progress and results to stderr, merged here into .stdout."""
     return subprocess.run(
         [str(ROOT / ".venv/bin/pyinfra"), "-y", *args, inventory, "deploy.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 
@@ -43,6 +45,12 @@ def fetch(host: LabHost, method: str, path: str, body=None, token=None, vhost=PU
         return response.status, json.loads(raw)
     except ValueError:
         return response.status, raw
+
+
+def changed_operations(pyinfra_stdout: str) -> list[str]:
+    """Operations the results table reports as changed (Success) on a one-host run."""
+    assert "Grand total" in pyinfra_stdout, "no results table: " + pyinfra_stdout[-2000:]
+    return re.findall(r"^\s+(.+?)\s+1\s+1\s+-\s+-\s*$", pyinfra_stdout, re.M)
 
 
 def service_stamps(host: LabHost) -> dict[str, str]:

@@ -105,6 +105,8 @@ def test_urls_are_normalised():
         ),
         ({"mas_extra_config": {"matrix": {}}}, "mas_extra_config.matrix: not allowed"),
         ({"synapse_verison": "1.163.2"}, "synapse_verison: unknown setting; did you mean synapse_version?"),
+        ({"backup_dir": "backups"}, "backup_dir = 'backups': expected an absolute directory path"),
+        ({"backup_keep": 0}, "backup_keep = 0: expected a whole number of dumps to keep, 1 or more"),
     ],
 )
 def test_each_bad_setting_is_named_with_what_is_expected(data, expected):

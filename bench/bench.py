@@ -1,0 +1,117 @@
+"""`make bench`: how fast a deploy is, against the floor, on lab hosts. Prints one table.
+
+A benchmark, not a test: it prints figures and whether each target is met. Ratios are measured side
+by side in the same run (these machines are noisy); cheap runs are repeated and their median shown.
+"""
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from matrix_deploy import lab  # noqa: E402
+from matrix_deploy.base import PACKAGES  # noqa: E402
+from matrix_deploy.synapse import PSYCOPG2  # noqa: E402
+from tests.conftest import defaults  # noqa: E402
+from tests.lab_release import prepare as prepare_release  # noqa: E402
+from tests.lab_support import LAB_SETTINGS, changed_operations, fetch, service_stamps, ssh  # noqa: E402
+
+REPEAT = 5
+
+
+def run(*args, inventory="inventories/lab.py", deploy="deploy.py") -> tuple[float, subprocess.CompletedProcess]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(ROOT / ".venv/bin/pyinfra"), "-y", *args, inventory, deploy],
+        cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    if result.returncode != 0:
+        sys.exit(f"bench: {deploy} failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+    return elapsed, result
+
+
+def floor(host: lab.LabHost, release: dict) -> float:
+    """The same Debian and Python packages with plain apt-get and pip, and MAS unpacked: nothing else."""
+    packages = " ".join(sorted({p for names in PACKAGES.values() for p in names}))
+    started = time.monotonic()
+    subprocess.run(["scp", "-q", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                    release["file"], f"root@{host.address}:/root/mas.tar.gz"], check=True)  # fmt: skip
+    version = defaults()["synapse_version"]
+    script = (
+        f"set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null; apt-get install -y -q {packages} >/dev/null;"
+        f" python3 -m venv /opt/floor; /opt/floor/bin/pip install -q 'matrix-synapse=={version}' '{PSYCOPG2}';"
+        " mkdir -p /opt/floor-mas; tar -xzf /root/mas.tar.gz -C /opt/floor-mas"
+    )
+    result = ssh(host, script)
+    if result.returncode != 0:
+        sys.exit(f"bench: floor failed: {result.stderr[-2000:]}")
+    return time.monotonic() - started
+
+
+def main() -> None:
+    LAB_SETTINGS.unlink(missing_ok=True)
+    lab.down()
+    hosts = lab.up(spec=[("bench1", lab.ROLES), ("bench2", ())])
+    deploy_host, floor_host = hosts
+    try:
+        release = prepare_release()
+        floor_time = floor(floor_host, release)
+        fresh_time, _ = run()
+
+        noop_times, noop = [], None
+        for _ in range(REPEAT):
+            elapsed, noop = run()
+            noop_times.append(elapsed)
+        noop_changes = len(changed_operations(noop.stdout))
+        _, debug = run("--debug")
+        commands = debug.stderr.count("Running command on") + debug.stdout.count("Running command on")
+        inventory = ROOT / "bench/trivial_inventory.py"
+        run(inventory=str(inventory), deploy="bench/trivial.py")
+        trivial_times = [run(inventory=str(inventory), deploy="bench/trivial.py")[0] for _ in range(REPEAT)]
+
+        before = service_stamps(deploy_host)
+        LAB_SETTINGS.write_text(json.dumps({"synapse_extra_config": {"max_upload_size": "20M"}}))
+        started = time.monotonic()
+        run()
+        while fetch(deploy_host, "GET", "/_matrix/client/versions")[0] != 200:
+            time.sleep(0.1)
+        change_time = time.monotonic() - started
+        after = service_stamps(deploy_host)
+        restarted = sorted(name for name in before if before[name] != after[name])
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    finally:
+        LAB_SETTINGS.unlink(missing_ok=True)
+        lab.down(log=lambda *_: None)
+
+    noop_median, trivial_median = statistics.median(noop_times), statistics.median(trivial_times)
+    rows = [
+        ("fresh install: deploy / floor", f"{fresh_time:.0f} s / {floor_time:.0f} s = {fresh_time / floor_time:.2f}x",
+         "<= 1.3x", fresh_time <= 1.3 * floor_time),
+        (f"no-op re-run: full stack / trivial 5-op (median of {REPEAT})",
+         f"{noop_median:.1f} s / {trivial_median:.1f} s = {noop_median / trivial_median:.1f}x", "<= 3x",
+         noop_median <= 3 * trivial_median),
+        ("no-op re-run: changes reported", str(noop_changes), "0", noop_changes == 0),
+        ("one Synapse setting changed: until it answers again", f"{change_time:.1f} s", "", True),
+        ("one Synapse setting changed: restarted", ", ".join(restarted) or "nothing", "synapse only", restarted == ["synapse"]),
+        ("no-op re-run: commands sent to the host", str(commands), "(watch for regressions)", True),
+        ("peak memory of a deploy process (operator side)", f"{peak_mb:.0f} MB", "", True),
+    ]  # fmt: skip
+    print(
+        f"\nmatrix-deploy bench, {date.today()}, {platform.node()} ({platform.machine()}, {__import__('os').cpu_count()} cores)\n"
+    )
+    print("| measure | result | target | met |\n|---|---|---|---|")
+    for name, value, target, met in rows:
+        print(f"| {name} | {value} | {target} | {'yes' if met else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""A PostgreSQL dump before anything that may migrate a database (a new MAS release or Synapse version).
+
+The dump is due as soon as the new release is in place and is recorded like a restart, so a run
+that dies before dumping still dumps before the service starts on the new release.
+"""
+
+from pyinfra.operations import server
+
+from . import restarts
+from .inventory import Deployment
+
+
+def dump_before_migration(d: Deployment, service: str, database: str, db_host: str, credentials: str, changes: list):
+    """Dump `database` into the backup directory when any of `changes` changed; keep the newest few.
+
+    `credentials` is a shell prefix that sets PGPASSFILE or PGPASSWORD from a file, never a value.
+    """
+    s = d.settings
+    directory = s.backup_dir
+    marked = restarts.mark(f"{service}-backup", changes, due="needs a database dump")
+    return server.shell(
+        name=f"Dump the {database} database before {service} migrates it",
+        commands=[
+            f"""
+set -e
+install -d -m 700 {directory}
+target={directory}/{database}-$(date -u +%Y%m%dT%H%M%SZ).dump
+{credentials} pg_dump --format=custom --host={db_host} --port={s.postgres_port} --username={database} \\
+    --file="$target.partial" {database}
+mv "$target.partial" "$target"
+ls -1t {directory}/{database}-*.dump | tail -n +{s.backup_keep + 1} | xargs -r rm -f
+rm -f {restarts.MARKERS}/{service}-backup
+"""
+        ],
+        _if=restarts.due(f"{service}-backup", marked),
+    )
