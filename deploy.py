@@ -6,12 +6,14 @@ host is done (and healthy) before MAS is touched, MAS before Synapse, Synapse be
 
 from pyinfra import host
 
-from matrix_deploy import base, mas, nginx, postgres, synapse
+from matrix_deploy import auth_mode, base, mas, nginx, postgres, synapse
 from matrix_deploy.inventory import current
 
 deployment = current()
 roles = deployment.settings.placement.roles_of(host.name)
 
+if roles & {"mas", "synapse"}:
+    auth_mode.check(deployment)
 base.prepare(roles)
 if "db" in roles:
     postgres.install(deployment)

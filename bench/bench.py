@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from matrix_deploy import lab  # noqa: E402
 from matrix_deploy.base import PACKAGES  # noqa: E402
-from matrix_deploy.synapse import PSYCOPG2  # noqa: E402
+from matrix_deploy.synapse import requirements  # noqa: E402
 from tests.conftest import defaults  # noqa: E402
 from tests.lab_release import prepare as prepare_release  # noqa: E402
 from tests.lab_support import LAB_SETTINGS, changed_operations, fetch, service_stamps, ssh  # noqa: E402
@@ -48,7 +48,7 @@ def floor(host: lab.LabHost, release: dict) -> float:
     version = defaults()["synapse_version"]
     script = (
         f"set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null; apt-get install -y -q {packages} >/dev/null;"
-        f" python3 -m venv /opt/floor; /opt/floor/bin/pip install -q 'matrix-synapse=={version}' '{PSYCOPG2}';"
+        f" python3 -m venv /opt/floor; /opt/floor/bin/pip install -q {' '.join(repr(r) for r in requirements(version))};"
         " mkdir -p /opt/floor-mas; tar -xzf /root/mas.tar.gz -C /opt/floor-mas"
     )
     result = ssh(host, script)

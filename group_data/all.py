@@ -9,8 +9,11 @@ matrix_public_url = None
 # Public URL of MAS, its OIDC issuer and login pages; default https://auth.<server name>/.
 mas_public_url = None
 
-# How Synapse delegates authentication to MAS: "native" (matrix_authentication_service, Synapse >= 1.136).
+# How Synapse delegates authentication to MAS: "native" (matrix_authentication_service, Synapse >= 1.136)
+# or "msc3861" (experimental_features.msc3861, Synapse <= 1.156.0, with a MAS client for Synapse).
 auth_mode = "native"
+# Let a host recorded in native mode go back to msc3861 (only with a database from before the upgrade).
+allow_auth_mode_downgrade = False
 
 # Synapse release installed from PyPI into /opt/synapse/<version>.
 synapse_version = "1.163.2"

@@ -32,8 +32,8 @@ class Deployment:
 
 
 def wanted_secrets(settings: Settings) -> list[str]:
-    names = [n for n in secrets_store.GENERATORS if n != "admin_password"]
-    return names + (["admin_password"] if settings.admin_user else [])
+    optional = {"admin_password": bool(settings.admin_user), "msc3861_client_secret": settings.auth_mode == "msc3861"}
+    return [n for n in secrets_store.GENERATORS if optional.get(n, True)]
 
 
 def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:

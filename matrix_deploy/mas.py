@@ -9,12 +9,13 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File, FileContents
 from pyinfra.operations import files, server
 
-from . import restarts
+from . import auth_mode, restarts
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
 from .paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_USER, STATE, TEMPLATES
 from .secret_files import secret_file
+from .settings import MSC3861_CLIENT_ID
 
 SECRET_FILES = {
     # file name in /etc/mas/secrets -> secrets store entry
@@ -74,13 +75,21 @@ def config(d: Deployment) -> dict:
             ],
         },
         "matrix": {
-            "kind": "synapse",
+            "kind": s.mas_homeserver_kind,
             "homeserver": s.server_name,
             "endpoint": f"http://{p.reach(p.mas, p.synapse)}:{s.synapse_port}/",
             "secret_file": f"{MAS_SECRETS}/matrix_secret",
         },
         "passwords": {"enabled": True},
     }
+    if s.auth_mode == "msc3861":
+        base["clients"] = [
+            {
+                "client_id": MSC3861_CLIENT_ID,
+                "client_auth_method": "client_secret_basic",
+                "client_secret_file": f"{MAS_SECRETS}/synapse_client_secret",
+            }
+        ]
     return deep_merge(base, s.mas_extra_config)
 
 
@@ -142,7 +151,13 @@ def install(d: Deployment):
     files.directory(name="MAS secrets directory", path=MAS_SECRETS, user="root", group=MAS_USER, mode="750")
     release = _release(d)
     changes = list(release)
-    for name, secret in SECRET_FILES.items():
+    secret_files = dict(SECRET_FILES)
+    if d.settings.auth_mode == "msc3861":
+        secret_files["synapse_client_secret"] = "msc3861_client_secret"
+    else:
+        changes.append(files.file(name="No MAS client secret for Synapse (native mode)",
+                                  path=f"{MAS_SECRETS}/synapse_client_secret", present=False))  # fmt: skip
+    for name, secret in secret_files.items():
         changes.append(
             secret_file(
                 name=f"MAS secret {name}",
@@ -181,12 +196,15 @@ def install(d: Deployment):
         d, "mas", "mas", p.reach(p.mas, p.db), f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"', release
     )
     cli = f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli"
+    # Moving from msc3861 to native: --prune removes the client MAS kept for Synapse (no longer in the config).
+    prune = " --prune" if auth_mode.migrating_to_native(d) else ""
     server.shell(
         name="MAS database migrations and config sync",
-        commands=[f"{cli} database migrate --config {MAS_CONFIG}", f"{cli} config sync --config {MAS_CONFIG}"],
+        commands=[f"{cli} database migrate --config {MAS_CONFIG}", f"{cli} config sync{prune} --config {MAS_CONFIG}"],
         _if=restarts.due("mas", marked),
     )
     restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_health_port}/health", marked)
+    auth_mode.record(d)
 
 
 @deploy("MAS admin user")

@@ -54,6 +54,8 @@ GENERATORS = {
     "synapse_macaroon_secret_key": _password,
     "synapse_form_secret": _password,
     "admin_password": _password,
+    # msc3861 mode: the client secret of MAS's client for Synapse
+    "msc3861_client_secret": _password,
 }
 # Secrets an operator may set by hand in the store, with the shortest value accepted.
 MIN_LENGTH = {
@@ -63,6 +65,7 @@ MIN_LENGTH = {
     "synapse_macaroon_secret_key": 32,
     "synapse_form_secret": 32,
     "admin_password": 12,
+    "msc3861_client_secret": 32,
 }
 
 

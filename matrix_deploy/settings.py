@@ -15,9 +15,15 @@ from urllib.parse import urlsplit
 
 ROLES = ("db", "mas", "synapse", "proxy")
 SINGLE_INSTANCE_ROLES = ("db", "mas", "synapse")
-AUTH_MODES = ("native",)
+AUTH_MODES = ("native", "msc3861")
 # The first Synapse with the `matrix_authentication_service` section.
 NATIVE_MIN_SYNAPSE = (1, 136, 0)
+# The newest Synapse that still has `experimental_features.msc3861` (1.157.0 removed it).
+MSC3861_MAX_SYNAPSE = (1, 156, 0)
+# The first Synapse with the MAS API (/_synapse/mas) that MAS's `synapse` kind calls.
+MAS_API_MIN_SYNAPSE = (1, 135, 0)
+# The client MAS keeps for Synapse in msc3861 mode (a valid ULID).
+MSC3861_CLIENT_ID = "0000000000000000000SYNAPSE"
 # Settings Synapse refuses beside MAS, or that this deployment renders itself.
 SYNAPSE_FORBIDDEN = {
     "enable_registration": "registration is handled by MAS",
@@ -116,6 +122,7 @@ class Settings:
     public_url: str  # with a trailing slash
     mas_public_url: str
     auth_mode: str
+    allow_auth_mode_downgrade: bool
     synapse_version: str
     synapse_port: int
     synapse_extra_config: dict[str, Any] = field(hash=False)
@@ -134,6 +141,11 @@ class Settings:
     placement: Placement
 
     @property
+    def mas_homeserver_kind(self) -> str:
+        """MAS's matrix.kind for this Synapse: the legacy admin API before Synapse had the MAS API."""
+        return "synapse" if version_tuple(self.synapse_version) >= MAS_API_MIN_SYNAPSE else "synapse_legacy"
+
+    @property
     def public_host(self) -> str:
         return urlsplit(self.public_url).hostname
 
@@ -147,6 +159,7 @@ DEPLOYMENT_KEYS = (
     "matrix_public_url",
     "mas_public_url",
     "auth_mode",
+    "allow_auth_mode_downgrade",
     "synapse_version",
     "synapse_port",
     "synapse_extra_config",
@@ -324,6 +337,16 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
             synapse_version,
             "1.136.0 or newer with auth_mode 'native' (matrix_authentication_service)",
         )
+    if synapse_version and auth_mode == "msc3861" and version_tuple(synapse_version) > MSC3861_MAX_SYNAPSE:
+        c.bad(
+            "synapse_version",
+            synapse_version,
+            "1.156.0 or older with auth_mode 'msc3861' (1.157.0 removed experimental_features.msc3861; "
+            "1.156.0 is the newest that has it), or auth_mode 'native'",
+        )
+    downgrade = first.get("allow_auth_mode_downgrade")
+    if not isinstance(downgrade, bool):
+        c.bad("allow_auth_mode_downgrade", downgrade, "true or false")
     mas_version = c.version("mas_version")
     sha = c.text("mas_release_sha256", SHA256, "the release tarball's sha256: 64 lower-case hex digits")
     release_file = c.file("mas_release_file")
@@ -375,6 +398,7 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
         public_url=public_url,
         mas_public_url=mas_public_url,
         auth_mode=auth_mode,
+        allow_auth_mode_downgrade=downgrade,
         synapse_version=synapse_version,
         synapse_port=ports["synapse_port"],
         synapse_extra_config=synapse_extra,

@@ -1,5 +1,7 @@
 """Synapse from PyPI in a per-version virtualenv, delegating authentication to MAS."""
 
+import shlex
+
 import yaml
 from jinja2 import FileSystemLoader
 from pyinfra import host
@@ -7,7 +9,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from . import restarts
+from . import auth_mode, restarts
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -23,8 +25,12 @@ from .paths import (
     TEMPLATES,
 )
 from .secret_files import secret_file
+from .settings import MSC3861_CLIENT_ID
 
-PSYCOPG2 = "psycopg2-binary>=2.9,<3"
+
+def requirements(version: str) -> list[str]:
+    """What pip installs into Synapse's virtualenv: the oidc extra brings authlib, which msc3861 mode needs."""
+    return [f"matrix-synapse[oidc]=={version}", "psycopg2-binary>=2.9,<3"]
 
 
 def secret_contents(d: Deployment) -> dict[str, str]:
@@ -38,7 +44,7 @@ def secret_contents(d: Deployment) -> dict[str, str]:
         "mas_secret": d.secrets["matrix_shared_secret"] + "\n",
         # libpq's password file: host:port:database:user:password
         "pgpass": f"{db_host}:{s.postgres_port}:synapse:synapse:{d.secrets['synapse_db_password']}\n",
-    }
+    } | ({"mas_client_secret": d.secrets["msc3861_client_secret"] + "\n"} if s.auth_mode == "msc3861" else {})
 
 
 def config(d: Deployment) -> dict:
@@ -77,12 +83,35 @@ def config(d: Deployment) -> dict:
         "form_secret_path": f"{SYNAPSE_SECRETS}/form_secret",
         "trusted_key_servers": [{"server_name": "matrix.org"}],
         "suppress_key_server_warning": True,
-        "matrix_authentication_service": {
-            "enabled": True,
-            "endpoint": f"http://{p.reach(p.synapse, p.mas)}:{s.mas_port}/",
-            "secret_path": f"{SYNAPSE_SECRETS}/mas_secret",
-        },
+        # Implied by delegation on recent Synapse; older ones need it said.
+        "password_config": {"enabled": False},
     }
+    mas_internal = f"http://{p.reach(p.synapse, p.mas)}:{s.mas_port}/"
+    if s.auth_mode == "native":
+        base["matrix_authentication_service"] = {
+            "enabled": True,
+            "endpoint": mas_internal,
+            "secret_path": f"{SYNAPSE_SECRETS}/mas_secret",
+        }
+    else:
+        base["experimental_features"] = {
+            "msc3861": {
+                "enabled": True,
+                "issuer": s.mas_public_url,
+                # MAS's metadata given here, so introspection goes to MAS's internal address, not the public one.
+                "issuer_metadata": {
+                    "issuer": s.mas_public_url,
+                    "introspection_endpoint": f"{mas_internal}oauth2/introspect",
+                    "account_management_uri": f"{s.mas_public_url}account/",
+                },
+                "client_id": MSC3861_CLIENT_ID,
+                "client_auth_method": "client_secret_basic",
+                "client_secret_path": f"{SYNAPSE_SECRETS}/mas_client_secret",
+                # The msc3861 admin token is MAS's matrix.secret: the same shared secret as native mode's.
+                "admin_token_path": f"{SYNAPSE_SECRETS}/mas_secret",
+                "account_management_url": f"{s.mas_public_url}account/",
+            }
+        }
     return deep_merge(base, s.synapse_extra_config)
 
 
@@ -102,7 +131,7 @@ def _virtualenv(version: str):
             name=f"Install Synapse {version} into {venv}",
             commands=[
                 f"rm -rf {venv} && python3 -m venv {venv}"
-                f" && {venv}/bin/pip install --quiet --disable-pip-version-check 'matrix-synapse=={version}' '{PSYCOPG2}'"
+                f" && {venv}/bin/pip install --quiet --disable-pip-version-check {' '.join(map(shlex.quote, requirements(version)))}"
                 f" && touch {venv}/.complete"
             ],
         )
@@ -176,3 +205,4 @@ def install(d: Deployment):
         d, "synapse", "synapse", p.reach(p.synapse, p.db), f"PGPASSFILE={SYNAPSE_SECRETS}/pgpass", venv
     )
     restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked)
+    auth_mode.record(d)

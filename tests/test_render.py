@@ -1,5 +1,6 @@
 """Rendered configs are accepted by the real checkers: MAS's schema, Synapse's own config checker, nginx -t."""
 
+import hashlib
 import json
 import re
 import shutil
@@ -12,8 +13,10 @@ import pytest
 import yaml
 
 from matrix_deploy import mas, nginx, synapse
+from matrix_deploy import secrets as secrets_store
+from matrix_deploy.inventory import Deployment, wanted_secrets
 from matrix_deploy.paths import SYNAPSE_DATA, SYNAPSE_ETC
-from tests.conftest import SHARED
+from tests.conftest import SHARED, make_settings
 
 CACHE = Path.home() / ".cache/matrix-deploy"
 
@@ -52,21 +55,61 @@ def test_one_shared_secret_on_both_sides(deployment):
     }
 
 
-@pytest.fixture(scope="session")
-def synapse_python(tmp_path_factory) -> Path:
-    """Synapse's own interpreter, from a virtualenv cached outside the clone (same version as deployed)."""
-    from tests.conftest import defaults
-
-    version = defaults()["synapse_version"]
-    target = CACHE / f"synapse-{version}"
+def synapse_interpreter(version: str) -> Path:
+    """Synapse's own interpreter for `version`, from a virtualenv cached outside the clone."""
+    target = (
+        CACHE / f"synapse-{version}-{hashlib.sha256(' '.join(synapse.requirements(version)).encode()).hexdigest()[:8]}"
+    )
     if not (target / ".complete").exists():
         shutil.rmtree(target, ignore_errors=True)
         venv.create(target, with_pip=True)
-        subprocess.run(
-            [target / "bin/pip", "install", "-q", f"matrix-synapse=={version}", synapse.PSYCOPG2], check=True
-        )
+        subprocess.run([target / "bin/pip", "install", "-q", *synapse.requirements(version)], check=True)
         (target / ".complete").touch()
     return target / "bin/python"
+
+
+@pytest.fixture(scope="session")
+def synapse_python() -> Path:
+    """The interpreter of the Synapse version deployed by default."""
+    from tests.conftest import defaults
+
+    return synapse_interpreter(defaults()["synapse_version"])
+
+
+@pytest.fixture
+def msc3861_deployment(tmp_path) -> Deployment:
+    settings = make_settings(secrets_dir=str(tmp_path / "secrets"), auth_mode="msc3861", synapse_version="1.156.0")
+    store = secrets_store.store_path(settings.secrets_dir, Path("test.py"))
+    return Deployment(Path("test.py"), settings, secrets_store.load(store, wanted_secrets(settings)), store)
+
+
+def test_msc3861_mas_config_has_the_synapse_client_and_is_schema_valid(msc3861_deployment):
+    validate = fastjsonschema.compile(json.loads((SHARED / "mas/config.schema.json").read_text()))
+    config = yaml.safe_load(mas.render_config(msc3861_deployment))
+    validate(config)
+    assert config["clients"] == [
+        {
+            "client_id": "0000000000000000000SYNAPSE",
+            "client_auth_method": "client_secret_basic",
+            "client_secret_file": "/etc/mas/secrets/synapse_client_secret",
+        }
+    ]
+    assert config["matrix"]["kind"] == "synapse"
+
+
+def test_msc3861_synapse_config_is_accepted_by_synapse_1_156(msc3861_deployment, tmp_path):
+    config = yaml.safe_load(synapse.render_config(msc3861_deployment))
+    assert "matrix_authentication_service" not in config
+    msc3861 = config["experimental_features"]["msc3861"]
+    assert msc3861["client_id"] == "0000000000000000000SYNAPSE" and msc3861["admin_token_path"].endswith("/mas_secret")
+    result = _synapse_check(synapse_interpreter("1.156.0"), msc3861_deployment, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_msc3861_config_is_refused_by_a_synapse_that_removed_it(synapse_python, msc3861_deployment, tmp_path):
+    result = _synapse_check(synapse_python, msc3861_deployment, tmp_path)
+    assert result.returncode != 0
+    assert "msc3861 was removed" in result.stderr + result.stdout
 
 
 def _synapse_check(python: Path, deployment, tmp_path: Path, extra: dict | None = None):

@@ -25,6 +25,12 @@ def test_defaults_with_a_server_name_give_a_single_host_deployment():
     assert p.listen("hs1", ["hs1"]) == ["127.0.0.1"]
 
 
+def test_msc3861_mode_with_the_newest_synapse_that_has_it():
+    s = make_settings(auth_mode="msc3861", synapse_version="1.156.0")
+    assert (s.auth_mode, s.mas_homeserver_kind) == ("msc3861", "synapse")
+    assert make_settings(auth_mode="msc3861", synapse_version="1.120.0").mas_homeserver_kind == "synapse_legacy"
+
+
 def test_split_layout_uses_internal_addresses():
     hosts = {name: {"internal_address": f"10.0.0.{i}"} for i, name in enumerate(["db", "mas", "syn", "px"], 1)}
     s = make_settings(hosts=hosts, groups={"db": ["db"], "mas": ["mas"], "synapse": ["syn"], "proxy": ["px"]})
@@ -69,7 +75,9 @@ def test_urls_are_normalised():
             "synapse_version = '1.135.0': expected 1.136.0 or newer with auth_mode 'native'",
         ),
         ({"synapse_version": "latest"}, "synapse_version = 'latest': expected a release version like 1.2.3"),
-        ({"auth_mode": "password"}, "auth_mode = 'password': expected one of native"),
+        ({"auth_mode": "password"}, "auth_mode = 'password': expected one of native, msc3861"),
+        ({"auth_mode": "msc3861"}, "synapse_version = '1.163.2': expected 1.156.0 or older with auth_mode 'msc3861'"),
+        ({"allow_auth_mode_downgrade": "yes"}, "allow_auth_mode_downgrade = 'yes': expected true or false"),
         ({"mas_release_sha256": None}, "mas_release_sha256 is not set: expected the release tarball's sha256"),
         ({"mas_release_sha256": "ABC"}, "mas_release_sha256 = 'ABC': expected the release tarball's sha256"),
         (
