@@ -3,7 +3,6 @@
 import copy
 
 import yaml
-from jinja2 import FileSystemLoader
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File, FileContents
@@ -13,9 +12,10 @@ from . import auth_mode, restarts
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
-from .paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_USER, STATE, TEMPLATES
+from .paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_USER, STATE
 from .secret_files import secret_file
 from .settings import MSC3861_CLIENT_ID
+from .units import system_user, unit
 
 SECRET_FILES = {
     # file name in /etc/mas/secrets -> secrets store entry
@@ -141,11 +141,7 @@ mv {target}.partial {target}
 
 @deploy("matrix-authentication-service")
 def install(d: Deployment):
-    server.group(name="MAS group", group=MAS_USER, system=True)
-    server.user(
-        name="MAS system user", user=MAS_USER, group=MAS_USER, system=True, home=MAS_HOME,
-        create_home=False, ensure_home=False, shell="/usr/sbin/nologin",
-    )  # fmt: skip
+    system_user("MAS", MAS_USER, MAS_HOME)
     files.directory(name="MAS home", path=MAS_HOME, user="root", group="root", mode="755")
     files.directory(name="MAS config directory", path=MAS_ETC, user="root", group=MAS_USER, mode="750")
     files.directory(name="MAS secrets directory", path=MAS_SECRETS, user="root", group=MAS_USER, mode="750")
@@ -162,7 +158,8 @@ def install(d: Deployment):
             secret_file(
                 name=f"MAS secret {name}",
                 path=f"{MAS_SECRETS}/{name}",
-                content=d.secrets[secret].strip() + "\n",
+                # Exactly the value: MAS reads encryption_file byte for byte (64 hex digits, no newline).
+                content=d.secrets[secret].strip(),
                 user=MAS_USER,
                 group=MAS_USER,
                 mode="400",
@@ -177,18 +174,18 @@ def install(d: Deployment):
             group=MAS_USER,
             mode="640",
             service="MAS",
-        )  # fmt: skip
+            recheck=list(changes),
+        )
     )
     changes.append(
-        files.template(
-            name="MAS systemd unit",
-            src=str(TEMPLATES / "mas/mas.service.j2"),
-            dest="/etc/systemd/system/mas.service",
-            jinja_env_kwargs={"loader": FileSystemLoader(str(TEMPLATES))},
+        unit(
+            "MAS",
+            "mas.service",
+            "mas/mas.service.j2",
             service_user=MAS_USER,
             current=MAS_CURRENT,
             config=MAS_CONFIG,
-        )  # fmt: skip
+        )
     )
     marked = restarts.mark("mas", changes)
     p = d.settings.placement

@@ -3,7 +3,6 @@
 import shlex
 
 import yaml
-from jinja2 import FileSystemLoader
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
@@ -26,6 +25,7 @@ from .paths import (
 )
 from .secret_files import secret_file
 from .settings import MSC3861_CLIENT_ID
+from .units import system_user, unit
 
 
 def requirements(version: str) -> list[str]:
@@ -142,11 +142,7 @@ def _virtualenv(version: str):
 @deploy("Synapse")
 def install(d: Deployment):
     s = d.settings
-    server.group(name="Synapse group", group=SYNAPSE_USER, system=True)
-    server.user(
-        name="Synapse system user", user=SYNAPSE_USER, group=SYNAPSE_USER, system=True, home=SYNAPSE_DATA,
-        create_home=False, ensure_home=False, shell="/usr/sbin/nologin",
-    )  # fmt: skip
+    system_user("Synapse", SYNAPSE_USER, SYNAPSE_DATA)
     files.directory(name="Synapse home", path=SYNAPSE_HOME, user="root", group="root", mode="755")
     files.directory(name="Synapse data", path=SYNAPSE_DATA, user=SYNAPSE_USER, group=SYNAPSE_USER, mode="750")
     files.directory(name="Synapse config directory", path=SYNAPSE_ETC, user="root", group=SYNAPSE_USER, mode="750")
@@ -184,19 +180,19 @@ def install(d: Deployment):
             group=SYNAPSE_USER,
             mode="640",
             service="Synapse",
-        )  # fmt: skip
+            recheck=list(changes),
+        )
     )
     changes.append(
-        files.template(
-            name="Synapse systemd unit",
-            src=str(TEMPLATES / "synapse/synapse.service.j2"),
-            dest="/etc/systemd/system/synapse.service",
-            jinja_env_kwargs={"loader": FileSystemLoader(str(TEMPLATES))},
+        unit(
+            "Synapse",
+            "synapse.service",
+            "synapse/synapse.service.j2",
             service_user=SYNAPSE_USER,
             current=SYNAPSE_CURRENT,
             config=SYNAPSE_CONFIG,
             data=SYNAPSE_DATA,
-        )  # fmt: skip
+        )
     )
     marked = restarts.mark("synapse", changes)
     p = s.placement

@@ -1,0 +1,250 @@
+"""PostgreSQL: the connection MAS makes from the `database` section, and the stand-in's own tables.
+
+Connection settings follow MAS (sqlx's PgConnectOptions): `uri`, or `host`/`port`/`socket`/
+`username`/`password`/`password_file`/`database`, with libpq's environment defaults (PGHOST,
+PGPORT, PGUSER, PGPASSWORD, PGDATABASE); without a host, the Unix socket in /var/run/postgresql
+(or /tmp) when one is there, else localhost. Passwords go through pg8000, which speaks
+scram-sha-256 and md5.
+
+The schema is the stand-in's, not MAS's: users, compatibility sessions with their access tokens,
+OAuth 2.0 clients from the config, and a table of applied migrations. Migrations run in one
+transaction under an advisory lock, each once: `database migrate` is idempotent.
+"""
+
+import getpass
+import os
+import queue
+import ssl
+import threading
+import urllib.parse
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import log
+from .config import read_file
+
+APPLICATION_NAME = "matrix-authentication-service"
+MIGRATIONS = [
+    (1, "users, compatibility sessions and OAuth 2.0 clients", [
+        """CREATE TABLE users (
+            user_id TEXT PRIMARY KEY,  -- a ULID, also the `sub` given to Synapse
+            username TEXT NOT NULL UNIQUE,
+            hashed_password TEXT,
+            can_request_admin BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            locked_at TIMESTAMPTZ,
+            deactivated_at TIMESTAMPTZ,
+            -- the provisioning job: pending until Synapse has the user (and this display name)
+            provision_pending BOOLEAN NOT NULL DEFAULT TRUE,
+            pending_display_name TEXT,
+            provisioned_at TIMESTAMPTZ,
+            -- the device sync job: Synapse's devices must be made to match the active sessions
+            devices_dirty BOOLEAN NOT NULL DEFAULT FALSE
+        )""",
+        """CREATE TABLE compat_sessions (
+            compat_session_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+            device_id TEXT NOT NULL,
+            human_name TEXT,
+            is_synapse_admin BOOLEAN NOT NULL DEFAULT FALSE,
+            access_token TEXT NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            finished_at TIMESTAMPTZ
+        )""",
+        "CREATE INDEX compat_sessions_user_active ON compat_sessions (user_id) WHERE finished_at IS NULL",
+        """CREATE TABLE oauth2_clients (
+            client_id TEXT PRIMARY KEY,
+            client_auth_method TEXT NOT NULL,
+            encrypted_client_secret TEXT,
+            client_name TEXT,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+    ]),
+]  # fmt: skip
+
+
+class Unavailable(Exception):
+    """The database could not be reached or refused us."""
+
+
+def is_database_error(error: BaseException) -> bool:
+    return type(error).__module__.startswith("pg8000")
+
+
+def describe(error: BaseException) -> str:
+    if is_database_error(error) and error.args and isinstance(error.args[0], dict):
+        fields = error.args[0]
+        return f"{fields.get('S', 'ERROR')}: {fields.get('M', error)} (SQLSTATE {fields.get('C', '?')})"
+    return str(error) or type(error).__name__
+
+
+def _ssl_context(mode: str | None, database: dict):
+    if mode in (None, "disable", "allow", "prefer"):
+        return None
+    context = ssl.create_default_context()
+    if database.get("ssl_ca_file"):
+        context.load_verify_locations(database["ssl_ca_file"])
+    if mode == "require":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif mode == "verify-ca":
+        context.check_hostname = False
+    if database.get("ssl_certificate_file") and database.get("ssl_key_file"):
+        context.load_cert_chain(database["ssl_certificate_file"], database["ssl_key_file"])
+    return context
+
+
+def _default_socket(port: int) -> str | None:
+    for directory in ("/var/run/postgresql", "/private/tmp", "/tmp"):
+        path = Path(directory) / f".s.PGSQL.{port}"
+        if path.exists():
+            return str(path)
+    return None
+
+
+def connect_args(database: dict) -> dict:
+    """pg8000 keyword arguments for MAS's `database` section (no secret is ever logged from here)."""
+    env = os.environ
+    host, port, socket_dir = env.get("PGHOST"), int(env.get("PGPORT", "5432")), None
+    user, password, name = env.get("PGUSER"), env.get("PGPASSWORD"), env.get("PGDATABASE")
+    ssl_mode = database.get("ssl_mode")
+    if database.get("uri") is not None:
+        url = urllib.parse.urlsplit(database["uri"])
+        query = dict(urllib.parse.parse_qsl(url.query))
+        host = urllib.parse.unquote(url.hostname) if url.hostname else query.get("host", host)
+        port = url.port or int(query.get("port", port))
+        user = urllib.parse.unquote(url.username) if url.username else query.get("user", user)
+        password = urllib.parse.unquote(url.password) if url.password else query.get("password", password)
+        name = url.path.lstrip("/") or query.get("dbname", name)
+        ssl_mode = query.get("sslmode", ssl_mode)
+    else:
+        host = database.get("host") or host
+        port = database.get("port") or port
+        socket_dir = database.get("socket")
+        user = database.get("username") or user
+        name = database.get("database") or name
+        if database.get("password") is not None:
+            password = database["password"]
+        if database.get("password_file") is not None:
+            password = read_file(database["password_file"], "database.password_file").decode().strip()
+    args = {"user": user or getpass.getuser(), "password": password, "database": name, "port": port,
+            "application_name": APPLICATION_NAME, "timeout": 15}  # fmt: skip
+    if host and host.startswith("/"):
+        socket_dir, host = host, None
+    if socket_dir:
+        args["unix_sock"] = str(Path(socket_dir) / f".s.PGSQL.{port}")
+    elif host:
+        args["host"] = host
+    elif default := _default_socket(port):
+        args["unix_sock"] = default
+    else:
+        args["host"] = "localhost"
+    context = _ssl_context(ssl_mode, database)
+    if context is not None:
+        args["ssl_context"] = context
+    return args
+
+
+def connect(database: dict):
+    """A pg8000 native connection (pg8000 is imported here: commands without a database start faster)."""
+    import pg8000.native
+
+    args = connect_args(database)
+    try:
+        return pg8000.native.Connection(**args)
+    except Exception as error:
+        if not (is_database_error(error) or isinstance(error, OSError)):
+            raise
+        where = args.get("unix_sock") or f"{args.get('host')}:{args['port']}"
+        raise Unavailable(
+            f"could not connect to the database at {where} as {args['user']!r}: {describe(error)}"
+        ) from None
+
+
+def migrate(conn) -> list[int]:
+    """Apply pending migrations; return the versions applied."""
+    conn.run("BEGIN")
+    try:
+        conn.run("SELECT pg_advisory_xact_lock(hashtext('mas-standin migrations'))")
+        conn.run(
+            "CREATE TABLE IF NOT EXISTS mas_standin_migrations (version INTEGER PRIMARY KEY,"
+            " description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in conn.run("SELECT version FROM mas_standin_migrations")}
+        applied = []
+        for version, description, statements in MIGRATIONS:
+            if version in done:
+                continue
+            log.info("mas_storage_pg::migrations", "Applying migration", version=version, description=description)
+            for statement in statements:
+                conn.run(statement)
+            conn.run("INSERT INTO mas_standin_migrations (version, description) VALUES (:v, :d)",
+                     v=version, d=description)  # fmt: skip
+            applied.append(version)
+        conn.run("COMMIT")
+    except BaseException:
+        conn.run("ROLLBACK")
+        raise
+    return applied
+
+
+def pending(conn) -> list[int]:
+    exists = conn.run("SELECT to_regclass('mas_standin_migrations') IS NOT NULL")[0][0]
+    done = {row[0] for row in conn.run("SELECT version FROM mas_standin_migrations")} if exists else set()
+    return [version for version, _, _ in MIGRATIONS if version not in done]
+
+
+class Pool:
+    """A few reusable connections for the server's threads; a connection that failed is dropped."""
+
+    def __init__(self, database: dict, size: int = 8):
+        self.database = database
+        self.idle: queue.LifoQueue = queue.LifoQueue(maxsize=size)
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def connection(self):
+        conn = None
+        while conn is None:
+            try:
+                conn = self.idle.get_nowait()
+            except queue.Empty:
+                conn = connect(self.database)
+                break
+            try:  # an idle connection may have died with a database restart
+                conn.run("SELECT 1")
+            except Exception:
+                conn = None
+        try:
+            yield conn
+        except BaseException:
+            try:
+                conn.close()
+            except Exception:
+                pass
+            raise
+        try:
+            self.idle.put_nowait(conn)
+        except queue.Full:
+            conn.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self.idle.get_nowait().close()
+            except queue.Empty:
+                return
+            except Exception:
+                continue
+
+
+@contextmanager
+def transaction(conn):
+    conn.run("BEGIN")
+    try:
+        yield conn
+    except BaseException:
+        conn.run("ROLLBACK")
+        raise
+    conn.run("COMMIT")

@@ -1,0 +1,211 @@
+"""What the stand-in keeps in PostgreSQL, and the jobs MAS's worker runs against Synapse.
+
+MAS provisions users and syncs devices asynchronously, through jobs its worker runs (the `server`
+runs the worker unless `--no-worker`): `manage register-user` only schedules the provisioning, and a
+compat logout only schedules a device sync. Here a job is a flag on the user row
+(`provision_pending`, `devices_dirty`); the worker picks flagged users up every second and keeps the
+flag on failure, so a user registered while Synapse was away is provisioned once Synapse answers.
+"""
+
+import threading
+import time
+
+from . import crypto, log
+from .database import transaction
+from .homeserver import HomeserverError, SynapseConnection
+
+
+def rows(conn, sql: str, **params) -> list[dict]:
+    result = conn.run(sql, **params)
+    if not conn.columns:
+        return []
+    names = [c["name"] for c in conn.columns]
+    return [dict(zip(names, row, strict=True)) for row in result or []]
+
+
+def one(conn, sql: str, **params) -> dict | None:
+    found = rows(conn, sql, **params)
+    return found[0] if found else None
+
+
+# ---------------------------------------------------------------- users
+
+
+def find_user(conn, username: str) -> dict | None:
+    return one(conn, "SELECT * FROM users WHERE username = :u", u=username)
+
+
+def create_user(conn, username: str, hashed_password: str | None, admin: bool | None, display_name: str | None) -> str:
+    user_id = crypto.ulid()
+    conn.run(
+        "INSERT INTO users (user_id, username, hashed_password, can_request_admin, pending_display_name)"
+        " VALUES (:i, :u, :p, :a, :d)",
+        i=user_id, u=username, p=hashed_password, a=bool(admin), d=display_name,
+    )  # fmt: skip
+    return user_id
+
+
+def active_devices(conn, user_id: str) -> set[str]:
+    found = conn.run("SELECT device_id FROM compat_sessions WHERE user_id = :i AND finished_at IS NULL", i=user_id)
+    return {row[0] for row in found}
+
+
+def start_compat_session(conn, user_id: str, device_id: str, human_name: str | None, admin: bool = False) -> dict:
+    """A new compat session with its access token; active sessions on the same device are replaced."""
+    with transaction(conn):
+        conn.run("SELECT pg_advisory_xact_lock(hashtext(:i))", i=user_id)
+        conn.run(
+            "UPDATE compat_sessions SET finished_at = now() WHERE user_id = :i AND device_id = :d AND finished_at IS NULL",
+            i=user_id, d=device_id,
+        )  # fmt: skip
+        session = {"compat_session_id": crypto.ulid(), "access_token": crypto.token("mct"), "device_id": device_id}
+        conn.run(
+            "INSERT INTO compat_sessions (compat_session_id, user_id, device_id, human_name, is_synapse_admin,"
+            " access_token) VALUES (:s, :i, :d, :h, :a, :t)",
+            s=session["compat_session_id"], i=user_id, d=device_id, h=human_name, a=admin, t=session["access_token"],
+        )  # fmt: skip
+    return session
+
+
+def session_for_token(conn, token: str) -> dict | None:
+    """The active compat session of a compat access token, with its user, if both are valid."""
+    if crypto.token_type(token) != "compat_access_token":
+        return None
+    return one(
+        conn,
+        "SELECT s.compat_session_id, s.device_id, s.is_synapse_admin, s.created_at, u.user_id, u.username"
+        " FROM compat_sessions s JOIN users u USING (user_id)"
+        " WHERE s.access_token = :t AND s.finished_at IS NULL AND u.locked_at IS NULL AND u.deactivated_at IS NULL",
+        t=token,
+    )
+
+
+def finish_sessions(conn, user_id: str, session_id: str | None = None) -> int:
+    """End one session (or every active one of the user) and schedule a device sync."""
+    with transaction(conn):
+        where = "compat_session_id = :s" if session_id else "user_id = :i"
+        ended = conn.run(
+            f"UPDATE compat_sessions SET finished_at = now() WHERE {where} AND finished_at IS NULL RETURNING 1",
+            **({"s": session_id} if session_id else {"i": user_id}),
+        )
+        conn.run("UPDATE users SET devices_dirty = TRUE WHERE user_id = :i", i=user_id)
+    return len(ended)
+
+
+# ---------------------------------------------------------------- clients (config sync)
+
+
+class _RollBack(Exception):
+    pass
+
+
+def sync_clients(conn, clients: list[dict], key: bytes, prune: bool, dry_run: bool, secret_of) -> None:
+    """`config sync` for clients, with MAS's log lines; `secret_of(client)` reads a client's secret."""
+    target = "mas_cli::sync"
+    try:
+        with transaction(conn):
+            log.info(target, "Acquiring configuration lock")
+            conn.run("SELECT pg_advisory_xact_lock(hashtext('MAS config sync'))")
+            log.info(target, "Syncing providers and clients defined in config to database", prune=prune,
+                     dry_run=dry_run)  # fmt: skip
+            existing = {row[0] for row in conn.run("SELECT client_id FROM oauth2_clients")}
+            stale = sorted(existing - {c["client_id"] for c in clients})
+            if prune:
+                for client_id in stale:
+                    log.info(target, "Deleting client", client__id=client_id)
+                    if not dry_run:
+                        conn.run("DELETE FROM oauth2_clients WHERE client_id = :c", c=client_id)
+            elif len(stale) == 1:
+                log.warn(
+                    target, "A static client in the database is not in the config. Run with `--prune` to delete it."
+                )
+            elif stale:
+                log.warn(target, f"{len(stale)} static clients in the database are not in the config. Run with"
+                                 " `--prune` to delete them.")  # fmt: skip
+            for client in clients:
+                client_id = client["client_id"]
+                log.info(target, "Updating client" if client_id in existing else "Adding client", client__id=client_id)
+                if dry_run:
+                    continue
+                secret = secret_of(client)
+                conn.run(
+                    "INSERT INTO oauth2_clients (client_id, client_auth_method, encrypted_client_secret, client_name)"
+                    " VALUES (:c, :m, :s, :n) ON CONFLICT (client_id) DO UPDATE SET client_auth_method = :m,"
+                    " encrypted_client_secret = :s, client_name = :n, updated_at = now()",
+                    c=client_id, m=client["client_auth_method"], n=client.get("client_name"),
+                    s=crypto.encrypt(key, secret) if secret is not None else None,
+                )  # fmt: skip
+            if dry_run:
+                log.info(target, "Dry run, rolling back changes")
+                raise _RollBack()
+    except _RollBack:
+        pass
+
+
+# ---------------------------------------------------------------- worker jobs
+
+
+class Worker:
+    """MAS's task worker, for the two jobs the stand-in has: provision users, sync their devices."""
+
+    TARGET = "mas_tasks"
+
+    def __init__(self, pool, homeserver: SynapseConnection):
+        self.pool, self.homeserver = pool, homeserver
+        # One user at a time: a login creating a device must not race a sync deleting it.
+        self.user_lock = threading.Lock()
+        self.wake = threading.Event()
+        self.retry: dict[str, tuple[int, float]] = {}  # user_id -> (failures, not before), like a job's backoff
+
+    def provision(self, conn, user: dict) -> None:
+        created = self.homeserver.provision_user(
+            user["username"],
+            user["user_id"],
+            user.get("pending_display_name"),
+            locked=user.get("locked_at") is not None,
+        )
+        conn.run(
+            "UPDATE users SET provision_pending = FALSE, pending_display_name = NULL, provisioned_at = now()"
+            " WHERE user_id = :i",
+            i=user["user_id"],
+        )
+        log.info(self.TARGET, "User provisioned" if created else "User updated on the homeserver",
+                 user__id=user["user_id"], user__username=user["username"])  # fmt: skip
+
+    def sync_devices(self, conn, user: dict) -> None:
+        conn.run("UPDATE users SET devices_dirty = FALSE WHERE user_id = :i", i=user["user_id"])
+        try:
+            self.homeserver.sync_devices(user["username"], active_devices(conn, user["user_id"]))
+        except BaseException:
+            conn.run("UPDATE users SET devices_dirty = TRUE WHERE user_id = :i", i=user["user_id"])
+            raise
+        log.info(self.TARGET, "Devices synced with the homeserver", user__id=user["user_id"])
+
+    def run_once(self) -> None:
+        with self.pool.connection() as conn:
+            for user in rows(conn, "SELECT * FROM users WHERE provision_pending OR devices_dirty ORDER BY created_at"):
+                failures, not_before = self.retry.get(user["user_id"], (0, 0.0))
+                if time.monotonic() < not_before:
+                    continue
+                with self.user_lock:
+                    try:
+                        if user["provision_pending"]:
+                            self.provision(conn, user)
+                        if user["devices_dirty"]:
+                            self.sync_devices(conn, user)
+                    except HomeserverError as error:
+                        delay = min(2**failures, 10)
+                        self.retry[user["user_id"]] = (failures + 1, time.monotonic() + delay)
+                        log.error(self.TARGET, f"Job failed, will retry in {delay}s: {error}", user__id=user["user_id"])
+                    else:
+                        self.retry.pop(user["user_id"], None)
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("mas_cli::server", "Starting task worker")
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception as error:  # the database may be away for a moment: retried next round
+                log.error(self.TARGET, f"Worker round failed, will retry: {error}")
+            self.wake.wait(1.0)
+            self.wake.clear()
