@@ -31,11 +31,11 @@ def run(*args, inventory="inventories/lab.py", deploy="deploy.py") -> tuple[floa
     started = time.monotonic()
     result = subprocess.run(
         [str(ROOT / ".venv/bin/pyinfra"), "-y", *args, inventory, deploy],
-        cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     elapsed = time.monotonic() - started
     if result.returncode != 0:
-        sys.exit(f"bench: {deploy} failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+        sys.exit(f"bench: {deploy} failed:\n{result.stdout[-3000:]}")
     return elapsed, result
 
 
@@ -73,7 +73,7 @@ def main() -> None:
             noop_times.append(elapsed)
         noop_changes = len(changed_operations(noop.stdout))
         _, debug = run("--debug")
-        commands = debug.stderr.count("Running command on") + debug.stdout.count("Running command on")
+        commands = debug.stdout.count("Running command on")
         inventory = ROOT / "bench/trivial_inventory.py"
         run(inventory=str(inventory), deploy="bench/trivial.py")
         trivial_times = [run(inventory=str(inventory), deploy="bench/trivial.py")[0] for _ in range(REPEAT)]
@@ -100,17 +100,17 @@ def main() -> None:
          f"{noop_median:.1f} s / {trivial_median:.1f} s = {noop_median / trivial_median:.1f}x", "<= 3x",
          noop_median <= 3 * trivial_median),
         ("no-op re-run: changes reported", str(noop_changes), "0", noop_changes == 0),
-        ("one Synapse setting changed: until it answers again", f"{change_time:.1f} s", "", True),
+        ("one Synapse setting changed: run start until it answers again", f"{change_time:.1f} s", "<= 10 s", change_time <= 10),
         ("one Synapse setting changed: restarted", ", ".join(restarted) or "nothing", "synapse only", restarted == ["synapse"]),
-        ("no-op re-run: commands sent to the host", str(commands), "(watch for regressions)", True),
-        ("peak memory of a deploy process (operator side)", f"{peak_mb:.0f} MB", "", True),
+        ("no-op re-run: commands sent to the host", str(commands), "(watch for regressions)", None),
+        ("peak memory of a deploy process (operator side)", f"{peak_mb:.0f} MB", "", None),
     ]  # fmt: skip
     print(
         f"\nmatrix-deploy bench, {date.today()}, {platform.node()} ({platform.machine()}, {__import__('os').cpu_count()} cores)\n"
     )
     print("| measure | result | target | met |\n|---|---|---|---|")
     for name, value, target, met in rows:
-        print(f"| {name} | {value} | {target} | {'yes' if met else 'NO'} |")
+        print(f"| {name} | {value} | {target} | {'-' if met is None else 'yes' if met else 'NO'} |")
 
 
 if __name__ == "__main__":
