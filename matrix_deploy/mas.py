@@ -1,8 +1,5 @@
 """matrix-authentication-service: a pinned, sha256-verified release, its config, database and unit."""
 
-import copy
-
-import yaml
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File, FileContents
@@ -16,6 +13,7 @@ from .paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_
 from .secret_files import secret_file
 from .settings import MSC3861_CLIENT_ID
 from .units import system_user, unit
+from .yaml_config import deep_merge, dump
 
 SECRET_FILES = {
     # file name in /etc/mas/secrets -> secrets store entry
@@ -25,16 +23,6 @@ SECRET_FILES = {
     "signing_rsa.pem": "mas_signing_key_rsa",
     "signing_ec.pem": "mas_signing_key_ec",
 }
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def config(d: Deployment) -> dict:
@@ -94,9 +82,7 @@ def config(d: Deployment) -> dict:
 
 
 def render_config(d: Deployment) -> str:
-    return "# Managed by matrix-deploy: edit the settings, not this file.\n" + yaml.safe_dump(
-        config(d), default_flow_style=False, sort_keys=False
-    )
+    return dump(config(d))
 
 
 def _release(d: Deployment):

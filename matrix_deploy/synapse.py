@@ -2,7 +2,6 @@
 
 import shlex
 
-import yaml
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import File
@@ -12,7 +11,6 @@ from . import auth_mode, restarts
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
-from .mas import deep_merge
 from .paths import (
     SYNAPSE_CONFIG,
     SYNAPSE_CURRENT,
@@ -26,6 +24,7 @@ from .paths import (
 from .secret_files import secret_file
 from .settings import MSC3861_CLIENT_ID
 from .units import system_user, unit
+from .yaml_config import deep_merge, dump
 
 
 def requirements(version: str) -> list[str]:
@@ -116,9 +115,7 @@ def config(d: Deployment) -> dict:
 
 
 def render_config(d: Deployment) -> str:
-    return "# Managed by matrix-deploy: edit the settings, not this file.\n" + yaml.safe_dump(
-        config(d), default_flow_style=False, sort_keys=False
-    )
+    return dump(config(d))
 
 
 def _virtualenv(version: str):
