@@ -14,9 +14,10 @@ def install_checked(path: str, content: str, check: str, user: str, group: str, 
     Stage `content` beside `path`, then put it live only if `check` (run against the live path)
     passes; otherwise restore the previous file and fail with the checker's output.
 
-    The running service never sees a rejected file, and a rejected candidate is removed so the
-    next run checks it again instead of taking it for installed. The file is checked again when
-    any `recheck` operation changed something (a new binary must accept the running config).
+    The running service never sees a rejected file. Whether to install is decided by comparing the
+    live file with `content`, so a rejected or half-installed candidate is checked again next run.
+    The file is also checked again when any `recheck` operation changed something (a new binary
+    must accept the running config).
     Returns the operation that put the file live (did_change() means the service must restart).
     """
     candidate = f"{path}.candidate"
