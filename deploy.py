@@ -6,12 +6,21 @@ host is done (and healthy) before MAS is touched, MAS before Synapse, Synapse be
 
 from pyinfra import host
 
-from matrix_deploy import auth_mode, base, mas, nginx, postgres, synapse
+from matrix_deploy import auth_mode, base, host_state, mas, nginx, postgres, synapse
 from matrix_deploy.inventory import current
+from matrix_deploy.paths import MAS_USER, SYNAPSE_USER, managed
 
 deployment = current()
-roles = deployment.settings.placement.roles_of(host.name)
+settings = deployment.settings
+roles = settings.placement.roles_of(host.name)
 
+# One look at the host; operations are only added for what is not already as wanted.
+host_state.read(
+    managed(settings.postgres_version),
+    names=(MAS_USER, SYNAPSE_USER),
+    packages=base.packages(roles),
+    units=(postgres.unit(settings),),
+)
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
 base.prepare(roles)
@@ -23,5 +32,5 @@ if "synapse" in roles:
     synapse.install(deployment)
 if "proxy" in roles:
     nginx.install(deployment)
-if "mas" in roles and deployment.settings.admin_user:
+if "mas" in roles and settings.admin_user:
     mas.admin_user(deployment)

@@ -4,22 +4,20 @@ The record keeps a run with stale settings from silently moving a migrated host 
 that needs `allow_auth_mode_downgrade`.
 """
 
-from io import StringIO
-
 from pyinfra import host
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.files import FileContents
-from pyinfra.operations import files
 
+from . import host_state
 from .inventory import Deployment
 from .paths import STATE
+from .settings import AUTH_MODES
 
 RECORD = f"{STATE}/auth-mode"
 
 
 def recorded() -> str | None:
-    lines = host.get_fact(FileContents, path=RECORD)
-    return lines[0].strip() if lines else None
+    entry = host_state.current().entry(RECORD)
+    return next((m for m in AUTH_MODES if entry and entry.sha1 == host_state.sha1(m + "\n")), None)
 
 
 def check(d: Deployment) -> None:
@@ -39,9 +37,4 @@ def migrating_to_native(d: Deployment) -> bool:
 
 
 def record(d: Deployment):
-    return files.put(
-        name=f"Record auth mode {d.settings.auth_mode}",
-        src=StringIO(d.settings.auth_mode + "\n"),
-        dest=RECORD,
-        mode="600",
-    )
+    return host_state.put(f"Record auth mode {d.settings.auth_mode}", RECORD, d.settings.auth_mode + "\n", mode="600")

@@ -1,12 +1,10 @@
 """Config files that only go live once their service's own checker accepts them."""
 
-import hashlib
 import shlex
-from io import StringIO
 
-from pyinfra import host
-from pyinfra.facts.files import Sha1File
-from pyinfra.operations import files, server
+from pyinfra.operations import server
+
+from . import host_state
 
 
 def install_checked(path: str, content: str, check: str, user: str, group: str, mode: str, service: str, recheck=()):
@@ -21,17 +19,11 @@ def install_checked(path: str, content: str, check: str, user: str, group: str, 
     Returns the operation that put the file live (did_change() means the service must restart).
     """
     candidate = f"{path}.candidate"
-    files.put(
-        name=f"Stage {path}",
-        src=StringIO(content),
-        dest=candidate,
-        user="root",
-        group=group,
-        mode="640",
-    )
+    host_state.put(f"Stage {path}", candidate, content, user="root", group=group, mode="640")
     # Install whenever the live file is not what we want: this also covers a run that died
     # between staging and installing, and a candidate rejected earlier.
-    differs = host.get_fact(Sha1File, path=path) != hashlib.sha1(content.encode()).hexdigest()
+    differs = not host_state.current().is_file(path, content, user, group, mode)
+    recheck = [op for op in recheck if op is not None]
     p, c = shlex.quote(path), shlex.quote(candidate)
     script = f"""
 set -e

@@ -1,16 +1,13 @@
 """matrix-authentication-service: a pinned, sha256-verified release, its config, database and unit."""
 
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File, FileContents
 from pyinfra.operations import files, server
 
-from . import auth_mode, restarts
+from . import auth_mode, host_state, restarts
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
 from .paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_USER, STATE
-from .secret_files import secret_file
 from .settings import MSC3861_CLIENT_ID
 from .units import system_user, unit
 from .yaml_config import deep_merge, dump
@@ -90,16 +87,16 @@ def _release(d: Deployment):
     release = d.settings.mas
     archive = f"{STATE}/downloads/{release.archive_name}"
     target = f"{MAS_HOME}/{release.version}"
-    files.directory(name="MAS download directory", path=f"{STATE}/downloads", mode="700")
+    link = host_state.link(f"MAS {release.version} is the current release", MAS_CURRENT, target)
+    if host_state.current().is_file(f"{target}/.release-sha256", release.sha256 + "\n"):
+        return [link]
+    host_state.directory("MAS download directory", f"{STATE}/downloads", mode="700")
     if release.file:
-        fetched = files.put(
-            name=f"Upload MAS {release.version} release", src=str(release.file), dest=archive, mode="600"
-        )
+        files.put(name=f"Upload MAS {release.version} release", src=str(release.file), dest=archive, mode="600")
     else:
-        fetched = files.download(
+        files.download(
             name=f"Download MAS {release.version} release", src=release.url, dest=archive, sha256sum=release.sha256
         )
-    unpacked = host.get_fact(FileContents, path=f"{target}/.release-sha256") == [release.sha256]
     unpack = server.shell(
         name=f"Unpack MAS {release.version} into {target}",
         commands=[
@@ -119,37 +116,34 @@ rm -rf {target}
 mv {target}.partial {target}
 """
         ],
-        _if=lambda: fetched.did_change() or not unpacked,
     )
-    link = files.link(name=f"MAS {release.version} is the current release", path=MAS_CURRENT, target=target)
     return [unpack, link]
 
 
 @deploy("matrix-authentication-service")
 def install(d: Deployment):
     system_user("MAS", MAS_USER, MAS_HOME)
-    files.directory(name="MAS home", path=MAS_HOME, user="root", group="root", mode="755")
-    files.directory(name="MAS config directory", path=MAS_ETC, user="root", group=MAS_USER, mode="750")
-    files.directory(name="MAS secrets directory", path=MAS_SECRETS, user="root", group=MAS_USER, mode="750")
+    host_state.directory("MAS home", MAS_HOME, "root", "root", "755")
+    host_state.directory("MAS config directory", MAS_ETC, "root", MAS_USER, "750")
+    host_state.directory("MAS secrets directory", MAS_SECRETS, "root", MAS_USER, "750")
     release = _release(d)
     changes = list(release)
     secret_files = dict(SECRET_FILES)
     if d.settings.auth_mode == "msc3861":
         secret_files["synapse_client_secret"] = "msc3861_client_secret"
     else:
-        changes.append(files.file(name="No MAS client secret for Synapse (native mode)",
-                                  path=f"{MAS_SECRETS}/synapse_client_secret", present=False))  # fmt: skip
+        changes.append(host_state.absent("No MAS client secret for Synapse (native mode)",
+                                         f"{MAS_SECRETS}/synapse_client_secret"))  # fmt: skip
     for name, secret in secret_files.items():
         changes.append(
-            secret_file(
-                name=f"MAS secret {name}",
-                path=f"{MAS_SECRETS}/{name}",
+            host_state.secret(
+                f"MAS secret {name}",
+                f"{MAS_SECRETS}/{name}",
                 # Exactly the value: MAS reads encryption_file byte for byte (64 hex digits, no newline).
-                content=d.secrets[secret].strip(),
+                d.secrets[secret].strip(),
                 user=MAS_USER,
                 group=MAS_USER,
-                mode="400",
-            )  # fmt: skip
+            )
         )
     changes.append(
         install_checked(
@@ -195,10 +189,9 @@ def admin_user(d: Deployment):
     """Create the initial admin once; its password is sent as a file, never on a command line."""
     user = d.settings.admin_user
     password_file = f"{MAS_SECRETS}/admin_password"
-    secret_file(name="MAS admin password", path=password_file, content=d.secrets["admin_password"],
-                user="root", group="root", mode="400")  # fmt: skip
+    host_state.secret("MAS admin password", password_file, d.secrets["admin_password"], user="root", group="root")
     done = f"{STATE}/admin-user-{user}"
-    if host.get_fact(File, path=done):
+    if host_state.current().exists(done):
         return
     server.shell(
         name=f"Register MAS admin user {user}",

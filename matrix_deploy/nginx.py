@@ -2,31 +2,30 @@
 
 import json
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 
-from . import restarts
+from . import host_state, restarts
 from .config_files import install_checked
 from .inventory import Deployment
-from .paths import NGINX_SITE, NGINX_TLS, TEMPLATES
-from .secret_files import secret_file
+from .paths import NGINX_SITE, NGINX_TLS
+from .render import render
 
 CERTIFICATE = f"{NGINX_TLS}/matrix-deploy.crt"
 CERTIFICATE_KEY = f"{NGINX_TLS}/matrix-deploy.key"
+DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 
 
 def render_site(d: Deployment, proxy_host: str) -> str:
     s, p = d.settings, d.settings.placement
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined, keep_trailing_newline=True)
     names = [s.public_host] + ([s.server_name] if s.server_name != s.public_host else [])
     client = {
         "m.homeserver": {"base_url": s.public_url},
         "org.matrix.msc2965.authentication": {"issuer": s.mas_public_url, "account": f"{s.mas_public_url}account/"},
     }
-    return env.get_template("nginx/matrix.conf.j2").render(
+    return render(
+        "nginx/matrix.conf.j2",
         synapse_upstream=f"{p.reach(proxy_host, p.synapse)}:{s.synapse_port}",
         mas_upstream=f"{p.reach(proxy_host, p.mas)}:{s.mas_port}",
         homeserver_names=names,
@@ -40,20 +39,13 @@ def render_site(d: Deployment, proxy_host: str) -> str:
 
 def _certificate(d: Deployment):
     s = d.settings
-    files.directory(name="TLS directory", path=NGINX_TLS, user="root", group="root", mode="700")
+    host_state.directory("TLS directory", NGINX_TLS, "root", "root", "700")
     if s.tls_certificate:
         return [
-            files.put(name="TLS certificate", src=str(s.tls_certificate), dest=CERTIFICATE, mode="644"),
-            secret_file(
-                name="TLS private key",
-                path=CERTIFICATE_KEY,
-                content=s.tls_certificate_key.read_text(),
-                user="root",
-                group="root",
-                mode="400",
-            ),  # fmt: skip
+            host_state.put("TLS certificate", CERTIFICATE, s.tls_certificate.read_text(), "root", "root", "644"),
+            host_state.secret("TLS private key", CERTIFICATE_KEY, s.tls_certificate_key.read_text(), "root", "root"),
         ]
-    if host.get_fact(File, path=CERTIFICATE_KEY):
+    if host_state.current().exists(CERTIFICATE_KEY):
         return []
     names = sorted({s.public_host, s.mas_public_host, s.server_name})
     san = ",".join(f"DNS:{n}" for n in names)
@@ -72,7 +64,11 @@ def _certificate(d: Deployment):
 @deploy("nginx")
 def install(d: Deployment):
     changes = _certificate(d)
-    changes.append(files.link(name="No default nginx site", path="/etc/nginx/sites-enabled/default", present=False))
+    # nginx's package creates the default site when it installs, after host_state looked.
+    if not host_state.current().packages_installed(["nginx"]):
+        changes.append(files.link(name="No default nginx site", path=DEFAULT_SITE, present=False))
+    else:
+        changes.append(host_state.absent("No default nginx site", DEFAULT_SITE))
     changes.append(
         install_checked(
             NGINX_SITE,

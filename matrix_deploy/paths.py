@@ -22,3 +22,24 @@ SYNAPSE_DATA = "/var/lib/synapse"
 
 NGINX_SITE = "/etc/nginx/conf.d/matrix-deploy.conf"
 NGINX_TLS = "/etc/nginx/tls"
+
+POSTGRES_SQL = "/var/lib/postgresql/matrix-deploy-roles.sql"  # in postgres's home: readable by postgres only
+
+
+def managed(postgres_version: str) -> dict[str, int]:
+    """Everything the deploy manages on a host, as host_state snapshot roots: path -> levels listed below it."""
+    return {
+        STATE: 2,
+        MAS_HOME: 2,
+        MAS_ETC: 2,
+        SYNAPSE_HOME: 2,
+        SYNAPSE_ETC: 2,
+        SYNAPSE_DATA: 0,
+        NGINX_TLS: 1,
+        "/etc/nginx/conf.d": 1,
+        "/etc/nginx/sites-enabled": 1,
+        f"/etc/postgresql/{postgres_version}/main": 2,
+        "/etc/systemd/system/mas.service": 0,
+        "/etc/systemd/system/synapse.service": 0,
+        POSTGRES_SQL: 0,
+    }

@@ -1,15 +1,13 @@
 """PostgreSQL (Debian package): a role and a database each for Synapse and MAS, scram-sha-256, local by default."""
 
 from pyinfra.api import deploy
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
-from . import restarts
+from . import host_state, restarts
 from .inventory import Deployment
-from .paths import TEMPLATES
-from .secret_files import secret_file
-
-# In postgres's home: readable by postgres only.
-SQL_FILE = "/var/lib/postgresql/matrix-deploy-roles.sql"
+from .paths import POSTGRES_SQL
+from .render import render
+from .settings import Settings
 
 
 def roles_sql(d: Deployment) -> str:
@@ -36,42 +34,45 @@ def hba_clients(d: Deployment) -> list[str]:
     return ["127.0.0.1/32", "::1/128"] + [f"{a}/32" if ":" not in a else f"{a}/128" for a in sorted(remote)]
 
 
+def unit(s: Settings) -> str:
+    """The cluster's own unit: the umbrella `postgresql` unit does not tell whether it runs."""
+    return f"postgresql@{s.postgres_version}-main"
+
+
 @deploy("PostgreSQL")
 def install(d: Deployment):
     s = d.settings
     conf_dir = f"/etc/postgresql/{s.postgres_version}/main"
-    unit = f"postgresql@{s.postgres_version}-main"
     listen = s.placement.listen(s.placement.db, [s.placement.mas, s.placement.synapse])
-    conf = files.template(
-        name="PostgreSQL listens where MAS and Synapse reach it",
-        src=str(TEMPLATES / "postgres/matrix-deploy.conf.j2"),
-        dest=f"{conf_dir}/conf.d/matrix-deploy.conf",
-        listen=listen,
-        port=s.postgres_port,
+    conf = host_state.put(
+        "PostgreSQL listens where MAS and Synapse reach it",
+        f"{conf_dir}/conf.d/matrix-deploy.conf",
+        render("postgres/matrix-deploy.conf.j2", listen=listen, port=s.postgres_port),
         user="postgres",
         group="postgres",
         mode="644",
     )
-    hba = files.template(
-        name="PostgreSQL client authentication (scram-sha-256)",
-        src=str(TEMPLATES / "postgres/pg_hba.conf.j2"),
-        dest=f"{conf_dir}/pg_hba.conf",
-        clients=hba_clients(d),
+    hba = host_state.put(
+        "PostgreSQL client authentication (scram-sha-256)",
+        f"{conf_dir}/pg_hba.conf",
+        render("postgres/pg_hba.conf.j2", clients=hba_clients(d)),
         user="postgres",
         group="postgres",
         mode="640",
     )
     marked = restarts.mark("postgres", [conf, hba])
-    restarts.restart("postgres", unit, f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
-    # The instance itself, not the umbrella `postgresql` unit, tells whether it runs.
-    server.service(name="PostgreSQL is running", service=unit, running=True, enabled=True)
-    sql = secret_file(name="Roles and databases for Synapse and MAS", path=SQL_FILE, content=roles_sql(d),
-                      user="postgres", group="postgres", mode="400")  # fmt: skip
-    server.shell(
-        name="Create or update the roles and databases",
-        # A failed run removes the file, so the next run uploads and runs it again.
-        commands=[
-            f"cd / && runuser -u postgres -- psql -X -q -p {s.postgres_port} -f {SQL_FILE} || {{ rm -f {SQL_FILE}; exit 1; }}"
-        ],
-        _if=sql.did_change,
-    )
+    restarts.restart("postgres", unit(s), f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
+    if not host_state.current().unit_running(unit(s)):
+        server.service(name="PostgreSQL is running", service=unit(s), running=True, enabled=True)
+    sql = host_state.secret("Roles and databases for Synapse and MAS", POSTGRES_SQL, roles_sql(d),
+                            user="postgres", group="postgres")  # fmt: skip
+    if sql is not None:
+        server.shell(
+            name="Create or update the roles and databases",
+            # A failed run removes the file, so the next run uploads and runs it again.
+            commands=[
+                f"cd / && runuser -u postgres -- psql -X -q -p {s.postgres_port} -f {POSTGRES_SQL}"
+                f" || {{ rm -f {POSTGRES_SQL}; exit 1; }}"
+            ],
+            _if=sql.did_change,
+        )

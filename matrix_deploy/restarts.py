@@ -5,29 +5,32 @@ run that dies before restarting leaves the marker and the next run still restart
 pyinfra forgets what changed, the host does not.
 """
 
-from pyinfra import host
-from pyinfra.facts.files import File
 from pyinfra.operations import files, server
 from pyinfra.operations.util import any_changed
+
+from . import host_state
 
 MARKERS = "/var/lib/matrix-deploy/restart-pending"
 
 
 def mark(service: str, changes: list, due: str = "must restart"):
-    """Record that `service` must restart when any of the `changes` operations changed something."""
+    """Record that `service` must restart when any of the `changes` operations changed something.
+
+    `changes` may hold None: what host_state found already as wanted has no operation.
+    """
     return files.file(
         name=f"Record that {service} {due}",
         path=f"{MARKERS}/{service}",
         present=True,
         touch=False,
         create_remote_dir=True,
-        _if=any_changed(*changes),
+        _if=any_changed(*(c for c in changes if c is not None)),
     )
 
 
 def due(service: str, marked):
     """A condition for `_if`: a restart of `service` is pending (from this run or an interrupted one)."""
-    pending = bool(host.get_fact(File, path=f"{MARKERS}/{service}"))
+    pending = host_state.current().exists(f"{MARKERS}/{service}")
     return lambda: pending or marked.did_change()
 
 

@@ -2,12 +2,10 @@
 
 import shlex
 
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
-from . import auth_mode, restarts
+from . import auth_mode, host_state, restarts
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -19,9 +17,8 @@ from .paths import (
     SYNAPSE_HOME,
     SYNAPSE_SECRETS,
     SYNAPSE_USER,
-    TEMPLATES,
 )
-from .secret_files import secret_file
+from .render import render
 from .settings import MSC3861_CLIENT_ID
 from .units import system_user, unit
 from .yaml_config import deep_merge, dump
@@ -121,7 +118,7 @@ def render_config(d: Deployment) -> str:
 def _virtualenv(version: str):
     """Install Synapse into /opt/synapse/<version> once; a half-done install is redone."""
     venv = f"{SYNAPSE_HOME}/{version}"
-    if host.get_fact(File, path=f"{venv}/.complete"):
+    if host_state.current().exists(f"{venv}/.complete"):
         installed = None
     else:
         installed = server.shell(
@@ -132,7 +129,7 @@ def _virtualenv(version: str):
                 f" && touch {venv}/.complete"
             ],
         )
-    link = files.link(name=f"Synapse {version} is the current version", path=SYNAPSE_CURRENT, target=venv)
+    link = host_state.link(f"Synapse {version} is the current version", SYNAPSE_CURRENT, venv)
     return [op for op in (installed, link) if op is not None]
 
 
@@ -140,33 +137,27 @@ def _virtualenv(version: str):
 def install(d: Deployment):
     s = d.settings
     system_user("Synapse", SYNAPSE_USER, SYNAPSE_DATA)
-    files.directory(name="Synapse home", path=SYNAPSE_HOME, user="root", group="root", mode="755")
-    files.directory(name="Synapse data", path=SYNAPSE_DATA, user=SYNAPSE_USER, group=SYNAPSE_USER, mode="750")
-    files.directory(name="Synapse config directory", path=SYNAPSE_ETC, user="root", group=SYNAPSE_USER, mode="750")
-    files.directory(name="Synapse secrets directory", path=SYNAPSE_SECRETS, user="root", group=SYNAPSE_USER, mode="750")
+    host_state.directory("Synapse home", SYNAPSE_HOME, "root", "root", "755")
+    host_state.directory("Synapse data", SYNAPSE_DATA, SYNAPSE_USER, SYNAPSE_USER, "750")
+    host_state.directory("Synapse config directory", SYNAPSE_ETC, "root", SYNAPSE_USER, "750")
+    host_state.directory("Synapse secrets directory", SYNAPSE_SECRETS, "root", SYNAPSE_USER, "750")
     venv = _virtualenv(s.synapse_version)
     changes = list(venv)
     for name, content in secret_contents(d).items():
         changes.append(
-            secret_file(
-                name=f"Synapse secret {name}",
-                path=f"{SYNAPSE_SECRETS}/{name}",
-                content=content,
-                user=SYNAPSE_USER,
-                group=SYNAPSE_USER,
-                mode="400",
-            )  # fmt: skip
+            host_state.secret(
+                f"Synapse secret {name}", f"{SYNAPSE_SECRETS}/{name}", content, user=SYNAPSE_USER, group=SYNAPSE_USER
+            )
         )
     changes.append(
-        files.template(
-            name="Synapse log config",
-            src=str(TEMPLATES / "synapse/log.yaml.j2"),
-            dest=f"{SYNAPSE_ETC}/log.yaml",
-            level="INFO",
+        host_state.put(
+            "Synapse log config",
+            f"{SYNAPSE_ETC}/log.yaml",
+            render("synapse/log.yaml.j2", level="INFO"),
             user="root",
             group=SYNAPSE_USER,
             mode="640",
-        )  # fmt: skip
+        )
     )
     changes.append(
         install_checked(

@@ -163,3 +163,28 @@ def test_changing_one_synapse_setting_restarts_synapse_only(stack):
         host, "GET", "/_matrix/client/v3/account/whoami", token=login(host, deployment)[1]["access_token"]
     )
     assert status == 200, me
+
+
+def test_drift_on_the_host_is_put_back(stack):
+    """Files changed behind the deploy's back are found (host_state's snapshot) and put back; -v output stays clean."""
+    host, _, deployment = stack
+    live = "cat /etc/mas/secrets/matrix_secret /etc/mas/secrets/database_password /etc/nginx/conf.d/matrix-deploy.conf"
+    wanted = ssh(host, live).stdout
+    drift = ssh(
+        host,
+        "chmod 644 /etc/mas/secrets/matrix_secret && rm /etc/mas/secrets/database_password"
+        " && echo '# edited by hand' >> /etc/nginx/conf.d/matrix-deploy.conf && rm /opt/synapse/current",
+    )
+    assert drift.returncode == 0, drift.stderr
+    result = pyinfra("-v")
+    assert result.returncode == 0, result.stdout[-3000:]
+    changed = changed_operations(result.stdout)
+    for name in ("MAS secret matrix_secret", "MAS secret database_password", "Check and install /etc/nginx"):
+        assert any(name in op for op in changed), (name, changed)
+    assert ssh(host, live).stdout == wanted
+    assert ssh(host, "stat -c %a /etc/mas/secrets/matrix_secret").stdout.strip() == "400"
+    assert ssh(host, "readlink /opt/synapse/current").stdout.strip().startswith("/opt/synapse/")
+    for fragment in _secret_fragments(deployment):
+        assert fragment not in result.stdout
+    assert login(host, deployment)[0] == 200
+    assert changed_operations(pyinfra().stdout) == []
