@@ -51,7 +51,7 @@ backup_dir = "/var/backups/matrix-deploy"
 # How many dumps of each database to keep there.
 backup_keep = 5
 
-# Initial MAS admin user (localpart) created once; its password is generated into the secrets store.
+# Initial MAS admin user (localpart), created once through MAS's admin API; its password is generated into the secrets store.
 admin_user = None
 
 # Where the per-inventory secrets store lives on the operator's machine (relative to the working directory).

@@ -32,7 +32,11 @@ class Deployment:
 
 
 def wanted_secrets(settings: Settings) -> list[str]:
-    optional = {"admin_password": bool(settings.admin_user), "msc3861_client_secret": settings.auth_mode == "msc3861"}
+    optional = {
+        "admin_password": bool(settings.admin_user),
+        "mas_admin_client_secret": bool(settings.admin_user),
+        "msc3861_client_secret": settings.auth_mode == "msc3861",
+    }
     return [n for n in secrets_store.GENERATORS if optional.get(n, True)]
 
 

@@ -1,5 +1,7 @@
 """matrix-authentication-service: a pinned, sha256-verified release, its config, database and unit."""
 
+import json
+
 from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
@@ -8,7 +10,7 @@ from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
 from .paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_USER, STATE
-from .settings import MSC3861_CLIENT_ID
+from .settings import MAS_ADMIN_CLIENT_ID, MSC3861_CLIENT_ID
 from .units import system_user, unit
 from .yaml_config import deep_merge, dump
 
@@ -39,8 +41,9 @@ def config(d: Deployment) -> dict:
                     "binds": [{"host": a, "port": s.mas_port} for a in listen],
                 },
                 {
+                    # Loopback only, never proxied: health checks, and the admin API that creates admin_user.
                     "name": "internal",
-                    "resources": [{"name": "health"}],
+                    "resources": [{"name": r} for r in ("health", *(("oauth", "adminapi") if s.admin_user else ()))],
                     "binds": [{"host": "127.0.0.1", "port": s.mas_health_port}],
                 },
             ],
@@ -67,13 +70,16 @@ def config(d: Deployment) -> dict:
         },
         "passwords": {"enabled": True},
     }
+    clients = {}
     if s.auth_mode == "msc3861":
+        clients[MSC3861_CLIENT_ID] = "synapse_client_secret"
+    if s.admin_user:
+        clients[MAS_ADMIN_CLIENT_ID] = "admin_client_secret"
+        base["policy"] = {"data": {"admin_clients": [MAS_ADMIN_CLIENT_ID]}}
+    if clients:
         base["clients"] = [
-            {
-                "client_id": MSC3861_CLIENT_ID,
-                "client_auth_method": "client_secret_basic",
-                "client_secret_file": f"{MAS_SECRETS}/synapse_client_secret",
-            }
+            {"client_id": c, "client_auth_method": "client_secret_basic", "client_secret_file": f"{MAS_SECRETS}/{f}"}
+            for c, f in clients.items()
         ]
     return deep_merge(base, s.mas_extra_config)
 
@@ -131,6 +137,8 @@ def install(d: Deployment):
     secret_files = dict(SECRET_FILES)
     if d.settings.auth_mode == "msc3861":
         secret_files["synapse_client_secret"] = "msc3861_client_secret"
+    if d.settings.admin_user:
+        secret_files["admin_client_secret"] = "mas_admin_client_secret"
     else:
         changes.append(host_state.absent("No MAS client secret for Synapse (native mode)",
                                          f"{MAS_SECRETS}/synapse_client_secret"))  # fmt: skip
@@ -186,28 +194,46 @@ def install(d: Deployment):
 
 @deploy("MAS admin user")
 def admin_user(d: Deployment):
-    """Create the initial admin once; its password is sent as a file, never on a command line."""
-    user = d.settings.admin_user
-    password_file = f"{MAS_SECRETS}/admin_password"
-    host_state.secret("MAS admin password", password_file, d.secrets["admin_password"], user="root", group="root")
+    """Create the initial admin once, through MAS's admin API on the loopback-only internal listener.
+
+    The client secret, the access token and the password travel in root-only files and a shell
+    variable, never on a command line (`mas-cli manage register-user` only takes `--password`).
+    An existing user is left as it is.
+    """
+    user, port = d.settings.admin_user, d.settings.mas_health_port
+    curl_config = f"{MAS_SECRETS}/admin_api.curl"
+    password_body = f"{MAS_SECRETS}/admin_password.json"
+    host_state.secret("MAS admin API client credentials", curl_config,
+                      f'user = "{MAS_ADMIN_CLIENT_ID}:{d.secrets["mas_admin_client_secret"]}"\n', "root", "root")  # fmt: skip
+    host_state.secret("MAS admin password", password_body,
+                      json.dumps({"password": d.secrets["admin_password"], "skip_password_check": True}), "root", "root")  # fmt: skip
     done = f"{STATE}/admin-user-{user}"
     if host_state.current().exists(done):
         return
+    api = f"http://127.0.0.1:{port}"
     server.shell(
         name=f"Register MAS admin user {user}",
         commands=[
             f"""
 set -e
-cd {MAS_CURRENT}
-if out=$(runuser -u {MAS_USER} -- ./mas-cli manage register-user --config {MAS_CONFIG} --yes --admin \\
-        --ignore-password-complexity --username {user} --password "$(cat {password_file})" 2>&1); then
-    :
-elif echo "$out" | grep -qi "already exists"; then
+umask 077
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+curl -fsS -K {curl_config} -d grant_type=client_credentials -d scope=urn:mas:admin {api}/oauth2/token > "$work/token"
+token=$(grep -o '"access_token" *: *"[^"]*"' "$work/token" | cut -d'"' -f4)
+printf 'Authorization: Bearer %s\\n' "$token" > "$work/auth"
+if curl -fsS -H @"$work/auth" {api}/api/admin/v1/users/by-username/{user} > /dev/null 2>&1; then
     echo "MAS user {user} already exists; left as it is"
 else
-    echo "$out" >&2; exit 1
+    printf '{{"username": "{user}"}}' > "$work/new"
+    curl -fsS -H @"$work/auth" -H 'Content-Type: application/json' -d @"$work/new" {api}/api/admin/v1/users > "$work/user"
+    id=$(grep -o '"id" *: *"[0-9A-Za-z]*"' "$work/user" | head -1 | cut -d'"' -f4)
+    curl -fsS -H @"$work/auth" -H 'Content-Type: application/json' -d @{password_body} \
+        {api}/api/admin/v1/users/$id/set-password > /dev/null
+    curl -fsS -H @"$work/auth" -H 'Content-Type: application/json' -d '{{"admin": true}}' \
+        {api}/api/admin/v1/users/$id/set-admin > /dev/null
 fi
-umask 077; touch {done}
+touch {done}
 """
         ],
     )

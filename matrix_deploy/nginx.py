@@ -11,10 +11,12 @@ from .config_files import install_checked
 from .inventory import Deployment
 from .paths import NGINX_SITE, NGINX_TLS
 from .render import render
+from .units import drop_in
 
 CERTIFICATE = f"{NGINX_TLS}/matrix-deploy.crt"
 CERTIFICATE_KEY = f"{NGINX_TLS}/matrix-deploy.key"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+READY = "curl -fsS -k -o /dev/null https://127.0.0.1/.well-known/matrix/server"
 
 
 def render_site(d: Deployment, proxy_host: str) -> str:
@@ -81,7 +83,12 @@ def install(d: Deployment):
         )  # fmt: skip
     )
     marked = restarts.mark("nginx", changes)
-    restarts.restart(
-        "nginx", "nginx", "curl -fsS -k -o /dev/null https://127.0.0.1/.well-known/matrix/server", marked,
-        action="reload-or-restart",
+    sandbox = drop_in(
+        "nginx", "nginx.service", "nginx/hardening.conf.j2",
+        # The master binds 80/443, opens logs owned by www-data and drops to www-data for its workers.
+        capabilities="CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_CHOWN CAP_DAC_OVERRIDE CAP_KILL",
+        denied_syscalls="@clock @cpu-emulation @debug @module @mount @obsolete @raw-io @reboot @swap",
     )  # fmt: skip
+    # A reload does not apply a unit's sandboxing: a changed drop-in needs a real restart.
+    restarts.restart("nginx-unit", "nginx", READY, restarts.mark("nginx-unit", [sandbox]))
+    restarts.restart("nginx", "nginx", READY, marked, action="reload-or-restart")

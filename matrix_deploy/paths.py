@@ -39,6 +39,8 @@ def managed(postgres_version: str) -> dict[str, int]:
         "/etc/nginx/conf.d": 1,
         "/etc/nginx/sites-enabled": 1,
         f"/etc/postgresql/{postgres_version}/main": 2,
+        f"/etc/systemd/system/postgresql@{postgres_version}-main.service.d": 1,
+        "/etc/systemd/system/nginx.service.d": 1,
         "/etc/systemd/system/mas.service": 0,
         "/etc/systemd/system/synapse.service": 0,
         POSTGRES_SQL: 0,

@@ -8,6 +8,7 @@ from .inventory import Deployment
 from .paths import POSTGRES_SQL
 from .render import render
 from .settings import Settings
+from .units import drop_in
 
 
 def roles_sql(d: Deployment) -> str:
@@ -60,7 +61,9 @@ def install(d: Deployment):
         group="postgres",
         mode="640",
     )
-    marked = restarts.mark("postgres", [conf, hba])
+    # Only what a cluster run by its owner needs: no capabilities, no privileged system calls.
+    sandbox = drop_in("PostgreSQL", f"{unit(s)}.service", "postgres/hardening.conf.j2", denied_syscalls="@privileged")
+    marked = restarts.mark("postgres", [conf, hba, sandbox])
     restarts.restart("postgres", unit(s), f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
     if not host_state.current().unit_running(unit(s)):
         server.service(name="PostgreSQL is running", service=unit(s), running=True, enabled=True)

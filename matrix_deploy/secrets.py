@@ -54,6 +54,8 @@ GENERATORS = {
     "synapse_macaroon_secret_key": _password,
     "synapse_form_secret": _password,
     "admin_password": _password,
+    # admin_user: the secret of MAS's admin API client that creates that user
+    "mas_admin_client_secret": _password,
     # msc3861 mode: the client secret of MAS's client for Synapse
     "msc3861_client_secret": _password,
 }
@@ -65,6 +67,7 @@ MIN_LENGTH = {
     "synapse_macaroon_secret_key": 32,
     "synapse_form_secret": 32,
     "admin_password": 12,
+    "mas_admin_client_secret": 32,
     "msc3861_client_secret": 32,
 }
 

@@ -24,6 +24,8 @@ MSC3861_MAX_SYNAPSE = (1, 156, 0)
 MAS_API_MIN_SYNAPSE = (1, 135, 0)
 # The client MAS keeps for Synapse in msc3861 mode (a valid ULID).
 MSC3861_CLIENT_ID = "0000000000000000000SYNAPSE"
+# The MAS admin API client the deploy creates admin_user with (a ULID, like every MAS client id).
+MAS_ADMIN_CLIENT_ID = "000000000000000000MDADM1N0"
 # Settings Synapse refuses beside MAS, or that this deployment renders itself.
 SYNAPSE_FORBIDDEN = {
     "enable_registration": "registration is handled by MAS",

@@ -22,3 +22,12 @@ def system_user(label: str, user: str, home: str) -> None:
 def unit(label: str, unit_name: str, template: str, **variables):
     """Render templates/<template> (which includes the shared hardening) as /etc/systemd/system/<unit_name>."""
     return host_state.put(f"{label} systemd unit", f"/etc/systemd/system/{unit_name}", render(template, **variables))
+
+
+def drop_in(label: str, unit_name: str, template: str, **variables):
+    """Sandbox a unit a Debian package ships: templates/<template> as /etc/systemd/system/<unit_name>.d/matrix-deploy.conf."""
+    return host_state.put(
+        f"{label} systemd sandboxing",
+        f"/etc/systemd/system/{unit_name}.d/matrix-deploy.conf",
+        render(template, **variables),
+    )

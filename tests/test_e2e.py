@@ -5,6 +5,7 @@ cannot be downloaded here), installed through the product's local-file path with
 """
 
 import json
+import re
 import socket
 import subprocess
 
@@ -13,9 +14,21 @@ import pytest
 from matrix_deploy import lab
 from matrix_deploy.inventory import build
 from tests.lab_release import prepare as prepare_release
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, service_stamps, ssh
+from tests.lab_support import (
+    LAB_SETTINGS,
+    ROOT,
+    SERVICES,
+    CommandLines,
+    changed_operations,
+    fetch,
+    pyinfra,
+    service_stamps,
+    ssh,
+)
 
 pytestmark = pytest.mark.lab
+# systemd-analyze's exposure score (0 best, 10 worst) each unit must stay at or under: "OK" is up to 4.9.
+EXPOSURE_LIMIT = 4.9
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +37,9 @@ def stack():
     LAB_SETTINGS.unlink(missing_ok=True)
     (host,) = lab.up("single")
     prepare_release()
-    first = pyinfra()
+    with CommandLines(host) as sampled:
+        first = pyinfra()
+    first.command_lines = sampled.lines
     assert first.returncode == 0, first.stdout[-3000:]
     deployment = build(ROOT / "inventories/lab.py")
     yield host, first, deployment
@@ -98,9 +113,12 @@ def test_secret_files_belong_to_their_service_only(stack):
     assert len(modes) >= 12
     for path, (user, _group, mode) in modes.items():
         assert mode == "400", path
-        assert user == ("synapse" if "/synapse/" in path else "mas" if path.startswith("/etc/mas/") else "root") or (
-            path == "/etc/mas/secrets/admin_password" and user == "root"
-        ), path
+        # The admin API credentials and the admin password are for the deploy (root), not for MAS.
+        root_only = path in ("/etc/mas/secrets/admin_api.curl", "/etc/mas/secrets/admin_password.json")
+        owner = (
+            "synapse" if "/synapse/" in path else "mas" if path.startswith("/etc/mas/") and not root_only else "root"
+        )
+        assert user == owner, path
 
 
 def test_no_world_readable_file_on_the_host_holds_a_secret(stack):
@@ -136,6 +154,29 @@ def test_no_secret_in_the_pyinfra_output(stack):
     assert "Grand total" in output
     for fragment in _secret_fragments(deployment):
         assert fragment not in output
+
+
+def test_no_secret_on_any_command_line_during_the_install(stack):
+    """Process command lines are world-readable (/proc/*/cmdline): sampled on the host and here during the install."""
+    _, first, deployment = stack
+    for fragment in _secret_fragments(deployment):
+        assert not [line for line in first.command_lines if fragment in line]
+
+
+def test_every_unit_is_sandboxed_and_its_running_process_too(stack):
+    host, _, _ = stack
+    wanted = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes"}
+    for unit in SERVICES.values():
+        shown = ssh(
+            host, f"systemctl show {unit} -p {' -p '.join(wanted)} -p RestrictAddressFamilies -p MainPID"
+        ).stdout
+        props = dict(line.split("=", 1) for line in shown.splitlines())
+        assert {k: props[k] for k in wanted} == wanted, unit
+        assert set(props["RestrictAddressFamilies"].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}, unit
+        status = ssh(host, f"cat /proc/{props['MainPID']}/status").stdout
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.M), unit
+        exposure = ssh(host, f"systemd-analyze security {unit} --no-pager | tail -1").stdout
+        assert float(re.search(r": (\d+\.\d+) ", exposure).group(1)) <= EXPOSURE_LIMIT, exposure
 
 
 def test_second_run_changes_nothing_and_restarts_nothing(stack):

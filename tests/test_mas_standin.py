@@ -1,19 +1,26 @@
 """The MAS stand-in itself (a test double, see tests/mas_standin): a reproducible release whose config check bites.
 
 No database needed: these run the built `mas-cli` zipapp with the host's /usr/bin/python3 (Debian 12's,
-standard library only), as the lab hosts do.
+standard library only), as the lab hosts do. The HTTP checks serve the zipapp's handlers with a
+database pool that fails when used, so they cover only what MAS decides before reading its database.
 """
 
+import base64
+import contextlib
 import hashlib
+import json
 import secrets
 import subprocess
 import tarfile
+import urllib.error
+import urllib.request
 import zipfile
 
 import pytest
 import yaml
 
 from tests.mas_standin.build import build
+from tests.mas_standin.mas_standin import crypto, policy
 
 SHARE = {"share/assets", "share/manifest.json", "share/policy.wasm", "share/templates", "share/translations"}
 
@@ -237,3 +244,213 @@ def test_database_commands_fail_cleanly_without_a_database(mas_cli, config):
 def test_unimplemented_commands_say_so(mas_cli):
     result = run(mas_cli, "doctor")
     assert result.returncode == 2 and "not implemented by the MAS stand-in" in result.stderr
+
+
+ADMIN_CLIENT = "000000000000000000MDADM1N0"
+
+
+def _admin_api(document):
+    """The product's admin-user setup: `oauth` and `adminapi` on the loopback-only internal listener."""
+    document["http"]["listeners"][1]["resources"] = [{"name": r} for r in ("health", "oauth", "adminapi")]
+    document["clients"].append({"client_id": ADMIN_CLIENT, "client_auth_method": "client_secret_basic",
+                                "client_secret_file": document["clients"][0]["client_secret_file"]})  # fmt: skip
+    document["policy"] = {"data": {"admin_clients": [ADMIN_CLIENT]}}
+
+
+def test_config_check_accepts_the_admin_api_on_the_internal_listener(mas_cli, config):
+    result = run(mas_cli, "config", "check", "--config", config(_admin_api))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            _set("http.listeners.1.resources.2.name", "admin"),
+            "http.listeners[1].resources[2].name: unknown variant `admin`",
+        ),
+        (_set("policy.wasm_module", 5), "policy.wasm_module: invalid type: found an integer, expected string"),
+        (_set("clients.1.client_id", ADMIN_CLIENT.lower()), "clients[1].client_id"),
+    ],  # fmt: skip
+)
+def test_config_check_refuses_a_bad_admin_api_setup(mas_cli, config, change, expected):
+    result = run(mas_cli, "config", "check", "--config", config(lambda c: (_admin_api(c), change(c))))
+    assert result.returncode == 1, result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+def test_the_policy_gives_urn_mas_admin_to_admin_clients_only():
+    assert policy.client_credentials_violations("urn:mas:admin", ADMIN_CLIENT, [ADMIN_CLIENT]) == []
+    assert policy.client_credentials_violations("urn:mas:admin", ADMIN_CLIENT, []) == [
+        "scope 'urn:mas:admin' not allowed"
+    ]
+    assert policy.client_credentials_violations("", ADMIN_CLIENT, []) == []  # no scope asked: allowed
+    assert policy.client_credentials_violations("urn:mas:graphql:*", ADMIN_CLIENT, []) == []
+    # The C-S API needs a user: never for client_credentials, even for an admin client.
+    assert policy.client_credentials_violations("urn:matrix:client:api:*", ADMIN_CLIENT, [ADMIN_CLIENT]) == [
+        "scope 'urn:matrix:client:api:*' not allowed"
+    ]
+    config = {"policy": {"data": {"admin_clients": [ADMIN_CLIENT]}}}
+    assert policy.admin_clients(config) == [ADMIN_CLIENT] and policy.admin_clients({}) == []
+
+
+def test_tokens_and_ulids_are_checked_as_mas_does():
+    assert crypto.check_token(crypto.token("mat")) == "access_token"
+    with pytest.raises(ValueError, match="invalid token format"):
+        crypto.check_token("garbage")
+    with pytest.raises(ValueError, match="invalid crc"):
+        crypto.check_token("mat_" + "a" * 30 + "_000000")
+    assert crypto.parse_ulid(ADMIN_CLIENT.lower()) == ADMIN_CLIENT
+    with pytest.raises(ValueError, match="invalid length"):
+        crypto.parse_ulid("nope")
+    with pytest.raises(ValueError, match="invalid character"):
+        crypto.parse_ulid("0" * 25 + "U")
+
+
+# A listener with `oauth` and `adminapi`, served by the zipapp's handlers over a database that fails when used.
+SERVE_WITHOUT_DATABASE = """
+import sys
+from mas_standin import server
+from mas_standin.homeserver import SynapseConnection
+
+class NoDatabase:
+    def connection(self):
+        raise AssertionError("the database was used")
+
+config = {"http": {"public_base": "https://auth.example.org/", "listeners": []},
+          "policy": {"data": {"admin_clients": sys.argv[1:]}}}
+app = server.App(config, NoDatabase(), SynapseConnection("example.org", "http://127.0.0.1:9/", "s"), bytes(32), None)
+resources = {"oauth": {"name": "oauth"}, "adminapi": {"name": "adminapi"}}
+handler = type("H", (server.Handler,), {"app": app, "resources": resources, "prefix": ""})
+listener = server._bind({"host": "127.0.0.1", "port": 0}, handler)
+print(listener.server_address[1], flush=True)
+listener.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def _serve_without_database(mas_cli):
+    command = ["/usr/bin/python3", "-c", SERVE_WITHOUT_DATABASE, ADMIN_CLIENT]
+    process = subprocess.Popen(command, env={"PYTHONPATH": str(mas_cli)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        port = process.stdout.readline().strip()
+        assert port, process.stderr.read()
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def no_database_server(mas_cli):
+    with _serve_without_database(mas_cli) as (base, _):
+        yield base
+
+
+def _call(url, body=None, headers=None):
+    request = urllib.request.Request(
+        url, data=body, headers=headers or {}, method="POST" if body is not None else "GET"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+CLIENT_SECRET = "do-not-log-this-client-secret"
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"{ADMIN_CLIENT}:{CLIENT_SECRET}".encode()).decode()}
+
+
+@pytest.mark.parametrize(
+    "body, headers, status, expected",
+    [
+        (
+            b"grant_type=client_credentials",
+            FORM,
+            400,
+            {"error": "invalid_request", "error_description": "No credentials were presented"},
+        ),
+        (
+            b"grant_type=client_credentials",
+            {**FORM, "Authorization": "Basic not-base64"},
+            400,
+            {"error": "invalid_request", "error_description": "Invalid Authorization header"},
+        ),
+        (
+            b"grant_type=client_credentials",
+            {**FORM, "Authorization": "Digest x"},
+            400,
+            {"error": "invalid_request", "error_description": "Invalid Authorization header"},
+        ),
+        # MAS answers a form serde cannot read as an internal error (axum's FailedToDeserializeFormBody).
+        (
+            b"scope=urn:mas:admin",
+            {**FORM, **BASIC},
+            500,
+            {
+                "error": "server_error",
+                "error_description": "Failed to deserialize form body: missing field `grant_type`",
+            },
+        ),
+        (
+            b"grant_type=client_credentials&scope=urn:mas:admin+",
+            {**FORM, **BASIC},
+            500,
+            {"error": "server_error", "error_description": "Failed to deserialize form body: Invalid scope format"},
+        ),
+        (
+            b"grant_type=client_credentials&client_id=01H8PKNWKKRPCBW4YGH1RWV279",
+            {**FORM, **BASIC},
+            400,
+            {
+                "error": "invalid_grant",
+                "error_description": f'client_id in form ("01H8PKNWKKRPCBW4YGH1RWV279") does not match credential ("{ADMIN_CLIENT}")',
+            },
+        ),
+        (
+            f"grant_type=client_credentials&client_secret={CLIENT_SECRET}".encode(),
+            {**FORM, **BASIC},
+            400,
+            {"error": "invalid_request"},
+        ),
+    ],  # fmt: skip
+)
+def test_token_endpoint_refusals_made_before_the_database(no_database_server, body, headers, status, expected):
+    assert _call(f"{no_database_server}/oauth2/token", body, headers) == (status, json.dumps(expected))
+
+
+@pytest.mark.parametrize(
+    "headers, status, titles",
+    [
+        ({}, 400, ["Missing authorization header"]),
+        (BASIC, 400, ["Invalid authorization header"]),
+        ({"Authorization": "Bearer garbage"}, 401, ["Invalid type of access token", "invalid token format"]),
+        (
+            {"Authorization": "Bearer xyz_" + "a" * 30 + "_000000"},
+            401,
+            ["Invalid type of access token", 'unknown token prefix "xyz"'],
+        ),
+        ({"Authorization": f"Bearer {crypto.token('mct')}"}, 401, ["Invalid type of access token"]),  # a compat token
+    ],  # fmt: skip
+)
+def test_admin_api_refusals_made_before_the_database(no_database_server, headers, status, titles):
+    for path, body in (("users/by-username/admin", None), ("users", b'{"username": "admin"}'),
+                       ("users/01H8PKNWKKRPCBW4YGH1RWV279/set-admin", b'{"admin": true}')):  # fmt: skip
+        answer = _call(
+            f"{no_database_server}/api/admin/v1/{path}", body, {**headers, "Content-Type": "application/json"}
+        )
+        assert answer == (status, json.dumps({"errors": [{"title": t} for t in titles]})), path
+
+
+def test_refusals_log_no_secret_and_use_no_database(mas_cli):
+    with _serve_without_database(mas_cli) as (base, process):
+        _call(f"{base}/oauth2/token", b"grant_type=client_credentials&scope=urn:mas:admin+", {**FORM, **BASIC})
+        _call(f"{base}/api/admin/v1/users/by-username/admin", None, {"Authorization": "Bearer do-not-log-this-token"})
+    logs = process.stderr.read()
+    assert "POST /oauth2/token 500" in logs
+    assert CLIENT_SECRET not in logs and "do-not-log-this-token" not in logs
+    assert "Basic" not in logs and "Bearer" not in logs
+    assert "the database was used" not in logs

@@ -11,6 +11,7 @@ import yaml
 
 from matrix_deploy import lab
 from matrix_deploy.inventory import build
+from matrix_deploy.settings import MAS_ADMIN_CLIENT_ID, MSC3861_CLIENT_ID
 from tests.lab_release import prepare as prepare_release
 from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, service_stamps, ssh
 
@@ -30,9 +31,11 @@ def login(host) -> dict:
 
 
 def mas_clients(host) -> list[str]:
-    return ssh(
-        host, "cd / && runuser -u postgres -- psql -d mas -Atc 'SELECT client_id FROM oauth2_clients'"
-    ).stdout.split()
+    return sorted(
+        ssh(
+            host, "cd / && runuser -u postgres -- psql -d mas -Atc 'SELECT client_id FROM oauth2_clients'"
+        ).stdout.split()
+    )
 
 
 def homeserver_yaml(host) -> dict:
@@ -74,7 +77,7 @@ def test_msc3861_mode_logs_in_through_the_compat_layer(host, before_migration):
     config = homeserver_yaml(host)
     assert "matrix_authentication_service" not in config
     assert config["experimental_features"]["msc3861"]["client_id"] == "0000000000000000000SYNAPSE"
-    assert mas_clients(host) == ["0000000000000000000SYNAPSE"]
+    assert mas_clients(host) == sorted([MSC3861_CLIENT_ID, MAS_ADMIN_CLIENT_ID])
     assert ssh(host, "cat /var/lib/matrix-deploy/auth-mode").stdout.strip() == "msc3861"
 
 
@@ -88,7 +91,9 @@ def test_migration_to_native_keeps_users_devices_rooms_and_the_secret(host, befo
     assert "experimental_features" not in config
     assert config["matrix_authentication_service"]["secret_path"] == "/etc/synapse/secrets/mas_secret"
     assert ssh(host, "sha256sum /etc/synapse/secrets/mas_secret").stdout == secret, "the old admin_token is the secret"
-    assert mas_clients(host) == [], "the homeserver's client was pruned from MAS"
+    assert mas_clients(host) == [MAS_ADMIN_CLIENT_ID], (
+        "the homeserver's client was pruned from MAS, the admin API client kept"
+    )
     assert fetch(host, "GET", "/_matrix/federation/v1/version")[1]["server"]["version"] == "1.163.2"
     after = service_stamps(host)
     assert int(before["mas"]) < int(after["mas"]) < int(after["synapse"]), "MAS restarted before Synapse"

@@ -8,10 +8,12 @@ It follows MAS 1.22.0 (element-hq/matrix-authentication-service, tag v1.22.0) wh
 Synapse touch it: the command line (`config check|sync|dump`, `database migrate`, `server`,
 `worker`, `manage ...`), the config file (validated against MAS 1.22.0's JSON schema plus the checks
 MAS makes when it loads the file), and over HTTP the health check, OIDC discovery, token
-introspection for Synapse and the Matrix compatibility login/logout. Users, compatibility sessions
-and OAuth clients live in PostgreSQL (its own small schema, not MAS's); users and devices are pushed
-to Synapse through Synapse's MAS API (`/_synapse/mas/*`) or, for `matrix.kind: synapse_legacy`,
-through Synapse's admin API, exactly as MAS's `modern.rs` / `legacy.rs` connections do.
+introspection for Synapse, the Matrix compatibility login/logout, the client_credentials grant and
+the admin API's user endpoints (create, look up, set password, set admin). Users, compatibility
+sessions, OAuth clients and their client_credentials sessions live in PostgreSQL (its own small
+schema, not MAS's); users and devices are pushed to Synapse through Synapse's MAS API
+(`/_synapse/mas/*`) or, for `matrix.kind: synapse_legacy`, through Synapse's admin API, exactly as
+MAS's `modern.rs` / `legacy.rs` connections do.
 
 Inside the zipapp, this package sits beside its pure-Python dependencies (PyYAML without its C
 extension, fastjsonschema, pg8000 with scramp, asn1crypto, python-dateutil and six).

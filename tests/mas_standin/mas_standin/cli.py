@@ -258,14 +258,11 @@ def manage(sub: str, args, config: dict) -> int:
         if not args.ignore_complexity and crypto.password_score(args.password) < cfg.minimum_complexity(config):
             log.error(target, "That password is too weak.")
             return 1
-        conn.run("UPDATE users SET hashed_password = :p WHERE user_id = :i",
-                 p=crypto.hash_password(args.password), i=user["user_id"])  # fmt: skip
+        store.set_password(conn, user["user_id"], args.password)
         log.info(target, "Password changed", user__id=user["user_id"], user__username=user["username"])
     elif sub in ("promote-admin", "demote-admin"):
         user = _user(conn, args.username)
-        conn.run(
-            "UPDATE users SET can_request_admin = :a WHERE user_id = :i", a=sub == "promote-admin", i=user["user_id"]
-        )
+        store.set_admin(conn, user["user_id"], sub == "promote-admin")
         message = "User promoted to admin" if sub == "promote-admin" else "User is no longer admin"
         log.info(target, message, user__id=user["user_id"], user__username=user["username"])
     elif sub == "list-admin-users":

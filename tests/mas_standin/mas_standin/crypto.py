@@ -1,8 +1,9 @@
 """Identifiers, tokens and password hashes, shaped like MAS's where anything outside can see them.
 
-- ULIDs for users (the OIDC `sub`) and sessions, as MAS uses.
-- Compatibility access tokens in MAS's format `mct_<30 alphanumerics>_<base62 CRC-32>`
-  (crates/data-model/src/tokens.rs), and MAS's format check (`TokenType::check`).
+- ULIDs for users (the OIDC `sub`), sessions and clients, as MAS uses, read back as its `ulid` crate does.
+- Access tokens in MAS's format `<prefix>_<30 alphanumerics>_<base62 CRC-32>` (`mct` for compat
+  sessions, `mat` for OAuth 2.0 sessions; crates/data-model/src/tokens.rs), and MAS's format check
+  (`TokenType::check`) with its error messages.
 - Device IDs: 10 alphanumerics (crates/data-model/src/compat/device.rs).
 - Password hashes: scrypt from the standard library (MAS itself uses argon2id; nothing outside
   the stand-in reads them).
@@ -50,19 +51,45 @@ def token(prefix: str = "mct") -> str:
     return f"{base}_{_base62(zlib.crc32(base.encode()))}"
 
 
-def token_type(value: str) -> str | None:
-    """MAS's TokenType::check: the kind of a well-formed token, None for anything else."""
+def check_token(value: str) -> str:
+    """MAS's TokenType::check: the kind of a token, or ValueError with MAS's TokenFormatError message."""
     if value.startswith("syt_"):
         return "compat_access_token"
     if value.startswith("syr_"):
         return "compat_refresh_token"
     parts = value.split("_")
     if len(parts) != 3 or len(parts[0]) != 3 or len(parts[1]) != 30 or len(parts[2]) != 6:
-        return None
+        raise ValueError("invalid token format")
     kind = TOKEN_PREFIXES.get(parts[0])
-    if kind is None or parts[2] != _base62(zlib.crc32(f"{parts[0]}_{parts[1]}".encode())):
-        return None
+    if kind is None:
+        raise ValueError(f'unknown token prefix "{parts[0]}"')
+    expected = _base62(zlib.crc32(f"{parts[0]}_{parts[1]}".encode()))
+    if parts[2] != expected:
+        raise ValueError(f'invalid crc "{parts[2]}", expected "{expected}"')
     return kind
+
+
+def token_type(value: str) -> str | None:
+    """The kind of a well-formed token, None for anything else."""
+    try:
+        return check_token(value)
+    except ValueError:
+        return None
+
+
+def parse_ulid(value: str) -> str:
+    """A ULID as MAS's `ulid` crate reads it (26 Crockford characters, any case), in canonical form.
+
+    Raises ValueError with the crate's DecodeError message: `invalid length` or `invalid character`.
+    """
+    if len(value.encode()) != 26:
+        raise ValueError("invalid length")
+    number = 0
+    for char in value.upper():
+        if char not in CROCKFORD:
+            raise ValueError("invalid character")
+        number = ((number << 5) | CROCKFORD.index(char)) & (2**128 - 1)  # the crate drops overflowing bits
+    return "".join(CROCKFORD[(number >> shift) & 31] for shift in range(125, -1, -5))
 
 
 # ---------------------------------------------------------------- passwords

@@ -7,8 +7,10 @@ PGPORT, PGUSER, PGPASSWORD, PGDATABASE); without a host, the Unix socket in /var
 scram-sha-256 and md5.
 
 The schema is the stand-in's, not MAS's: users, compatibility sessions with their access tokens,
-OAuth 2.0 clients from the config, and a table of applied migrations. Migrations run in one
-transaction under an advisory lock, each once: `database migrate` is idempotent.
+OAuth 2.0 clients from the config, OAuth 2.0 sessions with their access tokens (client_credentials
+grants, for the admin API), and a table of applied migrations. Migrations run in one transaction
+under an advisory lock, each once and in order: `database migrate` is idempotent and brings a
+database made by an older stand-in up to date.
 """
 
 import getpass
@@ -59,6 +61,17 @@ MIGRATIONS = [
             client_name TEXT,
             created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
             updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+    ]),
+    (2, "OAuth 2.0 sessions of the client_credentials grant, with their access tokens", [
+        """CREATE TABLE oauth2_sessions (
+            oauth2_session_id TEXT PRIMARY KEY,
+            client_id TEXT NOT NULL REFERENCES oauth2_clients (client_id) ON DELETE CASCADE,
+            scope TEXT NOT NULL,  -- as MAS serialises a Scope: sorted tokens joined by spaces
+            access_token TEXT NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            expires_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ
         )""",
     ]),
 ]  # fmt: skip

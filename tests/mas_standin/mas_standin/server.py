@@ -4,13 +4,30 @@ What each resource answers (paths as in MAS 1.22.0's router, below the listener'
 - health:    GET /health -> 200 `ok` after `SELECT 1` on the database, else 500.
 - discovery: GET /.well-known/openid-configuration (issuer = http.issuer or http.public_base,
              endpoints under public_base, account_management_uri = <public_base>account/).
-- oauth:     POST /oauth2/introspect, GET /oauth2/keys.json; token/registration/revoke/userinfo refuse.
+- oauth:     POST /oauth2/introspect, POST /oauth2/token (client_credentials), GET /oauth2/keys.json;
+             registration/revoke/device/userinfo refuse.
 - compat:    /_matrix/client/{version}/login (GET flows, POST m.login.password), /logout, /logout/all,
              /refresh, /login/sso/redirect[/{idp}].
 - human:     GET /, /login, /account/..., /complete-compat-sso/{id}: small HTML pages.
 - assets:    GET /assets/<file> from the resource's `path` (default ./share/assets/).
-- graphql, adminapi, prometheus, connection-info: minimal answers.
+- adminapi:  /api/admin/v1/users: GET by-username/{username}, POST (create), GET {id},
+             POST {id}/set-password, POST {id}/set-admin; the rest of the admin API answers 501.
+- graphql, prometheus, connection-info: minimal answers.
 Anything else is a 404 with a JSON body.
+
+The admin API is how a client listed in `policy.data.admin_clients` manages users, as in MAS:
+  POST /oauth2/token  grant_type=client_credentials&scope=urn:mas:admin, client_secret_basic or _post
+    -> 200 {"access_token": "mat_...", "token_type": "Bearer", "expires_in": 300, "scope": "urn:mas:admin"}
+       (a client not in admin_clients: 403 {"error": "invalid_scope", "error_description":
+       "scope 'urn:mas:admin' not allowed"}; bad credentials: 401 invalid_client; an unknown grant
+       type: 400 unsupported_grant_type)
+  then `Authorization: Bearer mat_...` on the admin API, whose answers are JSON:API documents:
+    {"data": {"type": "user", "id": <ULID>, "attributes": {"username", "created_at", "locked_at",
+     "deactivated_at", "admin", "legacy_guest"}, "links": {"self": "/api/admin/v1/users/<ULID>"}},
+     "links": {"self": <the request's path>}}
+  and errors {"errors": [{"title": ...}, ...]}: no header 400 "Missing authorization header",
+  unknown/expired/revoked token or no urn:mas:admin scope 401 (see _admin_token/_admin_session).
+The access tokens live in the stand-in's `oauth2_sessions` table.
 
 Introspection (RFC 7662) is what Synapse depends on; the caller authenticates with the matrix shared
 secret as a Bearer token (native `matrix_authentication_service` mode, Synapse >= 1.136) or as a
@@ -28,6 +45,7 @@ body, token, secret or password.
 """
 
 import base64
+import datetime
 import hmac
 import json
 import mimetypes
@@ -41,14 +59,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from . import config as cfg
-from . import crypto, log, store, version
-from .database import Pool, Unavailable, describe, migrate, pending
+from . import crypto, log, policy, store, version
+from .database import Pool, Unavailable, describe, migrate, pending, transaction
 from .homeserver import HomeserverError, from_config
 
 API_SCOPES = ("urn:matrix:client:api:*", "urn:matrix:org.matrix.msc2967.client:api:*")
 DEVICE_SCOPE_PREFIXES = ("urn:matrix:client:device:", "urn:matrix:org.matrix.msc2967.client:device:")
 ADMIN_SCOPE = "urn:synapse:admin:*"
+ADMIN_API_SCOPE = "urn:mas:admin"
 TARGET = "mas_handlers"
+TEXT = {"Content-Type": "text/plain; charset=utf-8"}
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class Fatal(Exception):
@@ -74,6 +95,84 @@ def oauth_error(status: int, error: str, description: str | None = None) -> Repl
     return Reply(status, body)
 
 
+def admin_error(status: int, *titles: str) -> Reply:
+    """The admin API's ErrorResponse: one `title` per error of the chain, outermost first."""
+    return Reply(status, {"errors": [{"title": title} for title in titles]})
+
+
+def form_error(message: str) -> Reply:
+    """A form body serde cannot read: axum's FailedToDeserializeFormBody, which MAS's ClientAuthorization
+    does not expect and answers as an internal error."""
+    return oauth_error(500, "server_error", f"Failed to deserialize form body: {message}")
+
+
+def rust_debug(text: str) -> str:
+    """A string as Rust's `{:?}` shows it, as MAS's error titles quote usernames."""
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+    return '"' + "".join(escapes.get(c) or (f"\\u{{{ord(c):x}}}" if not c.isprintable() else c) for c in text) + '"'
+
+
+def timestamp(value) -> str | None:
+    """A date as chrono serialises a DateTime<Utc>: RFC 3339 with `Z`, fractions of 0, 3 or 6 digits."""
+    if value is None:
+        return None
+    value = value.astimezone(datetime.UTC)
+    micros = value.microsecond
+    fraction = "" if not micros else f".{micros // 1000:03d}" if micros % 1000 == 0 else f".{micros:06d}"
+    return value.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+
+
+def user_document(user: dict, self_link: str | None = None) -> dict:
+    """The admin API's SingleResponse<User> (crates/handlers/src/admin/{model,response}.rs)."""
+    path = f"/api/admin/v1/users/{user['user_id']}"
+    attributes = {
+        "username": user["username"],
+        "created_at": timestamp(user["created_at"]),
+        "locked_at": timestamp(user["locked_at"]),
+        "deactivated_at": timestamp(user["deactivated_at"]),
+        "admin": user["can_request_admin"],
+        "legacy_guest": False,
+    }
+    resource = {"type": "user", "id": user["user_id"], "attributes": attributes, "links": {"self": path}}
+    return {"data": resource, "links": {"self": self_link or path}}
+
+
+def username_valid(username: str) -> bool:
+    """The admin API's check on a new username (crates/handlers/src/admin/v1/users/add.rs)."""
+    return (
+        0 < len(username.encode()) <= 255
+        and not username.startswith("_")
+        and re.fullmatch(r"[a-z0-9=_\-./+]+", username) is not None
+    )
+
+
+def parse_scope(value: str) -> str:
+    """MAS's Scope from a `scope` parameter: space-separated tokens of RFC 6749's NQCHAR, kept sorted."""
+    tokens = value.split(" ")
+    if not all(re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+", token) for token in tokens):
+        raise form_error("Invalid scope format")
+    return " ".join(sorted(set(tokens)))
+
+
+def access_token_request(form: dict) -> dict:
+    """MAS's AccessTokenRequest (crates/oauth2-types/src/requests.rs), tagged by `grant_type`.
+
+    Unknown grant types read as `Unsupported` (answered after the client is authenticated);
+    missing fields and bad scopes are serde errors.
+    """
+    grant = form.get("grant_type")
+    if grant is None:
+        raise form_error("missing field `grant_type`")
+    required = {"authorization_code": "code", "refresh_token": "refresh_token",
+                "urn:ietf:params:oauth:grant-type:device_code": "device_code"}.get(grant)  # fmt: skip
+    if required and required not in form:
+        raise form_error(f"missing field `{required}`")
+    scope = None
+    if grant in ("client_credentials", "refresh_token") and "scope" in form:
+        scope = parse_scope(form["scope"])
+    return {"grant_type": grant, "scope": scope}
+
+
 def _page(title: str, text: str) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
             f"<body><h1>{title}</h1><p>{text}</p>"
@@ -95,6 +194,10 @@ class App:
         self.public = http["public_base"].rstrip("/") + "/"
         self.issuer = http.get("issuer") or http["public_base"]
         self.passwords_enabled = cfg.passwords_enabled(config)
+        self.minimum_complexity = cfg.minimum_complexity(config)
+        self.admin_clients = policy.admin_clients(config)
+        # experimental.access_token_ttl, 5 minutes by default (crates/config/src/sections/experimental.rs)
+        self.access_token_ttl = (config.get("experimental") or {}).get("access_token_ttl", 300)
 
     def discovery(self) -> dict:
         p = self.public
@@ -147,7 +250,8 @@ class Handler(BaseHTTPRequestHandler):
         ("discovery", "GET", r"/\.well-known/change-password", "change_password"),
         ("oauth", "GET", r"/oauth2/keys\.json", "jwks"),
         ("oauth", "POST", r"/oauth2/introspect", "introspect"),
-        ("oauth", "POST", r"/oauth2/(token|revoke|registration|device)", "oauth_refused"),
+        ("oauth", "POST", r"/oauth2/token", "token"),
+        ("oauth", "POST", r"/oauth2/(revoke|registration|device)", "oauth_refused"),
         ("oauth", "GET", r"/oauth2/userinfo", "userinfo"),
         ("compat", "GET", r"/_matrix/client/[^/]+/login", "login_flows"),
         ("compat", "POST", r"/_matrix/client/[^/]+/login", "login"),
@@ -158,7 +262,13 @@ class Handler(BaseHTTPRequestHandler):
         ("human", "GET", r"/|/login|/logout|/register|/authorize|/account/.*|/complete-compat-sso/[^/]+", "human"),
         ("graphql", "POST", r"/graphql", "graphql"),
         ("assets", "GET", r"/assets/(.+)", "asset"),
-        ("adminapi", "GET", r"/api/admin/v1/.*", "adminapi"),
+        ("adminapi", "GET", r"/api/admin/v1/users/by-username/([^/]+)", "admin_user_by_username"),
+        ("adminapi", "POST", r"/api/admin/v1/users", "admin_add_user"),
+        ("adminapi", "GET", r"/api/admin/v1/users/([^/]+)", "admin_user"),
+        ("adminapi", "POST", r"/api/admin/v1/users/([^/]+)/set-password", "admin_set_password"),
+        ("adminapi", "POST", r"/api/admin/v1/users/([^/]+)/set-admin", "admin_set_admin"),
+        ("adminapi", "GET", r"/api/admin/v1/.+", "admin_other"),
+        ("adminapi", "POST", r"/api/admin/v1/.+", "admin_other"),
         ("connection-info", "GET", r"/connection-info", "connection_info"),
     ]
 
@@ -301,6 +411,129 @@ class Handler(BaseHTTPRequestHandler):
     def route_oauth_refused(self, match, resource):
         raise oauth_error(400, "invalid_request", "not implemented by the MAS stand-in (a test double)")
 
+    # ------------------------------------------------------------ token endpoint (client_credentials)
+
+    def _form_body(self) -> dict | None:
+        """axum's Form on a POST: the fields of an `application/x-www-form-urlencoded` body, else None."""
+        raw = self.body()
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind != "application/x-www-form-urlencoded":
+            return None
+        return dict(urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+
+    def _client_authorization(self, form: dict | None, read_form) -> tuple[dict, object]:
+        """MAS's ClientAuthorization extractor (crates/axum-utils/src/client_authorization.rs).
+
+        In order: the Authorization header (Basic or Bearer, else 400 "Invalid Authorization
+        header"), the form (`read_form`), then which credentials the request carries. Basic
+        credentials are taken as they are, not URL-decoded, as MAS does. Returns the credentials
+        ({"method", "client_id", "secret"}) and what `read_form` made of the form (None without one).
+        """
+        header, basic, bearer = self.headers.get("Authorization"), None, None
+        if header is not None:
+            if header[:6].lower() == "basic ":
+                try:
+                    decoded = base64.b64decode(header[6:].lstrip(" "), validate=True).decode()
+                except ValueError:
+                    decoded = ""
+                if ":" not in decoded:
+                    raise oauth_error(400, "invalid_request", "Invalid Authorization header")
+                basic = decoded.partition(":")[::2]
+            elif header[:7].lower() == "bearer " and header[7:].strip():
+                bearer = header[7:].strip()
+            else:
+                raise oauth_error(400, "invalid_request", "Invalid Authorization header")
+        parsed = read_form(form) if form is not None else None
+        fields = form or {}
+        client_id, secret = fields.get("client_id"), fields.get("client_secret")
+        assertion_type, assertion = fields.get("client_assertion_type"), fields.get("client_assertion")
+        no_assertion = assertion_type is None and assertion is None
+        if basic is not None and secret is None and no_assertion:
+            if client_id is not None and client_id != basic[0]:
+                raise oauth_error(400, "invalid_grant", f"client_id in form ({rust_debug(client_id)}) does not match"
+                                  f" credential ({rust_debug(basic[0])})")  # fmt: skip
+            return {"method": "client_secret_basic", "client_id": basic[0], "secret": basic[1]}, parsed
+        if header is None and client_id is not None and no_assertion:
+            method = "client_secret_post" if secret is not None else "none"
+            return {"method": method, "client_id": client_id, "secret": secret}, parsed
+        if header is None and secret is None and assertion_type is not None and assertion is not None:
+            if assertion_type == JWT_BEARER:
+                raise oauth_error(400, "invalid_request", "client assertions are not implemented by the MAS stand-in")
+            if client_id is None:
+                raise oauth_error(400, "invalid_request", f"Unsupported client_assertion_type: {assertion_type}")
+        if bearer is not None and client_id is None and secret is None and no_assertion:
+            return {"method": "bearer", "client_id": None, "secret": None}, parsed
+        if header is None and client_id is None and secret is None and no_assertion:
+            raise oauth_error(400, "invalid_request", "No credentials were presented")
+        raise oauth_error(400, "invalid_request")
+
+    def _secret_matches(self, client: dict, secret: str | None) -> bool:
+        expected = crypto.decrypt(self.app.key, client["encrypted_client_secret"])
+        return secret is not None and hmac.compare_digest(secret.encode(), expected.encode())
+
+    def _token_client(self, conn, credentials: dict) -> dict:
+        """The token endpoint's client: fetched, then its credentials verified (crates/handlers/src/oauth2/token.rs).
+
+        Unknown client or wrong credentials: 401 invalid_client; a client whose secret is missing or
+        does not decrypt: 500 server_error (MAS's "internal" verification errors).
+        """
+        client = store.find_client(conn, credentials["client_id"]) if credentials["client_id"] is not None else None
+        if client is None:
+            raise oauth_error(401, "invalid_client")
+        method = client["client_auth_method"]
+        if method == "none" and credentials["method"] == "none":
+            return client
+        if method != credentials["method"] or method not in ("client_secret_basic", "client_secret_post"):
+            raise oauth_error(401, "invalid_client")  # authentication method mismatch
+        if client["encrypted_client_secret"] is None:
+            raise oauth_error(500, "server_error")
+        try:
+            matches = self._secret_matches(client, credentials["secret"])
+        except ValueError:
+            raise oauth_error(500, "server_error") from None
+        if not matches:
+            raise oauth_error(401, "invalid_client")
+        return client
+
+    def route_token(self, match, resource):
+        """POST /oauth2/token. Of MAS's grants, client_credentials is served; the stand-in never issues
+        authorization codes, refresh tokens or device codes, so those grants find nothing (400
+        invalid_grant), and any other grant type is 400 unsupported_grant_type.
+
+        client_credentials: the scope goes through the policy (policy.py; denied: 403 invalid_scope
+        with the violations as description); then a new session and its `mat_` access token,
+        valid `experimental.access_token_ttl` seconds:
+          {"access_token", "token_type": "Bearer", "expires_in", ["scope" unless empty]}
+        """
+        form = self._form_body()
+        credentials, grant = self._client_authorization(form, access_token_request)
+        with self.app.pool.connection() as conn:
+            client = self._token_client(conn, credentials)
+            if grant is None:
+                raise oauth_error(400, "invalid_request")
+            if grant["grant_type"] in ("authorization_code", "refresh_token",
+                                       "urn:ietf:params:oauth:grant-type:device_code"):  # fmt: skip
+                raise oauth_error(400, "invalid_grant")
+            if grant["grant_type"] != "client_credentials":
+                raise oauth_error(400, "unsupported_grant_type")
+            scope = grant["scope"] or ""
+            client_id = crypto.parse_ulid(client["client_id"])
+            violations = policy.client_credentials_violations(scope, client_id, self.app.admin_clients)
+            if violations:
+                log.info(TARGET, "Policy denied the client_credentials grant", client__id=client_id)
+                raise oauth_error(403, "invalid_scope", ", ".join(violations))
+            session = store.start_oauth2_session(conn, client["client_id"], scope, self.app.access_token_ttl)
+        log.info(TARGET, "Access token issued (client_credentials)", client__id=client_id,
+                 oauth2_session__id=session["oauth2_session_id"])  # fmt: skip
+        reply = {
+            "access_token": session["access_token"],
+            "token_type": "Bearer",
+            "expires_in": self.app.access_token_ttl,
+        }
+        if scope:
+            reply["scope"] = scope
+        self.send(200, reply, {"Pragma": "no-cache"})
+
     # ------------------------------------------------------------ introspection
 
     def _authenticate_client(self, conn, form: dict) -> None:
@@ -329,8 +562,7 @@ class Handler(BaseHTTPRequestHandler):
             raise oauth_error(401, "access_denied")  # only confidential clients may introspect
         if client["client_auth_method"] != method or client["encrypted_client_secret"] is None:
             raise oauth_error(401, "invalid_client", "client authentication method mismatch")
-        expected = crypto.decrypt(self.app.key, client["encrypted_client_secret"])
-        if secret is None or not hmac.compare_digest(secret.encode(), expected.encode()):
+        if not self._secret_matches(client, secret):
             raise oauth_error(401, "invalid_client", "invalid client credentials")
 
     def route_introspect(self, match, resource):
@@ -482,6 +714,212 @@ class Handler(BaseHTTPRequestHandler):
             raise Reply(400, "invalid redirectUrl", {"Content-Type": "text/plain"})
         self.send(303, None, {"Location": f"{self.app.public}complete-compat-sso/{crypto.ulid()}"})
 
+    # ------------------------------------------------------------ admin API (/api/admin/v1)
+
+    def _admin_token(self) -> str:
+        """The checks of MAS's CallContext (crates/handlers/src/admin/call_context.rs) made on the header alone.
+
+        No header: 400 "Missing authorization header"; not `Bearer <token>`: 400 "Invalid
+        authorization header"; not a well-formed token: 401 "Invalid type of access token" followed
+        by the format error; a token of another kind (compat, refresh): 401 "Invalid type of access
+        token". (MAS takes a database connection first; the stand-in connects after these checks.)
+        """
+        header = self.headers.get("Authorization")
+        if header is None:
+            raise admin_error(400, "Missing authorization header")
+        if header[:7].lower() != "bearer " or not header[7:].strip():
+            raise admin_error(400, "Invalid authorization header")
+        token = header[7:].strip()
+        try:
+            kind = crypto.check_token(token)
+        except ValueError as error:
+            raise admin_error(401, "Invalid type of access token", str(error)) from None
+        if kind not in ("access_token", "personal_access_token"):
+            raise admin_error(401, "Invalid type of access token")
+        return token
+
+    def _admin_session(self, conn, token: str) -> dict:
+        """The rest of CallContext: the token's session must exist, be active, unexpired and hold urn:mas:admin.
+
+        The stand-in issues no personal access tokens, so an `mpt_` token is always unknown.
+        """
+        session = store.oauth2_session_for_token(conn, token)
+        if session is None:
+            raise admin_error(401, "Unknown access token")
+        if session["finished_at"] is not None:
+            raise admin_error(401, "Access token revoked")
+        if session["expired"]:
+            raise admin_error(401, "Access token expired")
+        if ADMIN_API_SCOPE not in session["scope"].split(" "):
+            raise admin_error(401, "Missing urn:mas:admin scope")
+        return session
+
+    @staticmethod
+    def _admin_user_id(raw: str) -> str:
+        """MAS's UlidPathParam: 400 "Invalid ULID in path" then the ulid crate's error."""
+        try:
+            return crypto.parse_ulid(urllib.parse.unquote(raw))
+        except ValueError as error:
+            raise admin_error(400, "Invalid ULID in path", str(error)) from None
+
+    def _admin_json(self, raw: bytes, struct: str, fields: dict) -> dict:
+        """axum's Json<T> for a serde struct; `fields` maps a name to (type, "required" | "default" | "option").
+
+        Its rejections are plain text, as axum sends them: 415 without a JSON Content-Type, 400 for a
+        body that is not JSON, 422 for JSON of the wrong shape (serde's message, without its line
+        and column). Unknown fields are ignored, as serde does.
+        """
+        mime = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if not re.fullmatch(r"application/(json|[^/]+\+json)", mime):
+            raise Reply(415, "Expected request with `Content-Type: application/json`", TEXT)
+        try:
+            value = json.loads(raw)
+        except ValueError as error:
+            raise Reply(400, f"Failed to parse the request body as JSON: {error}", TEXT) from None
+
+        def unexpected(v) -> str:
+            if isinstance(v, bool):
+                return f"boolean `{str(v).lower()}`"
+            if isinstance(v, int):
+                return f"integer `{v}`"
+            if isinstance(v, float):
+                return f"floating point `{v}`"
+            if isinstance(v, str):
+                return f"string {rust_debug(v)}"
+            return {dict: "map", list: "sequence"}.get(type(v), "null")
+
+        def data_error(message: str) -> Reply:
+            return Reply(422, f"Failed to deserialize the JSON body into the target type: {message}", TEXT)
+
+        if not isinstance(value, dict):
+            raise data_error(f"invalid type: {unexpected(value)}, expected struct {struct}")
+        out = {}
+        for name, (kind, presence) in fields.items():
+            given = value.get(name)
+            if name not in value or (given is None and presence == "option"):
+                if presence == "required":
+                    raise data_error(f"missing field `{name}`")
+                out[name] = False if presence == "default" else None
+            elif not isinstance(given, kind):
+                expected = "a boolean" if kind is bool else "a string"
+                raise data_error(f"{name}: invalid type: {unexpected(given)}, expected {expected}")
+            else:
+                out[name] = given
+        return out
+
+    def route_admin_user_by_username(self, match, resource):
+        """GET users/by-username/{username} (v1/users/by_username.rs): 200, or 404 "User with username "x" not found"."""
+        token = self._admin_token()
+        username = urllib.parse.unquote(match.group(1))
+        with self.app.pool.connection() as conn:
+            self._admin_session(conn, token)
+            user = store.find_user(conn, username)
+        if user is None:
+            raise admin_error(404, f"User with username {rust_debug(username)} not found")
+        self.send(200, user_document(user, f"/api/admin/v1/users/by-username/{username}"))
+
+    def route_admin_user(self, match, resource):
+        """GET users/{id} (v1/users/get.rs): 200, or 404 "User ID <id> not found"."""
+        token = self._admin_token()
+        with self.app.pool.connection() as conn:
+            self._admin_session(conn, token)
+            user_id = self._admin_user_id(match.group(1))
+            user = store.find_user_by_id(conn, user_id)
+        if user is None:
+            raise admin_error(404, f"User ID {user_id} not found")
+        self.send(200, user_document(user))
+
+    def route_admin_add_user(self, match, resource):
+        """POST users {"username", ["skip_homeserver_check"], ["displayname"], ["avatar_url"]} (v1/users/add.rs).
+
+        As MAS: 409 "User already exists" (any case), 400 "Username is not valid", 409 "Username is
+        reserved by the homeserver" unless skip_homeserver_check; then the user (not admin) is
+        created and provisioned on the homeserver right away, not through a job: if that fails,
+        nothing is kept and the answer is 500 with the homeserver error. 201 with the user.
+        The stand-in does not pass `avatar_url` on to the homeserver.
+        """
+        raw = self.body()
+        token = self._admin_token()
+        with self.app.pool.connection() as conn:
+            self._admin_session(conn, token)
+            body = self._admin_json(raw, "AddUserRequest", {
+                "username": (str, "required"), "skip_homeserver_check": (bool, "default"),
+                "displayname": (str, "option"), "avatar_url": (str, "option"),
+            })  # fmt: skip
+            username = body["username"]
+            if store.find_user(conn, username) is not None:
+                raise admin_error(409, "User already exists")
+            if not username_valid(username):
+                raise admin_error(400, "Username is not valid")
+            if body["avatar_url"] is not None:
+                log.warn(TARGET, "avatar_url is not passed on to the homeserver by the MAS stand-in")
+            try:
+                if not self.app.homeserver.is_localpart_available(username):
+                    if not body["skip_homeserver_check"]:
+                        raise admin_error(409, "Username is reserved by the homeserver")
+                    log.warn(TARGET, f"Skipped homeserver check for username {username}")
+                with transaction(conn):
+                    user_id = store.create_user(conn, username, None, False, body["displayname"])
+                    store.provision(conn, self.app.homeserver, store.find_user_by_id(conn, user_id))
+            except HomeserverError as error:
+                log.error(TARGET, f"Could not create the user: {error}")
+                raise admin_error(500, str(error)) from None
+            user = store.find_user_by_id(conn, user_id)
+        log.info(TARGET, "User created through the admin API", user__id=user_id, user__username=username)
+        self.send(201, user_document(user))
+
+    def route_admin_set_password(self, match, resource):
+        """POST users/{id}/set-password {"password", ["skip_password_check"]} (v1/users/set_password.rs).
+
+        As MAS: 403 "Password auth is disabled", 404 "User ID <id> not found", 400 "Password is too
+        weak" (below passwords.minimum_complexity, unless skip_password_check); then 204, and the
+        password works for the compat m.login.password login.
+        """
+        raw = self.body()
+        token = self._admin_token()
+        with self.app.pool.connection() as conn:
+            self._admin_session(conn, token)
+            user_id = self._admin_user_id(match.group(1))
+            body = self._admin_json(raw, "Request", {"password": (str, "required"),
+                                                     "skip_password_check": (bool, "option")})  # fmt: skip
+            if not self.app.passwords_enabled:
+                raise admin_error(403, "Password auth is disabled")
+            if store.find_user_by_id(conn, user_id) is None:
+                raise admin_error(404, f"User ID {user_id} not found")
+            skip = bool(body["skip_password_check"])
+            log.info(TARGET, "skip_password_check", skip_password_check=str(skip).lower())
+            if not skip and crypto.password_score(body["password"]) < self.app.minimum_complexity:
+                raise admin_error(400, "Password is too weak")
+            store.set_password(conn, user_id, body["password"])
+        log.info(TARGET, "Password set through the admin API", user__id=user_id)
+        self.send(204)
+
+    def route_admin_set_admin(self, match, resource):
+        """POST users/{id}/set-admin {"admin": bool} (v1/users/set_admin.rs): 200 with the user, linked to
+        /api/admin/v1/users/<id>/set-admin; 404 "User ID <id> not found". Sessions already started keep
+        their scopes; a compat password login never gets urn:synapse:admin:* (MAS starts those
+        sessions with is_synapse_admin = false)."""
+        raw = self.body()
+        token = self._admin_token()
+        with self.app.pool.connection() as conn:
+            self._admin_session(conn, token)
+            user_id = self._admin_user_id(match.group(1))
+            body = self._admin_json(raw, "UserSetAdminRequest", {"admin": (bool, "required")})
+            if store.find_user_by_id(conn, user_id) is None:
+                raise admin_error(404, f"User ID {user_id} not found")
+            store.set_admin(conn, user_id, body["admin"])
+            user = store.find_user_by_id(conn, user_id)
+        log.info(TARGET, "User admin flag set through the admin API", user__id=user_id, admin=body["admin"])
+        self.send(200, user_document(user, f"/api/admin/v1/users/{user_id}/set-admin"))
+
+    def route_admin_other(self, match, resource):
+        """The rest of MAS's admin API, which the stand-in does not implement: 501 once the caller is authorised."""
+        self.body()
+        token = self._admin_token()
+        with self.app.pool.connection() as conn:
+            self._admin_session(conn, token)
+        raise admin_error(501, "Not implemented by the MAS stand-in (a test double)")
+
     # ------------------------------------------------------------ pages, assets, the rest
 
     def route_human(self, match, resource):
@@ -490,9 +928,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_graphql(self, match, resource):
         self.send(200, {"data": None, "errors": [{"message": "GraphQL is not implemented by the MAS stand-in"}]})
-
-    def route_adminapi(self, match, resource):
-        self.send(401, {"errors": [{"title": "Missing access token"}]})
 
     def route_connection_info(self, match, resource):
         self.send(200, f"Connected from {self.client_address[0]}\n", {"Content-Type": "text/plain"})

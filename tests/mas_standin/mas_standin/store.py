@@ -5,6 +5,8 @@ runs the worker unless `--no-worker`): `manage register-user` only schedules the
 compat logout only schedules a device sync. Here a job is a flag on the user row
 (`provision_pending`, `devices_dirty`); the worker picks flagged users up every second and keeps the
 flag on failure, so a user registered while Synapse was away is provisioned once Synapse answers.
+A user created through the admin API is provisioned right away instead (`provision`, the job's own
+step), inside the transaction that creates it, as MAS's handler does.
 """
 
 import threading
@@ -32,7 +34,12 @@ def one(conn, sql: str, **params) -> dict | None:
 
 
 def find_user(conn, username: str) -> dict | None:
-    return one(conn, "SELECT * FROM users WHERE username = :u", u=username)
+    """The user of that username; like MAS (`LOWER(username) = LOWER($1)`), case does not matter."""
+    return one(conn, "SELECT * FROM users WHERE LOWER(username) = LOWER(:u) ORDER BY created_at", u=username)
+
+
+def find_user_by_id(conn, user_id: str) -> dict | None:
+    return one(conn, "SELECT * FROM users WHERE user_id = :i", i=user_id)
 
 
 def create_user(conn, username: str, hashed_password: str | None, admin: bool | None, display_name: str | None) -> str:
@@ -43,6 +50,28 @@ def create_user(conn, username: str, hashed_password: str | None, admin: bool | 
         i=user_id, u=username, p=hashed_password, a=bool(admin), d=display_name,
     )  # fmt: skip
     return user_id
+
+
+def set_password(conn, user_id: str, password: str) -> None:
+    conn.run("UPDATE users SET hashed_password = :p WHERE user_id = :i", p=crypto.hash_password(password), i=user_id)
+
+
+def set_admin(conn, user_id: str, admin: bool) -> None:
+    """MAS's `can_request_admin` (the admin API's `admin`); sessions already started keep what they had."""
+    conn.run("UPDATE users SET can_request_admin = :a WHERE user_id = :i", a=admin, i=user_id)
+
+
+def provision(conn, homeserver: SynapseConnection, user: dict) -> bool:
+    """Create or update the user on the homeserver and clear its provisioning job; True if it was created."""
+    created = homeserver.provision_user(
+        user["username"], user["user_id"], user.get("pending_display_name"), locked=user.get("locked_at") is not None
+    )
+    conn.run(
+        "UPDATE users SET provision_pending = FALSE, pending_display_name = NULL, provisioned_at = now()"
+        " WHERE user_id = :i",
+        i=user["user_id"],
+    )
+    return created
 
 
 def active_devices(conn, user_id: str) -> set[str]:
@@ -90,6 +119,34 @@ def finish_sessions(conn, user_id: str, session_id: str | None = None) -> int:
         )
         conn.run("UPDATE users SET devices_dirty = TRUE WHERE user_id = :i", i=user_id)
     return len(ended)
+
+
+# ---------------------------------------------------------------- OAuth 2.0 sessions (client_credentials)
+
+
+def find_client(conn, client_id: str) -> dict | None:
+    """A client by its ID, which MAS parses as a ULID (so case does not matter); None if it is not one."""
+    try:
+        canonical = crypto.parse_ulid(client_id)
+    except ValueError:
+        return None
+    return one(conn, "SELECT * FROM oauth2_clients WHERE UPPER(client_id) = :c", c=canonical)
+
+
+def start_oauth2_session(conn, client_id: str, scope: str, ttl: int) -> dict:
+    """A new session of a client, without a user, and its access token valid for `ttl` seconds."""
+    session = {"oauth2_session_id": crypto.ulid(), "access_token": crypto.token("mat")}
+    conn.run(
+        "INSERT INTO oauth2_sessions (oauth2_session_id, client_id, scope, access_token, expires_at)"
+        " VALUES (:s, :c, :scope, :t, now() + make_interval(secs => :ttl))",
+        s=session["oauth2_session_id"], c=client_id, scope=scope, t=session["access_token"], ttl=ttl,
+    )  # fmt: skip
+    return session
+
+
+def oauth2_session_for_token(conn, token: str) -> dict | None:
+    """The OAuth 2.0 session of an access token, with `expired` computed by the database's clock."""
+    return one(conn, "SELECT *, expires_at <= now() AS expired FROM oauth2_sessions WHERE access_token = :t", t=token)
 
 
 # ---------------------------------------------------------------- clients (config sync)
@@ -158,17 +215,7 @@ class Worker:
         self.retry: dict[str, tuple[int, float]] = {}  # user_id -> (failures, not before), like a job's backoff
 
     def provision(self, conn, user: dict) -> None:
-        created = self.homeserver.provision_user(
-            user["username"],
-            user["user_id"],
-            user.get("pending_display_name"),
-            locked=user.get("locked_at") is not None,
-        )
-        conn.run(
-            "UPDATE users SET provision_pending = FALSE, pending_display_name = NULL, provisioned_at = now()"
-            " WHERE user_id = :i",
-            i=user["user_id"],
-        )
+        created = provision(conn, self.homeserver, user)
         log.info(self.TARGET, "User provisioned" if created else "User updated on the homeserver",
                  user__id=user["user_id"], user__username=user["username"])  # fmt: skip
 
