@@ -159,8 +159,8 @@ def test_no_secret_in_the_pyinfra_output(stack):
 def test_no_secret_on_any_command_line_during_the_install(stack):
     """Process command lines are world-readable (/proc/*/cmdline): sampled on the host and here during the install."""
     _, first, deployment = stack
-    for fragment in _secret_fragments(deployment):
-        assert not [line for line in first.command_lines if fragment in line]
+    leaked = [line for line in first.command_lines for fragment in _secret_fragments(deployment) if fragment in line]
+    assert not leaked, f"{len(leaked)} command line argument(s) held a secret (not shown)"
 
 
 def test_every_unit_is_sandboxed_and_its_running_process_too(stack):

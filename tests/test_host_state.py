@@ -1,0 +1,57 @@
+"""host_state's snapshot: what its one command prints is read back into what the operations compare.
+
+The command itself runs against real hosts in every lab test (a no-op run sends only it); here the
+parsing and the comparisons are pinned down, including the refusal to answer outside its roots.
+"""
+
+import pytest
+
+from matrix_deploy.host_state import Snapshot, sha1
+
+OUTPUT = [
+    "P\td\troot\tmas\t750\t\t/etc/mas",
+    "P\tf\tmas\tmas\t400\t\t/etc/mas/secrets/matrix_secret",
+    "P\tl\troot\troot\t777\t/opt/mas/1.22.0\t/opt/mas/current",
+    f"H\t{sha1('s3cret')}  /etc/mas/secrets/matrix_secret",
+    "U\tmas:x:999:997::/opt/mas:/usr/sbin/nologin",
+    "G\tmas:x:997:",
+    "K\tnginx\tii ",
+    "K\tcurl\trc ",
+    "S\tpostgresql@15-main\tactive\tenabled",
+]
+ROOTS = {"/etc/mas": 2, "/opt/mas": 2}
+
+
+def snapshot(output=OUTPUT):
+    state = Snapshot().process(output)
+    state.roots = ROOTS
+    return state
+
+
+def test_files_match_only_with_the_same_content_owner_and_mode():
+    state = snapshot()
+    path = "/etc/mas/secrets/matrix_secret"
+    assert state.is_file(path, "s3cret", "mas", "mas", "400")
+    assert not state.is_file(path, "s3cret\n", "mas", "mas", "400")
+    assert not state.is_file(path, "s3cret", "root", "mas", "400")
+    assert not state.is_file(path, "s3cret", "mas", "mas", "440")
+    assert not state.is_file("/etc/mas/secrets/missing", "s3cret")
+
+
+def test_directories_links_users_packages_units():
+    state = snapshot()
+    assert state.is_dir("/etc/mas", "root", "mas", "750") and not state.is_dir("/etc/mas", mode="755")
+    assert state.is_link("/opt/mas/current", "/opt/mas/1.22.0") and not state.is_link("/opt/mas/current", "/x")
+    assert state.has_user("mas", "mas", "/opt/mas", "/usr/sbin/nologin")
+    assert not state.has_user("mas", "mas", "/var/lib/mas", "/usr/sbin/nologin")
+    assert state.packages_installed(["nginx"]) and not state.packages_installed(["nginx", "curl"])
+    assert state.unit_running("postgresql@15-main") and not state.unit_running("nginx")
+    assert not state.apt_busy and snapshot([*OUTPUT, "B"]).apt_busy
+
+
+def test_a_path_outside_the_roots_is_a_programming_error_not_a_missing_file():
+    state = snapshot()
+    with pytest.raises(LookupError, match="outside the host state snapshot"):
+        state.exists("/etc/synapse/homeserver.yaml")
+    with pytest.raises(LookupError):
+        state.exists("/etc/mas/a/b/c")  # deeper than the root was listed
