@@ -17,7 +17,9 @@ def dump_before_migration(d: Deployment, service: str, database: str, db_host: s
     """
     s = d.settings
     directory = s.backup_dir
-    marked = restarts.mark(f"{service}-backup", changes, due="needs a database dump")
+    condition = restarts.due(f"{service}-backup", restarts.mark(f"{service}-backup", changes, "needs a database dump"))
+    if condition is None:
+        return None
     return server.shell(
         name=f"Dump the {database} database before {service} migrates it",
         commands=[
@@ -32,5 +34,5 @@ ls -1t {directory}/{database}-*.dump | tail -n +{s.backup_keep + 1} | xargs -r r
 rm -f {restarts.MARKERS}/{service}-backup
 """
         ],
-        _if=restarts.due(f"{service}-backup", marked),
+        _if=condition,
     )

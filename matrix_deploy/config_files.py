@@ -16,7 +16,8 @@ def install_checked(path: str, content: str, check: str, user: str, group: str, 
     live file with `content`, so a rejected or half-installed candidate is checked again next run.
     The file is also checked again when any `recheck` operation changed something (a new binary
     must accept the running config).
-    Returns the operation that put the file live (did_change() means the service must restart).
+    Returns the operation that put the file live (did_change() means the service must restart), or
+    None when the live file is already as wanted and nothing asks for a recheck.
     """
     candidate = f"{path}.candidate"
     host_state.put(f"Stage {path}", candidate, content, user="root", group=group, mode="640")
@@ -24,6 +25,8 @@ def install_checked(path: str, content: str, check: str, user: str, group: str, 
     # between staging and installing, and a candidate rejected earlier.
     differs = not host_state.current().is_file(path, content, user, group, mode)
     recheck = [op for op in recheck if op is not None]
+    if not differs and not recheck:
+        return None
     p, c = shlex.quote(path), shlex.quote(candidate)
     script = f"""
 set -e

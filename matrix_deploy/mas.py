@@ -183,11 +183,15 @@ def install(d: Deployment):
     cli = f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli"
     # Moving from msc3861 to native: --prune removes the client MAS kept for Synapse (no longer in the config).
     prune = " --prune" if auth_mode.migrating_to_native(d) else ""
-    server.shell(
-        name="MAS database migrations and config sync",
-        commands=[f"{cli} database migrate --config {MAS_CONFIG}", f"{cli} config sync{prune} --config {MAS_CONFIG}"],
-        _if=restarts.due("mas", marked),
-    )
+    if (migrate := restarts.due("mas", marked)) is not None:
+        server.shell(
+            name="MAS database migrations and config sync",
+            commands=[
+                f"{cli} database migrate --config {MAS_CONFIG}",
+                f"{cli} config sync{prune} --config {MAS_CONFIG}",
+            ],
+            _if=migrate,
+        )
     restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_health_port}/health", marked)
     auth_mode.record(d)
 

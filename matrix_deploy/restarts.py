@@ -3,6 +3,10 @@
 A restart that is due is recorded on the host (a marker file) before anything else happens, so a
 run that dies before restarting leaves the marker and the next run still restarts the service:
 pyinfra forgets what changed, the host does not.
+
+When nothing can change in this run (host_state found everything as wanted) and no restart is
+pending, these add no operations at all, so an unchanged deployment shows no "conditional changes"
+when pyinfra asks for confirmation.
 """
 
 from pyinfra.operations import files, server
@@ -16,21 +20,30 @@ MARKERS = "/var/lib/matrix-deploy/restart-pending"
 def mark(service: str, changes: list, due: str = "must restart"):
     """Record that `service` must restart when any of the `changes` operations changed something.
 
-    `changes` may hold None: what host_state found already as wanted has no operation.
+    `changes` may hold None: what host_state found already as wanted has no operation. With no
+    operation left, nothing can change: returns None.
     """
+    changes = [c for c in changes if c is not None]
+    if not changes:
+        return None
     return files.file(
         name=f"Record that {service} {due}",
         path=f"{MARKERS}/{service}",
         present=True,
         touch=False,
         create_remote_dir=True,
-        _if=any_changed(*(c for c in changes if c is not None)),
+        _if=any_changed(*changes),
     )
 
 
 def due(service: str, marked):
-    """A condition for `_if`: a restart of `service` is pending (from this run or an interrupted one)."""
+    """A condition for `_if`: a restart of `service` is pending (from this run or an interrupted one).
+
+    None when it cannot be: no marker on the host and nothing to mark in this run.
+    """
     pending = host_state.current().exists(f"{MARKERS}/{service}")
+    if marked is None:
+        return (lambda: True) if pending else None
     return lambda: pending or marked.did_change()
 
 
@@ -54,8 +67,6 @@ echo "{service} did not become healthy after {action}: {ready}" >&2
 journalctl -u {unit} -n 40 --no-pager >&2 || true
 exit 1
 """
-    return server.shell(
-        name=f"Restart {service} and wait until it is healthy",
-        commands=[script],
-        _if=due(service, marked),
-    )
+    condition = due(service, marked)
+    if condition is not None:
+        return server.shell(name=f"Restart {service} and wait until it is healthy", commands=[script], _if=condition)

@@ -190,6 +190,18 @@ def test_second_run_changes_nothing_and_restarts_nothing(stack):
         assert fragment not in again.stdout
 
 
+def test_confirmation_for_an_unchanged_deployment_lists_no_changes(stack):
+    """Without -y pyinfra first lists what it would change; unchanged: nothing, not even a conditional change."""
+    result = subprocess.run(
+        [str(ROOT / ".venv/bin/pyinfra"), "inventories/lab.py", "deploy.py"],
+        cwd=ROOT, input="\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    listed = result.stdout.split("--> Detected changes:")[1].split("Detected changes may not")[0]
+    rows = [line for line in listed.splitlines() if line.strip() and not line.strip().startswith("Operation")]
+    assert rows == [], listed
+
+
 def test_changing_one_synapse_setting_restarts_synapse_only(stack):
     host, _, deployment = stack
     before = service_stamps(host)

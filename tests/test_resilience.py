@@ -72,12 +72,13 @@ def host():
 
 @pytest.fixture(scope="module")
 def fresh_install(host):
-    """A fresh install killed during apt, during pip, and just before MAS migrates; then finished."""
+    """A fresh install killed during apt, just before MAS migrates (its restart is then due on the host
+    only), and during pip; then finished."""
     use(OLD)
     killed_at("Starting operation: Host base | Packages for this host's roles", delay=8)
     digest = store_digest()
-    killed_at("Starting operation: Synapse | Install Synapse", delay=6)
     killed_at("Starting operation: matrix-authentication-service | MAS database migrations")
+    killed_at("Starting operation: Synapse | Install Synapse", delay=6)
     result = pyinfra()
     assert converged(result), result.stdout[-3000:]
     return digest
