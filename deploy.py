@@ -17,6 +17,7 @@ roles = settings.placement.roles_of(host.name)
 # One look at the host; operations are only added for what is not already as wanted.
 host_state.read(
     managed(settings.postgres_version),
+    apt_busy=base.APT_BUSY,
     names=(MAS_USER, SYNAPSE_USER),
     packages=base.packages(roles),
     units=(postgres.unit(settings),),

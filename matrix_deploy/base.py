@@ -13,9 +13,13 @@ PACKAGES = {
     "synapse": ["python3-venv", "curl", "postgresql-client"],
     "proxy": ["nginx", "openssl", "curl"],
 }
-APT_RECOVER = """
+# grep arguments that match the processes of an apt or dpkg run (apt's http/https fetchers included).
+APT_PROCESSES = "-xE 'apt|apt-get|dpkg|http|https' /proc/[0-9]*/comm"
+# Prints something when apt or dpkg still runs (a killed deploy's, the host's own upgrades) or dpkg left work undone.
+APT_BUSY = f"grep -l {APT_PROCESSES} 2>/dev/null | head -1; ls -A /var/lib/dpkg/updates | head -1"
+APT_RECOVER = f"""
 for i in $(seq 600); do
-    grep -qxE 'apt|apt-get|dpkg|http|https' /proc/[0-9]*/comm 2>/dev/null || break
+    grep -q {APT_PROCESSES} 2>/dev/null || break
     sleep 1
 done
 DEBIAN_FRONTEND=noninteractive dpkg --configure -a
@@ -32,5 +36,6 @@ def prepare(roles: set[str]):
     if state.apt_busy:
         server.shell(name="Wait for an earlier apt run and finish what dpkg left undone", commands=[APT_RECOVER])
     host_state.directory("matrix-deploy state directory", STATE, "root", "root", "700")
-    if state.apt_busy or not state.packages_installed(packages(roles)):
-        apt.packages(name="Packages for this host's roles", packages=packages(roles), update=True, cache_time=3600)
+    wanted = packages(roles)
+    if state.apt_busy or not state.packages_installed(wanted):
+        apt.packages(name="Packages for this host's roles", packages=wanted, update=True, cache_time=3600)

@@ -21,8 +21,6 @@ from .secret_files import secret_file
 
 # Files larger than this are listed but not hashed (release archives, binaries).
 HASH_LIMIT = "-256k"
-# An apt or dpkg still running (its deploy was killed, the host's own upgrades), or dpkg left half-done.
-APT_BUSY = "grep -lxE 'apt|apt-get|dpkg|http|https' /proc/[0-9]*/comm 2>/dev/null | head -1; ls -A /var/lib/dpkg/updates | head -1"
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class HostState:
         if not any(
             path == r or (path.startswith(r + "/") and path[len(r) :].count("/") <= d) for r, d in self.roots.items()
         ):
-            raise LookupError(f"{path} is outside the host state snapshot's roots; add it to host_state.roots()")
+            raise LookupError(f"{path} is outside the host state snapshot's roots; add it to paths.managed()")
         return self.paths.get(path)
 
     def _owned(self, e: Entry | None, kind: str, user, group, mode) -> bool:
@@ -92,9 +90,9 @@ def sha1(content: str) -> str:
 
 class Snapshot(FactBase):
     """Every managed path under `roots` (type, owner, mode, link target, sha1 of small files), the
-    given users, groups, packages and units, and whether apt is busy: one command."""
+    given users, groups, packages and units, and whether `apt_busy` (a command) prints anything: one command."""
 
-    def command(self, roots, names, packages, units):
+    def command(self, roots, names, packages, units, apt_busy):
         lines = []
         for root, depth in roots.items():
             r = shlex.quote(root)
@@ -113,7 +111,7 @@ class Snapshot(FactBase):
             lines.append(
                 f'printf \'S\\t%s\\t%s\\t%s\\n\' {u} "$(systemctl is-active {u})" "$(systemctl is-enabled {u})"'
             )
-        lines.append(f'busy=$({APT_BUSY}); [ -z "$busy" ] || echo B')
+        lines.append(f'busy=$({apt_busy}); [ -z "$busy" ] || echo B')
         return "\n".join(lines) + "\ntrue"
 
     def process(self, output):
@@ -147,9 +145,11 @@ class Snapshot(FactBase):
 _snapshots: dict[str, HostState] = {}
 
 
-def read(roots: dict[str, int], names=(), packages=(), units=()) -> HostState:
+def read(roots: dict[str, int], apt_busy: str, names=(), packages=(), units=()) -> HostState:
     """Take this host's snapshot (once per run); `roots` maps each directory or file to its depth."""
-    state = host.get_fact(Snapshot, roots=roots, names=list(names), packages=list(packages), units=list(units))
+    state = host.get_fact(
+        Snapshot, roots=roots, names=list(names), packages=list(packages), units=list(units), apt_busy=apt_busy
+    )
     state.roots = dict(roots)
     _snapshots[host.name] = state
     return state

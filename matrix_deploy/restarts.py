@@ -13,8 +13,9 @@ from pyinfra.operations import files, server
 from pyinfra.operations.util import any_changed
 
 from . import host_state
+from .paths import STATE
 
-MARKERS = "/var/lib/matrix-deploy/restart-pending"
+MARKERS = f"{STATE}/restart-pending"
 
 
 def mark(service: str, changes: list, due: str = "must restart"):
