@@ -32,12 +32,13 @@ _settings = {
 _ssh = {"ssh_known_hosts_file": "/dev/null", "ssh_strict_host_key_checking": "off"}
 
 
+def _login(h):
+    """As an operator would: the sudo user with `_sudo` (the lab's default), or root."""
+    return {"ssh_user": h.deploy_user, "_sudo": h.deploy_user != "root"}
+
+
 def _group(role):
-    return [
-        (h.address, {"ssh_user": h.ssh_user, "ssh_key": h.ssh_key, **_ssh, **_settings})
-        for h in _hosts
-        if role in h.roles
-    ]
+    return [(h.address, {**_login(h), "ssh_key": h.ssh_key, **_ssh, **_settings}) for h in _hosts if role in h.roles]
 
 
 db, mas, synapse, proxy = _group("db"), _group("mas"), _group("synapse"), _group("proxy")

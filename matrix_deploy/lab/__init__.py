@@ -1,4 +1,4 @@
-"""Lab hosts: throwaway Debian 12 machines on this box (systemd-nspawn), one command away.
+"""Lab hosts: throwaway Debian 12 or 13 machines on this box (systemd-nspawn), one command away.
 
 `up()` boots the hosts of a layout and records them in `.lab/hosts.json`, which
 `inventories/lab.py` reads; `down()` removes everything `up()` created, including what a
@@ -27,13 +27,18 @@ LAYOUTS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
 }
 
 
+LOGINS = ("sudo", "root")
+
+
 @dataclass(frozen=True)
 class LabHost:
     name: str
     address: str
-    ssh_user: str
+    ssh_user: str  # root: what the tests use to look at the host
     ssh_key: str
     roles: tuple[str, ...]
+    release: str = image.DEFAULT_RELEASE
+    deploy_user: str = "root"  # who the deploy logs in as: root, or image.SUDO_USER with sudo
 
 
 def _ensure_ssh_key() -> str:
@@ -69,34 +74,49 @@ def _check_layout(spec: list[tuple[str, tuple[str, ...]]]) -> None:
             )
 
 
-def up(layout: str = "single", spec: list[tuple[str, tuple[str, ...]]] | None = None, log=print) -> list[LabHost]:
-    """Boot the hosts of `layout` (or of an explicit name/roles `spec`); harmless when already up."""
+def up(
+    layout: str = "single",
+    spec: list[tuple[str, tuple[str, ...]]] | None = None,
+    release: str = image.DEFAULT_RELEASE,
+    login: str = "sudo",
+    log=print,
+) -> list[LabHost]:
+    """Boot the hosts of `layout` (or of an explicit name/roles `spec`) on Debian `release`, deployed to
+    as root or through the sudo user (`login`); harmless when already up."""
     require_root()
+    image.suite(release)
+    if login not in LOGINS:
+        raise LabError(f"lab login {login!r}: choose one of {', '.join(LOGINS)}")
+    deploy_user = image.SUDO_USER if login == "sudo" else "root"
     if spec is None:
         if layout not in LAYOUTS:
             raise LabError(f"unknown lab layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
         spec = LAYOUTS[layout]
     _check_layout(spec)
     current = read_hosts()
-    if [(h.name, h.roles) for h in current] == [(n, tuple(r)) for n, r in spec] and len(machines.running()) == len(
+    wanted = [(n, tuple(r), release, deploy_user) for n, r in spec]
+    if [(h.name, h.roles, h.release, h.deploy_user) for h in current] == wanted and len(machines.running()) == len(
         spec
     ):
         log(f"lab: already up ({', '.join(h.name for h in current)})")
         return current
-    down(log=lambda *_: None)
+    # The tools first: on a bare machine even `down` needs them.
     ensure_host_tools()
+    down(log=lambda *_: None)
     require_disk(STATE_DIR, len(spec))
     public_key = _ensure_ssh_key()
-    img = image.ensure_image(log)
+    img = image.ensure_image(release, log)
     started = time.monotonic()
     network.up()
     addresses = {name: network.host_address(i) for i, (name, _) in enumerate(spec)}
-    hosts = [LabHost(name, addresses[name], "root", str(SSH_KEY), tuple(roles)) for name, roles in spec]
+    hosts = [
+        LabHost(name, addresses[name], "root", str(SSH_KEY), tuple(roles), release, deploy_user) for name, roles in spec
+    ]
     try:
         booted = []
         for host in hosts:
             root = machines.prepare(host.name, host.address, addresses, public_key, img)
-            booted.append((host, machines.boot(host.name, root)))
+            booted.append((host, machines.boot(host.name, root, release)))
         for host, pid in booted:
             machines.wait_for_ssh(host.name, host.address, pid)
     except BaseException:
@@ -105,7 +125,7 @@ def up(layout: str = "single", spec: list[tuple[str, tuple[str, ...]]] | None = 
     LAB_DIR.mkdir(exist_ok=True)
     HOSTS_FILE.write_text(json.dumps({"layout": layout, "hosts": [asdict(h) for h in hosts]}, indent=2) + "\n")
     log(
-        f"lab: {len(hosts)} host(s) up in {time.monotonic() - started:.1f}s: "
+        f"lab: {len(hosts)} Debian {release} host(s) up in {time.monotonic() - started:.1f}s, deploying as {deploy_user}: "
         + ", ".join(f"{h.name} {h.address}" for h in hosts)
     )
     return hosts

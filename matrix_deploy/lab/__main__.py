@@ -1,10 +1,12 @@
-"""Command line of the lab: `python -m matrix_deploy.lab up [--layout single|split] | down | status`."""
+"""Command line of the lab: `python -m matrix_deploy.lab up [--layout single|split] [--debian 12|13]
+[--login sudo|root] | down | status | welcome`."""
 
 import argparse
 import json
+import os
 import sys
 
-from . import LAYOUTS, PROJECT_DIR, LabError, down, leftovers, read_hosts, up
+from . import LAYOUTS, LOGINS, PROJECT_DIR, LabError, down, image, leftovers, read_hosts, up
 
 
 def welcome() -> None:
@@ -30,13 +32,17 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up_cmd = sub.add_parser("up", help="boot the lab hosts (no deploy)")
     up_cmd.add_argument("--layout", default="single", choices=sorted(LAYOUTS))
+    up_cmd.add_argument("--debian", default=os.environ.get("DEBIAN") or image.DEFAULT_RELEASE, choices=sorted(image.SUITES),
+                        help="Debian release of the lab hosts (default: $DEBIAN, else 13)")  # fmt: skip
+    up_cmd.add_argument("--login", default=os.environ.get("LOGIN") or "sudo", choices=LOGINS,
+                        help="deploy as the sudo user 'deploy' (default) or as root (default: $LOGIN)")  # fmt: skip
     sub.add_parser("down", help="stop the lab and undo every change it made")
     sub.add_parser("status", help="print the running hosts and any leftovers")
     sub.add_parser("welcome", help="print how to reach and log in to the deployed lab homeserver")
     args = parser.parse_args()
     try:
         if args.command == "up":
-            up(args.layout)
+            up(args.layout, release=args.debian, login=args.login)
         elif args.command == "down":
             down()
         elif args.command == "welcome":

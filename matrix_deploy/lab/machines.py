@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 from . import image, network
-from .system import STATE_DIR, LabError
+from .system import LAB_INDEX, STATE_DIR, LabError
 
-MACHINES_DIR = STATE_DIR / "machines"
+MACHINES_DIR = STATE_DIR / ("machines" + (f"-{LAB_INDEX}" if LAB_INDEX else ""))
 BOOT_TIMEOUT = 90
 
 
@@ -35,15 +35,31 @@ def prepare(name: str, address: str, peers: dict[str, str], public_key: str, img
     (root / "etc/hosts").write_text("\n".join(hosts) + "\n")
     (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
     (root / "etc/systemd/network/10-lab.network").write_text(_network_file(address))
-    ssh_dir = root / "root/.ssh"
-    ssh_dir.mkdir(mode=0o700, exist_ok=True)
-    (ssh_dir / "authorized_keys").write_text(public_key)
-    os.chmod(ssh_dir / "authorized_keys", 0o600)
+    # root, and the sudo user (image.SUDO_USER) that production-like inventories log in as.
+    for home, owner in (("root", 0), (f"home/{image.SUDO_USER}", _uid(root, image.SUDO_USER))):
+        ssh_dir = root / home / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text(public_key)
+        os.chmod(ssh_dir / "authorized_keys", 0o600)
+        for path in (ssh_dir, ssh_dir / "authorized_keys"):
+            os.chown(path, owner, owner)
     return root
 
 
-def boot(name: str, root: Path) -> int:
+def _uid(root: Path, user: str) -> int:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2])
+    raise LabError(f"the lab image has no user {user}; rebuild it (delete {image.CACHE_DIR})")
+
+
+def boot(name: str, root: Path, release: str) -> int:
     log = open(MACHINES_DIR / f"{name}.log", "wb")
+    env = dict(os.environ)
+    if release != "12":
+        # This machine mounts cgroups in hybrid mode; trixie's systemd 257 shuts down at once on a v1 hierarchy.
+        env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
     proc = subprocess.Popen(
         [
             "systemd-nspawn",
@@ -60,6 +76,7 @@ def boot(name: str, root: Path) -> int:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env=env,
     )
     return proc.pid
 
@@ -117,8 +134,9 @@ def foreign_with_name(name: str) -> int | None:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             args = _cmdline(int(entry.name))
-            if args and args[0].endswith("systemd-nspawn") and f"--machine={name}" in args:
-                if int(entry.name) not in running():
+            if args and args[0].endswith("systemd-nspawn") and f"--machine={name}" in args and "-D" in args:
+                # Another lab's host of the same name (another checkout, MATRIX_DEPLOY_LAB_INDEX) is no conflict.
+                if Path(args[args.index("-D") + 1]).parent.parent != STATE_DIR:
                     return int(entry.name)
     return None
 

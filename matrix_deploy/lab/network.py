@@ -5,15 +5,17 @@ a crash or from a fresh clone.
 """
 
 import json
+import shutil
 from pathlib import Path
 
-from .system import STATE_DIR, LabError, run
+from .system import LAB_INDEX, STATE_DIR, LabError, run
 
-BRIDGE = "mdlab0"
-NFT_TABLE = "matrix_deploy_lab"
-SUBNET = "10.99.0"  # /24; .1 is this machine, lab hosts start at .11
+BRIDGE = f"mdlab{LAB_INDEX}"
+NFT_TABLE = "matrix_deploy_lab" + (f"_{LAB_INDEX}" if LAB_INDEX else "")
+SUBNET = f"10.99.{LAB_INDEX}"  # /24; .1 is this machine, lab hosts start at .11
 GATEWAY = f"{SUBNET}.1"
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+# Shared by every lab on this machine: the first one up saves the value, the last one down restores it.
 SAVED_SYSCTL = STATE_DIR / "ip_forward.orig"
 
 NFT_RULES = f"""
@@ -35,6 +37,14 @@ def host_address(index: int) -> str:
     if not 0 <= index < 200:
         raise LabError(f"the lab subnet {SUBNET}.0/24 holds at most 200 hosts")
     return f"{SUBNET}.{11 + index}"
+
+
+def _nft_table_exists() -> bool:
+    # Without nft (a bare machine before the lab installed its tools) the lab never made a table.
+    return (
+        bool(shutil.which("nft"))
+        and run(["nft", "list", "table", "inet", NFT_TABLE], check=False, quiet=True).returncode == 0
+    )
 
 
 def _link_exists(name: str) -> bool:
@@ -68,14 +78,20 @@ def down() -> list[str]:
     if _link_exists(BRIDGE):
         run(["ip", "link", "delete", BRIDGE])
         removed.append(f"bridge {BRIDGE}")
-    if run(["nft", "list", "table", "inet", NFT_TABLE], check=False, quiet=True).returncode == 0:
+    if _nft_table_exists():
         run(["nft", "delete", "table", "inet", NFT_TABLE])
         removed.append(f"nft table inet {NFT_TABLE}")
-    if SAVED_SYSCTL.exists():
+    if SAVED_SYSCTL.exists() and not _other_labs():
         IP_FORWARD.write_text(SAVED_SYSCTL.read_text())
         SAVED_SYSCTL.unlink()
         removed.append("net.ipv4.ip_forward restored")
     return removed
+
+
+def _other_labs() -> list[str]:
+    """Bridges of other labs still up on this machine (they need forwarding kept on)."""
+    links = json.loads(run(["ip", "-j", "link", "show", "type", "bridge"], quiet=True).stdout)
+    return [link["ifname"] for link in links if link["ifname"].startswith("mdlab") and link["ifname"] != BRIDGE]
 
 
 def leftovers() -> dict:
@@ -87,7 +103,7 @@ def leftovers() -> dict:
     ]
     return {
         "bridge": _link_exists(BRIDGE),
-        "nft_table": run(["nft", "list", "table", "inet", NFT_TABLE], check=False, quiet=True).returncode == 0,
+        "nft_table": _nft_table_exists(),
         "veths": veths,
-        "saved_sysctl": SAVED_SYSCTL.exists(),
+        "saved_sysctl": SAVED_SYSCTL.exists() and not _other_labs(),
     }

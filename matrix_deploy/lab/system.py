@@ -6,6 +6,10 @@ import subprocess
 from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("MATRIX_DEPLOY_CACHE", "/var/cache/matrix-deploy"))
+# Several labs can run side by side (one per checkout): each index has its own bridge, subnet and disks.
+LAB_INDEX = int(os.environ.get("MATRIX_DEPLOY_LAB_INDEX", "0"))
+if not 0 <= LAB_INDEX <= 9:
+    raise SystemExit(f"MATRIX_DEPLOY_LAB_INDEX={LAB_INDEX}: expected a number from 0 to 9")
 STATE_DIR = Path(os.environ.get("MATRIX_DEPLOY_LAB_STATE", "/var/lib/matrix-deploy-lab"))
 HOST_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nft": "nftables"}
 HOST_TOOLS_EXTRA = {"zstd": "zstd", "ssh": "openssh-client", "ip": "iproute2"}
