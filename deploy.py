@@ -5,8 +5,9 @@ host is done (and healthy) before MAS is touched, MAS before Synapse, Synapse be
 """
 
 from pyinfra import host
+from pyinfra.api.exceptions import DeployError
 
-from matrix_deploy import auth_mode, base, host_state, mas, nginx, postgres, synapse
+from matrix_deploy import auth_mode, base, host_state, mas, nginx, platform, postgres, synapse
 from matrix_deploy.inventory import current
 from matrix_deploy.paths import MAS_USER, SYNAPSE_USER, managed
 
@@ -14,24 +15,31 @@ deployment = current()
 settings = deployment.settings
 roles = settings.placement.roles_of(host.name)
 
-# One look at the host; operations are only added for what is not already as wanted.
-host_state.read(
-    managed(settings.postgres_version),
+# One look at the host (after taking its run lock); operations are only added for what is not already as wanted.
+state = host_state.read(
+    managed(),
     apt_busy=base.APT_BUSY,
     names=(MAS_USER, SYNAPSE_USER),
     packages=base.packages(roles),
-    units=(postgres.unit(settings),),
+    units=platform.POSTGRES_UNITS,
+    resolve=settings.placement.addresses.values(),
 )
+release = platform.release(*state.os)
+if release is None:
+    raise DeployError(
+        f"{host.name} runs {' '.join(state.os).strip() or 'an unknown system'} (from /etc/os-release); "
+        f"matrix-deploy supports {platform.SUPPORTED}. Nothing on it was changed."
+    )
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
 base.prepare(roles)
 if "db" in roles:
-    postgres.install(deployment)
+    postgres.install(deployment, release)
 if "mas" in roles:
     mas.install(deployment)
 if "synapse" in roles:
     synapse.install(deployment)
 if "proxy" in roles:
-    nginx.install(deployment)
+    nginx.install(deployment, release)
 if "mas" in roles and settings.admin_user:
     mas.admin_user(deployment)

@@ -37,8 +37,6 @@ mas_health_port = 8081
 # Extra MAS config.yaml settings merged over the rendered ones.
 mas_extra_config = {}
 
-# PostgreSQL major version of the hosts' Debian release (15 on Debian 12).
-postgres_version = 15
 # PostgreSQL's port.
 postgres_port = 5432
 

@@ -38,7 +38,13 @@ def _login(h):
 
 
 def _group(role):
-    return [(h.address, {**_login(h), "ssh_key": h.ssh_key, **_ssh, **_settings}) for h in _hosts if role in h.roles]
+    # Hosts named by name, as in most inventories: other hosts reach each one by that name (internal_address
+    # defaults to it), resolved on the hosts through their /etc/hosts; SSH goes to the address.
+    return [
+        (h.name, {"ssh_hostname": h.address, **_login(h), "ssh_key": h.ssh_key, **_ssh, **_settings})
+        for h in _hosts
+        if role in h.roles
+    ]
 
 
 db, mas, synapse, proxy = _group("db"), _group("mas"), _group("synapse"), _group("proxy")

@@ -4,9 +4,7 @@ The dump is due as soon as the new release is in place and is recorded like a re
 that dies before dumping still dumps before the service starts on the new release.
 """
 
-from pyinfra.operations import server
-
-from . import restarts
+from . import remote, restarts
 from .inventory import Deployment
 
 
@@ -20,7 +18,7 @@ def dump_before_migration(d: Deployment, service: str, database: str, db_host: s
     condition = restarts.due(f"{service}-backup", restarts.mark(f"{service}-backup", changes, "needs a database dump"))
     if condition is None:
         return None
-    return server.shell(
+    return remote.shell(
         name=f"Dump the {database} database before {service} migrates it",
         commands=[
             f"""

@@ -1,9 +1,9 @@
 """What every host needs before its services: a working package manager and the deploy's state directory."""
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, server
+from pyinfra.operations import apt
 
-from . import host_state
+from . import host_state, remote
 from .paths import STATE
 
 # Debian packages each role needs (curl: health checks; postgresql-client: dumps before migrations).
@@ -34,7 +34,7 @@ def packages(roles: set[str]) -> list[str]:
 def prepare(roles: set[str]):
     state = host_state.current()
     if state.apt_busy:
-        server.shell(name="Wait for an earlier apt run and finish what dpkg left undone", commands=[APT_RECOVER])
+        remote.shell(name="Wait for an earlier apt run and finish what dpkg left undone", commands=[APT_RECOVER])
     host_state.directory("matrix-deploy state directory", STATE, "root", "root", "700")
     wanted = packages(roles)
     if state.apt_busy or not state.packages_installed(wanted):

@@ -2,9 +2,7 @@
 
 import shlex
 
-from pyinfra.operations import server
-
-from . import host_state
+from . import host_state, remote
 
 
 def install_checked(path: str, content: str, check: str, user: str, group: str, mode: str, service: str, recheck=()):
@@ -41,7 +39,7 @@ if ! out=$({check} 2>&1); then
 fi
 rm -f {p}.previous
 """
-    return server.shell(
+    return remote.shell(
         name=f"Check and install {path}",
         commands=[script],
         _if=lambda: differs or any(op.did_change() for op in recheck),

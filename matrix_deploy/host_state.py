@@ -6,17 +6,26 @@ starts, and the wrappers below only add an operation when the host is not alread
 Skipping is safe because a path found as wanted stays so for the rest of the run (only this run's own
 operation for that path would change it); whatever is not as wanted goes through pyinfra's operation,
 which looks again when it runs.
+
+The same command first takes the host's run lock (one run at a time, held as long as this run's SSH
+connection lives) and waits for any remote command a dead run left running (each holds the work
+lock), so what it reads is not changing under it.
 """
 
 import hashlib
+import ipaddress
+import os
 import shlex
+import socket
 from dataclasses import dataclass, field
 from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import FactBase
+from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files
 
+from .paths import RUN_LOCK, STATE, UPLOAD_DIR, WORK_LOCK
 from .secret_files import secret_file
 
 # Files larger than this are listed but not hashed (release archives, binaries).
@@ -42,6 +51,11 @@ class HostState:
     packages: dict[str, str] = field(default_factory=dict)  # name -> dpkg status (ii = installed)
     units: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (is-active, is-enabled)
     apt_busy: bool = False
+    os: tuple[str, str] = ("", "")  # ID and VERSION_ID from /etc/os-release
+    resolved: dict[str, list[str]] = field(default_factory=dict)  # name -> addresses, as the host resolves it
+    addresses: list[str] = field(default_factory=list)  # the host's own non-loopback addresses
+    upload_dir: str | None = None  # a directory only the sudo user can read (None when logged in as root)
+    lock: tuple[str, str] | None = None  # (busy|leftover, details) when the run could not start
 
     def entry(self, path: str) -> Entry | None:
         if not any(
@@ -83,6 +97,31 @@ class HostState:
     def unit_running(self, unit) -> bool:
         return self.units.get(unit) == ("active", "enabled")
 
+    def resolve(self, name: str) -> list[str]:
+        """`name`'s addresses as this host resolves it (an IP address is itself)."""
+        try:
+            return [str(ipaddress.ip_address(name))]
+        except ValueError:
+            pass
+        if name not in self.resolved:
+            raise DeployError(
+                f"{host.name}: the internal address {name!r} does not resolve on this host; expected a name "
+                "every host of the deployment resolves (DNS or /etc/hosts), or an IP address"
+            )
+        return self.resolved[name]
+
+    def bind_address(self, name: str) -> list[str]:
+        """This host's own addresses that its internal address `name` resolves to here: what services bind."""
+        mine = [a for a in self.resolve(name) if a in self.addresses]
+        if not mine:
+            raise DeployError(
+                f"{host.name}: its internal address {name!r} resolves here to {', '.join(self.resolve(name))}, "
+                f"none of which is an address of this host ({', '.join(self.addresses) or 'none'}); expected a name "
+                "that resolves to this host's internal address (check /etc/hosts: Debian maps the host name to "
+                "127.0.1.1), or set internal_address to the address"
+            )
+        return mine
+
 
 def sha1(content: str) -> str:
     return hashlib.sha1(content.encode()).hexdigest()
@@ -92,8 +131,8 @@ class Snapshot(FactBase):
     """Every managed path under `roots` (type, owner, mode, link target, sha1 of small files), the
     given users, groups, packages and units, and whether `apt_busy` (a command) prints anything: one command."""
 
-    def command(self, roots, names, packages, units, apt_busy):
-        lines = []
+    def command(self, roots, names, packages, units, apt_busy, resolve=(), holder=""):
+        lines = [_locking(holder)]
         for root, depth in roots.items():
             r = shlex.quote(root)
             lines.append(f"find {r} -maxdepth {depth} -printf 'P\\t%y\\t%u\\t%g\\t%m\\t%l\\t%p\\n' 2>/dev/null")
@@ -112,6 +151,20 @@ class Snapshot(FactBase):
                 f'printf \'S\\t%s\\t%s\\t%s\\n\' {u} "$(systemctl is-active {u})" "$(systemctl is-enabled {u})"'
             )
         lines.append(f'busy=$({apt_busy}); [ -z "$busy" ] || echo B')
+        lines.append("""(. /etc/os-release 2>/dev/null; printf 'O\\t%s\\t%s\\n' "$ID" "$VERSION_ID")""")
+        for name in resolve:
+            n = shlex.quote(name)
+            lines.append(f"getent ahosts {n} | awk '{{print $1}}' | sort -u | sed 's/^/N\\t'{n}'\\t/'")
+        lines.append("for a in $(hostname -I 2>/dev/null); do printf 'A\\t%s\\n' \"$a\"; done")
+        # With sudo: a directory only the login user can read, for pyinfra to stage secret uploads in
+        # (it would use /tmp, readable by every local user); emptied of what a killed run left.
+        up = shlex.quote(UPLOAD_DIR)
+        lines.append(
+            'if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then'
+            ' home=$(getent passwd "$SUDO_USER" | cut -d: -f6);'
+            f' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$home/"{up}'
+            f' && find "$home/"{up} -mindepth 1 -delete && printf \'T\\t%s\\n\' "$home/"{up}; fi'
+        )
         return "\n".join(lines) + "\ntrue"
 
     def process(self, output):
@@ -138,18 +191,81 @@ class Snapshot(FactBase):
                 state.units[unit] = (active, enabled)
             elif tag == "B":
                 state.apt_busy = True
+            elif tag == "O":
+                os_id, _, version = rest.partition("\t")
+                state.os = (os_id, version)
+            elif tag == "N":
+                name, _, address = rest.partition("\t")
+                state.resolved.setdefault(name, []).append(address)
+            elif tag == "A":
+                state.addresses.append(rest)
+            elif tag == "T":
+                state.upload_dir = rest
+            elif tag == "L":
+                kind, _, details = rest.partition("\t")
+                state.lock = (kind, details)
         state.paths = {p: Entry(*v, sha1=hashes.get(p)) for p, v in paths.items()}
         return state
+
+
+# How long a run waits for another live run to end, and for a dead run's remote command to finish.
+RUN_LOCK_WAIT = 30
+WORK_LOCK_WAIT = 900
+
+
+def _locking(holder: str) -> str:
+    """Shell that takes the run lock for as long as this SSH connection lives, then waits for leftovers.
+
+    The lock is held by a small background process that inherits the lock's file descriptor and
+    exits when the sshd process serving this connection does: when the run ends, and when the
+    operator's side dies (its TCP connection closes). Without an sshd ancestor (a local run) it is
+    not held past this command.
+    """
+    return f"""
+install -d -m 700 {STATE}
+exec 9>>{RUN_LOCK}
+conn=; p=$$
+while [ "${{p:-0}}" -gt 1 ]; do
+    case "$(cat /proc/$p/comm 2>/dev/null)" in sshd|sshd-session) conn=$p; break;; esac
+    p=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$p/status 2>/dev/null)
+done
+if ! flock -w {RUN_LOCK_WAIT} 9; then
+    printf 'L\\tbusy\\t%s\\n' "$(cat {RUN_LOCK}.holder 2>/dev/null)"
+    exit 0
+fi
+if [ -n "$conn" ]; then
+    setsid sh -c "while kill -0 $conn 2>/dev/null; do sleep 1; done" </dev/null >/dev/null 2>&1 &
+    printf '%s since %s\\n' {shlex.quote(holder)} "$(date -u +%FT%TZ)" > {RUN_LOCK}.holder
+fi
+exec 9>&-
+if ! flock -w {WORK_LOCK_WAIT} {WORK_LOCK} true; then
+    printf 'L\\tleftover\\t%s\\n' "a command of an earlier run still holds {WORK_LOCK} after {WORK_LOCK_WAIT} s"
+    exit 0
+fi
+"""
 
 
 _snapshots: dict[str, HostState] = {}
 
 
-def read(roots: dict[str, int], apt_busy: str, names=(), packages=(), units=()) -> HostState:
-    """Take this host's snapshot (once per run); `roots` maps each directory or file to its depth."""
+def read(roots: dict[str, int], apt_busy: str, names=(), packages=(), units=(), resolve=()) -> HostState:
+    """Take this host's snapshot (once per run); `roots` maps each directory or file to its depth.
+
+    Refuses (DeployError) when another run holds the host or a dead run's command never finished.
+    """
+    holder = f"a matrix-deploy run from {socket.gethostname()} (pid {os.getpid()})"
     state = host.get_fact(
-        Snapshot, roots=roots, names=list(names), packages=list(packages), units=list(units), apt_busy=apt_busy
-    )
+        Snapshot, roots=roots, names=list(names), packages=list(packages), units=list(units), apt_busy=apt_busy,
+        resolve=sorted(set(resolve)), holder=holder,
+    )  # fmt: skip
+    if state.lock and state.lock[0] == "busy":
+        raise DeployError(
+            f"{host.name}: another deploy is running against this host ({state.lock[1] or 'holder unknown'}); "
+            f"nothing was changed. Wait for it to finish and run again. If that run is dead but its SSH "
+            f"connection lingers on the host, end that connection's sshd process there."
+        )
+    if state.lock:
+        raise DeployError(f"{host.name}: {state.lock[1]}; nothing was changed. Find it with `ps -ef` there.")
     state.roots = dict(roots)
     _snapshots[host.name] = state
     return state
@@ -176,7 +292,9 @@ def put(name, dest, content: str, user=None, group=None, mode=None):
 def secret(name, path, content: str, user, group, mode="400"):
     """A secret file: uploaded, never diffed (secret_files.secret_file)."""
     if not current().is_file(path, content, user, group, mode):
-        return secret_file(name=name, path=path, content=content, user=user, group=group, mode=mode)
+        return secret_file(
+            name=name, path=path, content=content, user=user, group=group, mode=mode, upload_dir=current().upload_dir
+        )
 
 
 def link(name, path, target):

@@ -3,9 +3,9 @@
 import json
 
 from pyinfra.api import deploy
-from pyinfra.operations import files, server
+from pyinfra.operations import files
 
-from . import auth_mode, host_state, restarts
+from . import auth_mode, host_state, remote, restarts
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -24,11 +24,15 @@ SECRET_FILES = {
 }
 
 
-def config(d: Deployment) -> dict:
-    """MAS's config.yaml: secrets by file, Synapse and PostgreSQL by their internal addresses."""
+def config(d: Deployment, net=None) -> dict:
+    """MAS's config.yaml: secrets by file, Synapse and PostgreSQL by their internal addresses.
+
+    `net` resolves internal addresses as the MAS host does (host_state.current()); IP addresses only without it.
+    """
     s, p = d.settings, d.settings.placement
-    listen = p.listen(p.mas, [p.synapse, *p.proxy])
-    trusted = sorted({"127.0.0.1/8", "::1/128"} | {f"{p.addresses[h]}/32" for h in p.proxy if h != p.mas})
+    listen = p.listen(p.mas, [p.synapse, *p.proxy], net and net.bind_address)
+    # MAS takes IP networks only: a proxy named by a host name is resolved here.
+    trusted = ["127.0.0.1/8", "::1/128", *p.networks([h for h in p.proxy if h != p.mas], net and net.resolve)]
     base = {
         "http": {
             "public_base": s.mas_public_url,
@@ -65,7 +69,7 @@ def config(d: Deployment) -> dict:
         "matrix": {
             "kind": s.mas_homeserver_kind,
             "homeserver": s.server_name,
-            "endpoint": f"http://{p.reach(p.mas, p.synapse)}:{s.synapse_port}/",
+            "endpoint": f"http://{p.endpoint(p.mas, p.synapse, s.synapse_port)}/",
             "secret_file": f"{MAS_SECRETS}/matrix_secret",
         },
         "passwords": {"enabled": True},
@@ -84,8 +88,8 @@ def config(d: Deployment) -> dict:
     return deep_merge(base, s.mas_extra_config)
 
 
-def render_config(d: Deployment) -> str:
-    return dump(config(d))
+def render_config(d: Deployment, net=None) -> str:
+    return dump(config(d, net))
 
 
 def _release(d: Deployment):
@@ -103,7 +107,7 @@ def _release(d: Deployment):
         files.download(
             name=f"Download MAS {release.version} release", src=release.url, dest=archive, sha256sum=release.sha256
         )
-    unpack = server.shell(
+    unpack = remote.shell(
         name=f"Unpack MAS {release.version} into {target}",
         commands=[
             f"""
@@ -156,7 +160,7 @@ def install(d: Deployment):
     changes.append(
         install_checked(
             MAS_CONFIG,
-            render_config(d),
+            render_config(d, host_state.current()),
             check=f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli config check --config {MAS_CONFIG}",
             user="root",
             group=MAS_USER,
@@ -184,7 +188,7 @@ def install(d: Deployment):
     # Moving from msc3861 to native: --prune removes the client MAS kept for Synapse (no longer in the config).
     prune = " --prune" if auth_mode.migrating_to_native(d) else ""
     if (migrate := restarts.due("mas", marked)) is not None:
-        server.shell(
+        remote.shell(
             name="MAS database migrations and config sync",
             commands=[
                 f"{cli} database migrate --config {MAS_CONFIG}",
@@ -215,7 +219,7 @@ def admin_user(d: Deployment):
     if host_state.current().exists(done):
         return
     api = f"http://127.0.0.1:{port}"
-    server.shell(
+    remote.shell(
         name=f"Register MAS admin user {user}",
         commands=[
             f"""

@@ -4,12 +4,13 @@ import json
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, server
+from pyinfra.operations import files
 
-from . import host_state, restarts
+from . import host_state, remote, restarts
 from .config_files import install_checked
 from .inventory import Deployment
 from .paths import NGINX_SITE, NGINX_TLS
+from .platform import RELEASES, Release
 from .render import render
 from .units import drop_in
 
@@ -19,7 +20,7 @@ DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 READY = "curl -fsS -k -o /dev/null https://127.0.0.1/.well-known/matrix/server"
 
 
-def render_site(d: Deployment, proxy_host: str) -> str:
+def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"]) -> str:
     s, p = d.settings, d.settings.placement
     names = [s.public_host] + ([s.server_name] if s.server_name != s.public_host else [])
     client = {
@@ -28,8 +29,9 @@ def render_site(d: Deployment, proxy_host: str) -> str:
     }
     return render(
         "nginx/matrix.conf.j2",
-        synapse_upstream=f"{p.reach(proxy_host, p.synapse)}:{s.synapse_port}",
-        mas_upstream=f"{p.reach(proxy_host, p.mas)}:{s.mas_port}",
+        synapse_upstream=p.endpoint(proxy_host, p.synapse, s.synapse_port),
+        mas_upstream=p.endpoint(proxy_host, p.mas, s.mas_port),
+        http2_directive=release.nginx_http2_directive,
         homeserver_names=names,
         mas_host=s.mas_public_host,
         certificate=CERTIFICATE,
@@ -52,7 +54,7 @@ def _certificate(d: Deployment):
     names = sorted({s.public_host, s.mas_public_host, s.server_name})
     san = ",".join(f"DNS:{n}" for n in names)
     return [
-        server.shell(
+        remote.shell(
             name="Self-signed TLS certificate (no tls_certificate set)",
             commands=[
                 f"umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN={s.public_host}"
@@ -64,7 +66,7 @@ def _certificate(d: Deployment):
 
 
 @deploy("nginx")
-def install(d: Deployment):
+def install(d: Deployment, release: Release):
     changes = _certificate(d)
     # nginx's package creates the default site when it installs, after host_state looked.
     if not host_state.current().packages_installed(["nginx"]):
@@ -74,7 +76,7 @@ def install(d: Deployment):
     changes.append(
         install_checked(
             NGINX_SITE,
-            render_site(d, host.name),
+            render_site(d, host.name, release),
             check="nginx -t",
             user="root",
             group="root",

@@ -2,8 +2,16 @@
 
 from pathlib import Path
 
+from .platform import RELEASES, postgres_unit
+
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-STATE = "/var/lib/matrix-deploy"
+STATE = "/var/lib/matrix-deploy"  # root only (0700): records, locks, the deploy's own credentials
+# Held for the whole run by a process that lives as long as the run's SSH connection: one run at a time.
+RUN_LOCK = f"{STATE}/run.lock"
+# Held by each remote command of a run, so the next run waits for what a dead run left running.
+WORK_LOCK = f"{STATE}/work.lock"
+# In the sudo user's home (0700): where pyinfra stages a secret upload before sudo moves it into place.
+UPLOAD_DIR = ".matrix-deploy-uploads"
 
 MAS_USER = "mas"
 MAS_HOME = "/opt/mas"  # releases in /opt/mas/<version>, the running one linked as /opt/mas/current
@@ -23,11 +31,18 @@ SYNAPSE_DATA = "/var/lib/synapse"
 NGINX_SITE = "/etc/nginx/conf.d/matrix-deploy.conf"
 NGINX_TLS = "/etc/nginx/tls"
 
-POSTGRES_SQL = "/var/lib/postgresql/matrix-deploy-roles.sql"  # in postgres's home: readable by postgres only
+POSTGRES_SQL = f"{STATE}/postgres-roles.sql"  # root only; psql reads it on its standard input
 
 
-def managed(postgres_version: str) -> dict[str, int]:
-    """Everything the deploy manages on a host, as host_state snapshot roots: path -> levels listed below it."""
+def managed() -> dict[str, int]:
+    """Everything the deploy manages on a host, as host_state snapshot roots: path -> levels listed below it.
+
+    PostgreSQL's paths of every supported release: the snapshot is taken before the release is known.
+    """
+    postgres = {}
+    for release in RELEASES.values():
+        postgres[f"/etc/postgresql/{release.postgres}/main"] = 2
+        postgres[f"/etc/systemd/system/{postgres_unit(release.postgres)}.service.d"] = 1
     return {
         STATE: 2,
         MAS_HOME: 2,
@@ -38,10 +53,8 @@ def managed(postgres_version: str) -> dict[str, int]:
         NGINX_TLS: 1,
         "/etc/nginx/conf.d": 1,
         "/etc/nginx/sites-enabled": 1,
-        f"/etc/postgresql/{postgres_version}/main": 2,
-        f"/etc/systemd/system/postgresql@{postgres_version}-main.service.d": 1,
+        **postgres,
         "/etc/systemd/system/nginx.service.d": 1,
         "/etc/systemd/system/mas.service": 0,
         "/etc/systemd/system/synapse.service": 0,
-        POSTGRES_SQL: 0,
     }

@@ -3,11 +3,12 @@
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from . import host_state, restarts
+from . import host_state, remote, restarts
 from .inventory import Deployment
 from .paths import POSTGRES_SQL
+from .platform import Release, postgres_unit
 from .render import render
-from .settings import Settings
+from .settings import resolve_literal
 from .units import drop_in
 
 
@@ -28,23 +29,21 @@ def roles_sql(d: Deployment) -> str:
     return "\n".join(lines) + "\n"
 
 
-def hba_clients(d: Deployment) -> list[str]:
-    """Addresses allowed to log in over TCP: loopback, plus the MAS and Synapse hosts when remote."""
+def hba_clients(d: Deployment, resolve=resolve_literal) -> list[str]:
+    """Networks allowed to log in over TCP: loopback, plus the MAS and Synapse hosts when remote.
+
+    `resolve` gives a host's addresses as the database host resolves its internal address.
+    """
     p = d.settings.placement
-    remote = {p.addresses[h] for h in (p.mas, p.synapse) if h != p.db}
-    return ["127.0.0.1/32", "::1/128"] + [f"{a}/32" if ":" not in a else f"{a}/128" for a in sorted(remote)]
-
-
-def unit(s: Settings) -> str:
-    """The cluster's own unit: the umbrella `postgresql` unit does not tell whether it runs."""
-    return f"postgresql@{s.postgres_version}-main"
+    return ["127.0.0.1/32", "::1/128"] + p.networks([h for h in (p.mas, p.synapse) if h != p.db], resolve)
 
 
 @deploy("PostgreSQL")
-def install(d: Deployment):
-    s = d.settings
-    conf_dir = f"/etc/postgresql/{s.postgres_version}/main"
-    listen = s.placement.listen(s.placement.db, [s.placement.mas, s.placement.synapse])
+def install(d: Deployment, release: Release):
+    s, state = d.settings, host_state.current()
+    unit = postgres_unit(release.postgres)
+    conf_dir = f"/etc/postgresql/{release.postgres}/main"
+    listen = s.placement.listen(s.placement.db, [s.placement.mas, s.placement.synapse], state.bind_address)
     conf = host_state.put(
         "PostgreSQL listens where MAS and Synapse reach it",
         f"{conf_dir}/conf.d/matrix-deploy.conf",
@@ -56,25 +55,25 @@ def install(d: Deployment):
     hba = host_state.put(
         "PostgreSQL client authentication (scram-sha-256)",
         f"{conf_dir}/pg_hba.conf",
-        render("postgres/pg_hba.conf.j2", clients=hba_clients(d)),
+        render("postgres/pg_hba.conf.j2", clients=hba_clients(d, state.resolve)),
         user="postgres",
         group="postgres",
         mode="640",
     )
     # Only what a cluster run by its owner needs: no capabilities, no privileged system calls.
-    sandbox = drop_in("PostgreSQL", f"{unit(s)}.service", "postgres/hardening.conf.j2", denied_syscalls="@privileged")
+    sandbox = drop_in("PostgreSQL", f"{unit}.service", "postgres/hardening.conf.j2", denied_syscalls="@privileged")
     marked = restarts.mark("postgres", [conf, hba, sandbox])
-    restarts.restart("postgres", unit(s), f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
-    if not host_state.current().unit_running(unit(s)):
-        server.service(name="PostgreSQL is running", service=unit(s), running=True, enabled=True)
-    sql = host_state.secret("Roles and databases for Synapse and MAS", POSTGRES_SQL, roles_sql(d),
-                            user="postgres", group="postgres")  # fmt: skip
+    restarts.restart("postgres", unit, f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
+    if not state.unit_running(unit):
+        server.service(name="PostgreSQL is running", service=unit, running=True, enabled=True)
+    # Root only; psql (as postgres) reads it on its standard input, opened by root.
+    sql = host_state.secret("Roles and databases for Synapse and MAS", POSTGRES_SQL, roles_sql(d), "root", "root")
     if sql is not None:
-        server.shell(
+        remote.shell(
             name="Create or update the roles and databases",
             # A failed run removes the file, so the next run uploads and runs it again.
             commands=[
-                f"cd / && runuser -u postgres -- psql -X -q -p {s.postgres_port} -f {POSTGRES_SQL}"
+                f"cd / && runuser -u postgres -- psql -X -q -p {s.postgres_port} -f - < {POSTGRES_SQL}"
                 f" || {{ rm -f {POSTGRES_SQL}; exit 1; }}"
             ],
             _if=sql.did_change,

@@ -9,10 +9,10 @@ pending, these add no operations at all, so an unchanged deployment shows no "co
 when pyinfra asks for confirmation.
 """
 
-from pyinfra.operations import files, server
+from pyinfra.operations import files
 from pyinfra.operations.util import any_changed
 
-from . import host_state
+from . import host_state, remote
 from .paths import STATE
 
 MARKERS = f"{STATE}/restart-pending"
@@ -70,4 +70,4 @@ exit 1
 """
     condition = due(service, marked)
     if condition is not None:
-        return server.shell(name=f"Restart {service} and wait until it is healthy", commands=[script], _if=condition)
+        return remote.shell(name=f"Restart {service} and wait until it is healthy", commands=[script], _if=condition)

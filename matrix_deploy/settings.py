@@ -74,6 +74,14 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 OUR_PREFIXES = ("matrix_", "mas_", "synapse_", "postgres_", "tls_", "admin_", "auth_", "secrets_", "backup_")
 
 
+def resolve_literal(address: str) -> list[str]:
+    """An IP address as itself; a host name's addresses are only known on the hosts (host_state.resolve)."""
+    try:
+        return [str(ipaddress.ip_address(address))]
+    except ValueError:
+        raise LookupError(f"{address} is a host name: resolve it on the host (host_state)") from None
+
+
 class SettingsError(Exception):
     """One or more settings are wrong; `problems` lists each, ready to print."""
 
@@ -105,13 +113,36 @@ class Placement:
     addresses: dict[str, str] = field(hash=False)
 
     def reach(self, client: str, server: str) -> str:
-        """Address `client` uses to talk to `server`: loopback when they are the same host."""
+        """Address `client` uses to talk to `server`: loopback when they are the same host (a name is fine)."""
         return "127.0.0.1" if client == server else self.addresses[server]
 
-    def listen(self, server: str, clients: list[str]) -> list[str]:
-        """Addresses a service on `server` binds: loopback, plus its internal address for remote clients."""
-        remote = any(c != server for c in clients)
-        return ["127.0.0.1", self.addresses[server]] if remote else ["127.0.0.1"]
+    def endpoint(self, client: str, server: str, port: int) -> str:
+        """host:port of `server` for `client`, with an IPv6 address in brackets (URLs, nginx upstreams)."""
+        address = self.reach(client, server)
+        return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+    def listen(self, server: str, clients: list[str], own_addresses=None) -> list[str]:
+        """Addresses a service on `server` binds: loopback, plus its internal address for remote clients.
+
+        Programs bind IP addresses: `own_addresses` turns the internal address (maybe a name) into the
+        server's own addresses, as the server resolves it (host_state).
+        """
+        if not any(c != server for c in clients):
+            return ["127.0.0.1"]
+        return ["127.0.0.1", *(own_addresses or resolve_literal)(self.addresses[server])]
+
+    def networks(self, hosts: list[str], resolve=None) -> list[str]:
+        """The single-address networks (/32, or /128 for IPv6) of `hosts`' internal addresses.
+
+        Programs that filter clients (MAS's trusted_proxies, pg_hba) take networks: `resolve` turns a
+        name into addresses as the host doing the filtering resolves it (host_state).
+        """
+        found = set()
+        for name in hosts:
+            for address in (resolve or resolve_literal)(self.addresses[name]):
+                ip = ipaddress.ip_address(address)
+                found.add((ip.version, ip, f"{ip}/{ip.max_prefixlen}"))
+        return [network for *_, network in sorted(found)]
 
     def roles_of(self, host: str) -> set[str]:
         roles = {r for r in SINGLE_INSTANCE_ROLES if getattr(self, r) == host}
@@ -132,7 +163,6 @@ class Settings:
     mas_port: int
     mas_health_port: int
     mas_extra_config: dict[str, Any] = field(hash=False)
-    postgres_version: int
     postgres_port: int
     tls_certificate: Path | None
     tls_certificate_key: Path | None
@@ -172,7 +202,6 @@ DEPLOYMENT_KEYS = (
     "mas_port",
     "mas_health_port",
     "mas_extra_config",
-    "postgres_version",
     "postgres_port",
     "tls_certificate",
     "tls_certificate_key",
@@ -182,6 +211,11 @@ DEPLOYMENT_KEYS = (
     "backup_keep",
 )
 HOST_KEYS = ("internal_address",)
+# Settings that are gone, and why: an inventory that still sets one is told what to do instead.
+REMOVED_KEYS = {
+    "postgres_version": "PostgreSQL's version follows each host's Debian release (15 on Debian 12, 17 on 13); "
+    "remove the setting",
+}
 
 
 class _Checker:
@@ -269,7 +303,9 @@ def sha256_of(path: Path) -> str:
 def _unknown_keys(data: dict[str, Any], known: set[str]) -> list[str]:
     problems = []
     for key in data:
-        if key.startswith(OUR_PREFIXES) and key not in known:
+        if key in REMOVED_KEYS and data[key] is not None:
+            problems.append(f"{key}: no longer a setting: {REMOVED_KEYS[key]}")
+        elif key.startswith(OUR_PREFIXES) and key not in known and key not in REMOVED_KEYS:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             problems.append(f"{key}: unknown setting{hint}")
@@ -372,9 +408,6 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
             problems.append(f"{key} = {port}: already used by {seen[port]}; expected a port of its own")
         elif port:
             seen[port] = key
-    postgres_version = first.get("postgres_version")
-    if isinstance(postgres_version, bool) or not isinstance(postgres_version, int) or not 12 <= postgres_version <= 30:
-        c.bad("postgres_version", postgres_version, "a PostgreSQL major version such as 15")
     cert, key = c.file("tls_certificate"), c.file("tls_certificate_key")
     if (first.get("tls_certificate") is None) != (first.get("tls_certificate_key") is None):
         problems.append(
@@ -408,7 +441,6 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
         mas_port=ports["mas_port"],
         mas_health_port=ports["mas_health_port"],
         mas_extra_config=mas_extra,
-        postgres_version=postgres_version,
         postgres_port=ports["postgres_port"],
         tls_certificate=cert,
         tls_certificate_key=key,

@@ -3,9 +3,8 @@
 import shlex
 
 from pyinfra.api import deploy
-from pyinfra.operations import server
 
-from . import auth_mode, host_state, restarts
+from . import auth_mode, host_state, remote, restarts
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -32,7 +31,7 @@ def requirements(version: str) -> list[str]:
 def secret_contents(d: Deployment) -> dict[str, str]:
     """Files in /etc/synapse/secrets and what they hold."""
     s, p = d.settings, d.settings.placement
-    db_host = p.reach(p.synapse, p.db)
+    db_host = p.reach(p.synapse, p.db).replace("\\", "\\\\").replace(":", "\\:")  # pgpass escapes : and \
     return {
         "signing.key": d.secrets["synapse_signing_key"],
         "macaroon_secret_key": d.secrets["synapse_macaroon_secret_key"] + "\n",
@@ -43,8 +42,11 @@ def secret_contents(d: Deployment) -> dict[str, str]:
     } | ({"mas_client_secret": d.secrets["msc3861_client_secret"] + "\n"} if s.auth_mode == "msc3861" else {})
 
 
-def config(d: Deployment) -> dict:
-    """homeserver.yaml: MAS delegation, PostgreSQL, a listener for the proxy and MAS, secrets by path."""
+def config(d: Deployment, own_addresses=None) -> dict:
+    """homeserver.yaml: MAS delegation, PostgreSQL, a listener for the proxy and MAS, secrets by path.
+
+    `own_addresses`: this host's addresses for its internal address (host_state.bind_address).
+    """
     s, p = d.settings, d.settings.placement
     base = {
         "server_name": s.server_name,
@@ -53,7 +55,7 @@ def config(d: Deployment) -> dict:
         "listeners": [
             {
                 "port": s.synapse_port,
-                "bind_addresses": p.listen(p.synapse, [p.mas, *p.proxy]),
+                "bind_addresses": p.listen(p.synapse, [p.mas, *p.proxy], own_addresses),
                 "type": "http",
                 "tls": False,
                 "x_forwarded": True,
@@ -82,7 +84,7 @@ def config(d: Deployment) -> dict:
         # Implied by delegation on recent Synapse; older ones need it said.
         "password_config": {"enabled": False},
     }
-    mas_internal = f"http://{p.reach(p.synapse, p.mas)}:{s.mas_port}/"
+    mas_internal = f"http://{p.endpoint(p.synapse, p.mas, s.mas_port)}/"
     if s.auth_mode == "native":
         base["matrix_authentication_service"] = {
             "enabled": True,
@@ -111,8 +113,8 @@ def config(d: Deployment) -> dict:
     return deep_merge(base, s.synapse_extra_config)
 
 
-def render_config(d: Deployment) -> str:
-    return dump(config(d))
+def render_config(d: Deployment, own_addresses=None) -> str:
+    return dump(config(d, own_addresses))
 
 
 def _virtualenv(version: str):
@@ -121,7 +123,7 @@ def _virtualenv(version: str):
     if host_state.current().exists(f"{venv}/.complete"):
         installed = None
     else:
-        installed = server.shell(
+        installed = remote.shell(
             name=f"Install Synapse {version} into {venv}",
             commands=[
                 f"rm -rf {venv} && python3 -m venv {venv}"
@@ -162,7 +164,7 @@ def install(d: Deployment):
     changes.append(
         install_checked(
             SYNAPSE_CONFIG,
-            render_config(d),
+            render_config(d, host_state.current().bind_address),
             check=f"runuser -u {SYNAPSE_USER} -- {SYNAPSE_HOME}/{s.synapse_version}/bin/python -m synapse.config -c {SYNAPSE_CONFIG}",
             user="root",
             group=SYNAPSE_USER,

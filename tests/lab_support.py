@@ -14,7 +14,14 @@ from matrix_deploy.lab import LAB_DIR, LabHost
 ROOT = Path(__file__).resolve().parents[1]
 LAB_SETTINGS = LAB_DIR / "settings.json"  # per-run setting overrides read by inventories/lab.py
 PUBLIC_HOST = "matrix.lab.test"
-SERVICES = {"postgres": "postgresql@15-main", "mas": "mas", "synapse": "synapse", "nginx": "nginx"}
+SERVICES = {"postgres": "postgresql@*-main", "mas": "mas", "synapse": "synapse", "nginx": "nginx"}
+
+
+def unit_of(host: LabHost, unit: str) -> str:
+    """The unit a SERVICES pattern names on `host` (PostgreSQL's follows the Debian release)."""
+    if "*" not in unit:
+        return unit
+    return ssh(host, f"systemctl list-units --all --plain --no-legend '{unit}' | cut -d' ' -f1").stdout.split()[0]
 
 
 def ssh(host: LabHost, command: str) -> subprocess.CompletedProcess:
@@ -60,6 +67,7 @@ def service_stamps(host: LabHost) -> dict[str, str]:
     """When each service last (re)started; nginx reloads show as new worker PIDs."""
     stamps = {}
     for name, unit in SERVICES.items():
+        unit = unit_of(host, unit)
         stamps[name] = ssh(host, f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}").stdout.strip()
     workers = ssh(host, "pgrep -P $(systemctl show -p MainPID --value nginx) | sort").stdout.split()
     stamps["nginx"] += " workers " + ",".join(workers)

@@ -24,6 +24,7 @@ from tests.lab_support import (
     pyinfra,
     service_stamps,
     ssh,
+    unit_of,
 )
 
 pytestmark = pytest.mark.lab
@@ -167,6 +168,7 @@ def test_every_unit_is_sandboxed_and_its_running_process_too(stack):
     host, _, _ = stack
     wanted = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes"}
     for unit in SERVICES.values():
+        unit = unit_of(host, unit)
         shown = ssh(
             host, f"systemctl show {unit} -p {' -p '.join(wanted)} -p RestrictAddressFamilies -p MainPID"
         ).stdout

@@ -94,7 +94,10 @@ def test_urls_are_normalised():
         ),
         ({"tls_certificate": "/etc/hostname"}, "tls_certificate and tls_certificate_key: expected both set"),
         ({"admin_user": "Admin User"}, "admin_user = 'Admin User': expected a user name (localpart)"),
-        ({"postgres_version": "15"}, "postgres_version = '15': expected a PostgreSQL major version"),
+        (
+            {"postgres_version": 15},
+            "postgres_version: no longer a setting: PostgreSQL's version follows each host's Debian release",
+        ),
         (
             {"synapse_extra_config": {"enable_registration": True}},
             "synapse_extra_config.enable_registration: not allowed (registration is handled by MAS)",

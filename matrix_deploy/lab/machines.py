@@ -30,8 +30,9 @@ def prepare(name: str, address: str, peers: dict[str, str], public_key: str, img
     root = MACHINES_DIR / name
     image.extract(img, root)
     (root / "etc/hostname").write_text(f"{name}\n")
-    hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback", f"127.0.1.1 {name}"]
-    hosts += [f"{addr} {peer}" for peer, addr in peers.items() if peer != name]
+    # Like a server installed with a static address: its own name maps to that address, not 127.0.1.1.
+    hosts = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+    hosts += [f"{addr} {peer}" for peer, addr in peers.items()]
     (root / "etc/hosts").write_text("\n".join(hosts) + "\n")
     (root / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
     (root / "etc/systemd/network/10-lab.network").write_text(_network_file(address))
