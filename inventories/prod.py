@@ -1,7 +1,11 @@
-"""Production, worked example: one Debian 12 host with every role.
+"""Production, worked example: one Debian 13 (or 12) host with every role, deployed through a sudo user.
 
 Replace the host and the settings with yours, then: pyinfra inventories/prod.py deploy.py
 Secrets are generated into .secrets/prod.yaml on first run: back that file up.
+
+The host refuses root over SSH; `deploy` is a user with passwordless sudo (`deploy ALL=(ALL)
+NOPASSWD: ALL` in /etc/sudoers.d/deploy) and your SSH key. With a sudo password instead, add
+"_use_sudo_password": True and pyinfra asks for it.
 """
 
 from matrix_deploy.inventory import check
@@ -16,7 +20,7 @@ _settings = {
     "tls_certificate_key": "/etc/letsencrypt/live/matrix.example.org/privkey.pem",
     "admin_user": "admin",
 }
-_host = ("matrix.example.org", {"ssh_user": "root", **_settings})
+_host = ("matrix.example.org", {"ssh_user": "deploy", "_sudo": True, **_settings})
 
 db = mas = synapse = proxy = [_host]
 

@@ -1,7 +1,8 @@
-"""Staging, worked example: roles split over hosts, reached over a private network.
+"""Staging, worked example: roles split over hosts, reached over a private network, as root.
 
-Each host's `internal_address` is the address the other hosts use to reach it. Roll changes out
-here first: pyinfra inventories/staging.py deploy.py
+Each host's `internal_address` is the address the other hosts use to reach it: an IP address (v4 or
+v6), or a name every host resolves (it defaults to the inventory name). Roll changes out here first:
+pyinfra inventories/staging.py deploy.py
 """
 
 from matrix_deploy.inventory import check
@@ -18,7 +19,7 @@ def _host(name: str, internal_address: str):
     return (name, {"ssh_user": "root", "internal_address": internal_address, **_settings})
 
 
-db = [_host("db.staging.example.org", "10.10.0.10")]
+db = [_host("db.staging.example.org", "db.staging.internal")]
 mas = [_host("auth.staging.example.org", "10.10.0.11")]
 synapse = [_host("synapse.staging.example.org", "10.10.0.12")]
 proxy = [_host("proxy.staging.example.org", "10.10.0.13")]

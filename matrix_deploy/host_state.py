@@ -26,6 +26,7 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import files
 
 from .paths import RUN_LOCK, STATE, UPLOAD_DIR, WORK_LOCK
+from .platform import RELEASES
 from .secret_files import secret_file
 
 # Files larger than this are listed but not hashed (release archives, binaries).
@@ -105,7 +106,7 @@ class HostState:
             pass
         if name not in self.resolved:
             raise DeployError(
-                f"{host.name}: the internal address {name!r} does not resolve on this host; expected a name "
+                f"{_here()}: the internal address {name!r} does not resolve on this host; expected a name "
                 "every host of the deployment resolves (DNS or /etc/hosts), or an IP address"
             )
         return self.resolved[name]
@@ -115,12 +116,19 @@ class HostState:
         mine = [a for a in self.resolve(name) if a in self.addresses]
         if not mine:
             raise DeployError(
-                f"{host.name}: its internal address {name!r} resolves here to {', '.join(self.resolve(name))}, "
+                f"{_here()}: its internal address {name!r} resolves here to {', '.join(self.resolve(name))}, "
                 f"none of which is an address of this host ({', '.join(self.addresses) or 'none'}); expected a name "
                 "that resolves to this host's internal address (check /etc/hosts: Debian maps the host name to "
                 "127.0.1.1), or set internal_address to the address"
             )
         return mine
+
+
+def _here() -> str:
+    """The current host's name, for messages (also outside a pyinfra run, in tests)."""
+    from pyinfra.context import ctx_host
+
+    return host.name if ctx_host.isset() else "this host"
 
 
 def sha1(content: str) -> str:
@@ -132,7 +140,14 @@ class Snapshot(FactBase):
     given users, groups, packages and units, and whether `apt_busy` (a command) prints anything: one command."""
 
     def command(self, roots, names, packages, units, apt_busy, resolve=(), holder=""):
-        lines = [_locking(holder)]
+        # The release first: a host the deploy does not support is left exactly as it is, not even locked.
+        supported = "|".join(f'"debian {r}"' for r in RELEASES)
+        lines = [
+            """os=$(. /etc/os-release 2>/dev/null; printf '%s\\t%s' "$ID" "$VERSION_ID")""",
+            "printf 'O\\t%s\\n' \"$os\"",
+            f'case "$(printf %s "$os" | tr "\\t" " ")" in {supported}) ;; *) exit 0;; esac',
+            _locking(holder),
+        ]
         for root, depth in roots.items():
             r = shlex.quote(root)
             lines.append(f"find {r} -maxdepth {depth} -printf 'P\\t%y\\t%u\\t%g\\t%m\\t%l\\t%p\\n' 2>/dev/null")
@@ -151,7 +166,6 @@ class Snapshot(FactBase):
                 f'printf \'S\\t%s\\t%s\\t%s\\n\' {u} "$(systemctl is-active {u})" "$(systemctl is-enabled {u})"'
             )
         lines.append(f'busy=$({apt_busy}); [ -z "$busy" ] || echo B')
-        lines.append("""(. /etc/os-release 2>/dev/null; printf 'O\\t%s\\t%s\\n' "$ID" "$VERSION_ID")""")
         for name in resolve:
             n = shlex.quote(name)
             lines.append(f"getent ahosts {n} | awk '{{print $1}}' | sort -u | sed 's/^/N\\t'{n}'\\t/'")
