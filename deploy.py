@@ -1,7 +1,9 @@
 """The whole stack, in order: PostgreSQL, MAS, Synapse, nginx, then the optional admin user.
 
-pyinfra runs each operation on every host before the next one, so in a split layout the database
-host is done (and healthy) before MAS is touched, MAS before Synapse, Synapse before nginx.
+pyinfra orders each host's operations as written, but interleaves different hosts' operations by
+their position in each host's list. A stage barrier (an operation every host runs at the same line,
+which sends no command) closes each stage, so in a split layout the database host is done (and
+healthy) before MAS is touched, MAS before Synapse, Synapse before nginx.
 """
 
 from pyinfra import host
@@ -10,6 +12,7 @@ from pyinfra.api.exceptions import DeployError
 from matrix_deploy import auth_mode, base, host_state, mas, nginx, platform, postgres, synapse
 from matrix_deploy.inventory import current
 from matrix_deploy.paths import MAS_USER, SYNAPSE_USER, managed
+from matrix_deploy.stages import done
 
 deployment = current()
 settings = deployment.settings
@@ -33,13 +36,18 @@ if release is None:
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
 base.prepare(roles)
+done("Host base")
 if "db" in roles:
     postgres.install(deployment, release)
+done("PostgreSQL")
 if "mas" in roles:
     mas.install(deployment)
+done("MAS")
 if "synapse" in roles:
     synapse.install(deployment)
+done("Synapse")
 if "proxy" in roles:
     nginx.install(deployment, release)
+done("nginx")
 if "mas" in roles and settings.admin_user:
     mas.admin_user(deployment)

@@ -34,12 +34,22 @@ def split():
     prepare_release()
     first = pyinfra()
     assert first.returncode == 0, first.stdout[-3000:]
-    yield hosts, build(ROOT / "inventories/lab.py")
+    yield hosts, build(ROOT / "inventories/lab.py"), first.stdout
     lab.down()
 
 
+STAGES = ["Host base", "PostgreSQL", "matrix-authentication-service", "Synapse", "nginx", "MAS admin user"]
+
+
+def test_each_stage_is_done_on_every_host_before_the_next_starts(split):
+    """pyinfra interleaves hosts' operations unless each stage ends with a barrier (matrix_deploy.stages)."""
+    started = re.findall(r"^--> Starting operation: (.+?) \| ", split[2], re.M)
+    order = [STAGES.index(name) for name in started if name in STAGES]
+    assert len(set(order)) == len(STAGES) and order == sorted(order), started
+
+
 def test_a_user_logs_in_at_the_proxy_and_synapse_on_another_host_accepts_the_token(split):
-    hosts, deployment = split
+    hosts, deployment, _ = split
     body = {
         "type": "m.login.password",
         "identifier": {"type": "m.id.user", "user": deployment.settings.admin_user},
@@ -52,7 +62,7 @@ def test_a_user_logs_in_at_the_proxy_and_synapse_on_another_host_accepts_the_tok
 
 
 def test_each_service_binds_loopback_and_only_the_internal_address_its_clients_need(split):
-    hosts, _ = split
+    hosts, _, _ = split
     for role, host in hosts.items():
         listening = ssh(host, "ss -Hltn | awk '{print $4}'").stdout.split()
         assert listening, role
@@ -66,7 +76,7 @@ def test_each_service_binds_loopback_and_only_the_internal_address_its_clients_n
 
 
 def test_the_inventory_names_hosts_by_name_and_this_machine_cannot_resolve_them(split):
-    hosts, deployment = split
+    hosts, deployment, _ = split
     assert deployment.settings.placement.addresses == {h.name: h.name for h in hosts.values()}
     for host in hosts.values():
         with pytest.raises(socket.gaierror):
@@ -74,7 +84,7 @@ def test_the_inventory_names_hosts_by_name_and_this_machine_cannot_resolve_them(
 
 
 def test_names_are_rendered_as_networks_where_programs_need_them(split):
-    hosts, _ = split
+    hosts, _, _ = split
     mas_config = yaml.safe_load(ssh(hosts["mas"], "cat /etc/mas/config.yaml").stdout)
     assert mas_config["http"]["trusted_proxies"] == ["127.0.0.1/8", "::1/128", f"{hosts['proxy'].address}/32"]
     assert mas_config["matrix"]["endpoint"] == "http://lab-synapse:8008/"
@@ -84,7 +94,7 @@ def test_names_are_rendered_as_networks_where_programs_need_them(split):
 
 
 def test_postgres_takes_logins_from_synapse_and_mas_hosts_only(split):
-    hosts, deployment = split
+    hosts, deployment, _ = split
     ok = ssh(hosts["synapse"], "PGPASSFILE=/etc/synapse/secrets/pgpass psql -h lab-db -U synapse -c 'select 1' synapse")
     assert ok.returncode == 0, ok.stderr
     # This machine is on the same network but is no MAS or Synapse host: pg_hba refuses it.
@@ -99,3 +109,19 @@ def test_second_split_run_changes_nothing(split):
     again = pyinfra()
     assert again.returncode == 0, again.stdout[-3000:]
     assert changed_operations(again.stdout) == []
+
+
+def test_a_host_on_an_unsupported_release_is_refused_and_left_untouched(split):
+    hosts, _, _ = split
+    proxy = hosts["proxy"]
+    fake = ssh(proxy, "cp /etc/os-release /root/os-release.real && sed -i 's/^VERSION_ID=.*/VERSION_ID=\"11\"/'"
+                      " /etc/os-release && touch /root/before && sleep 1")  # fmt: skip
+    assert fake.returncode == 0, fake.stderr
+    try:
+        result = pyinfra()
+        touched = ssh(proxy, "find /etc /opt /var/lib /var/backups /home /root -xdev -newer /root/before -print")
+    finally:
+        ssh(proxy, "cp /root/os-release.real /etc/os-release")
+    assert result.returncode != 0
+    assert "lab-proxy runs debian 11 (from /etc/os-release); matrix-deploy supports Debian 12" in result.stdout
+    assert touched.returncode == 0 and touched.stdout.split() == [], touched.stdout
