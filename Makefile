@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LAYOUT ?= single
 
-.PHONY: venv lab lab-up lab-down deploy-lab test bench lint format
+.PHONY: venv lab lab-up lab-down deploy-lab test bench lint format lock
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -32,6 +32,10 @@ test: venv
 
 bench: venv ## deploy timings against the floor on lab hosts; prints one table (several minutes)
 	$(BIN)/python bench/bench.py
+
+lock: venv ## lock a Synapse version's virtualenv (hashes) into locks/: make lock SYNAPSE=1.164.0
+	$(BIN)/pip install -q uv
+	$(BIN)/python -m matrix_deploy.locks $(SYNAPSE)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import locks
+
 ROLES = ("db", "mas", "synapse", "proxy")
 SINGLE_INSTANCE_ROLES = ("db", "mas", "synapse")
 AUTH_MODES = ("native", "msc3861")
@@ -381,6 +383,13 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
             synapse_version,
             "1.156.0 or older with auth_mode 'msc3861' (1.157.0 removed experimental_features.msc3861; "
             "1.156.0 is the newest that has it), or auth_mode 'native'",
+        )
+    if synapse_version and not locks.path(synapse_version).is_file():
+        c.bad(
+            "synapse_version",
+            synapse_version,
+            f"a version with a lock in the repository ({', '.join(locks.versions())}); "
+            f"make one with `make lock SYNAPSE={synapse_version}` and commit it",
         )
     downgrade = first.get("allow_auth_mode_downgrade")
     if not isinstance(downgrade, bool):

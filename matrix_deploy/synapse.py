@@ -4,7 +4,7 @@ import shlex
 
 from pyinfra.api import deploy
 
-from . import auth_mode, host_state, remote, restarts
+from . import auth_mode, host_state, locks, remote, restarts
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -21,11 +21,6 @@ from .render import render
 from .settings import MSC3861_CLIENT_ID
 from .units import system_user, unit
 from .yaml_config import deep_merge, dump
-
-
-def requirements(version: str) -> list[str]:
-    """What pip installs into Synapse's virtualenv: the oidc extra brings authlib, which msc3861 mode needs."""
-    return [f"matrix-synapse[oidc]=={version}", "psycopg2-binary>=2.9,<3"]
 
 
 def secret_contents(d: Deployment) -> dict[str, str]:
@@ -118,17 +113,22 @@ def render_config(d: Deployment, own_addresses=None) -> str:
 
 
 def _virtualenv(version: str):
-    """Install Synapse into /opt/synapse/<version> once; a half-done install is redone."""
+    """Install Synapse into /opt/synapse/<version> from its lock, once; a half-done or outdated install is redone."""
     venv = f"{SYNAPSE_HOME}/{version}"
-    if host_state.current().exists(f"{venv}/.complete"):
-        installed = None
-    else:
+    lock_text = locks.path(version).read_text()
+    lock_file = f"{SYNAPSE_HOME}/{version}.lock"
+    # .complete holds the lock's digest: a regenerated lock rebuilds the virtualenv.
+    complete = host_state.sha1(lock_text) + "\n"
+    lock = host_state.put(f"Synapse {version} lock", lock_file, lock_text, "root", "root", "644")
+    installed = None
+    if lock is not None or not host_state.current().is_file(f"{venv}/.complete", complete):
         installed = remote.shell(
             name=f"Install Synapse {version} into {venv}",
             commands=[
                 f"rm -rf {venv} && python3 -m venv {venv}"
-                f" && {venv}/bin/pip install --quiet --disable-pip-version-check {' '.join(map(shlex.quote, requirements(version)))}"
-                f" && touch {venv}/.complete"
+                f" && {venv}/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes"
+                f" --only-binary :all: -r {lock_file}"
+                f" && printf %s {shlex.quote(complete)} > {venv}/.complete"
             ],
         )
     link = host_state.link(f"Synapse {version} is the current version", SYNAPSE_CURRENT, venv)

@@ -12,7 +12,7 @@ import fastjsonschema
 import pytest
 import yaml
 
-from matrix_deploy import mas, nginx, synapse
+from matrix_deploy import locks, mas, nginx, synapse
 from matrix_deploy import secrets as secrets_store
 from matrix_deploy.inventory import Deployment, wanted_secrets
 from matrix_deploy.paths import SYNAPSE_DATA, SYNAPSE_ETC
@@ -56,14 +56,14 @@ def test_one_shared_secret_on_both_sides(deployment):
 
 
 def synapse_interpreter(version: str) -> Path:
-    """Synapse's own interpreter for `version`, from a virtualenv cached outside the clone."""
-    target = (
-        CACHE / f"synapse-{version}-{hashlib.sha256(' '.join(synapse.requirements(version)).encode()).hexdigest()[:8]}"
-    )
+    """Synapse's own interpreter for `version`, installed from its lock like on the hosts, cached outside the clone."""
+    lock = locks.path(version)
+    target = CACHE / f"synapse-{version}-{hashlib.sha256(lock.read_bytes()).hexdigest()[:8]}"
     if not (target / ".complete").exists():
         shutil.rmtree(target, ignore_errors=True)
         venv.create(target, with_pip=True)
-        subprocess.run([target / "bin/pip", "install", "-q", *synapse.requirements(version)], check=True)
+        subprocess.run([target / "bin/pip", "install", "-q", "--no-deps", "--require-hashes", "--only-binary", ":all:",
+                        "-r", lock], check=True)  # fmt: skip
         (target / ".complete").touch()
     return target / "bin/python"
 

@@ -28,7 +28,7 @@ def test_defaults_with_a_server_name_give_a_single_host_deployment():
 def test_msc3861_mode_with_the_newest_synapse_that_has_it():
     s = make_settings(auth_mode="msc3861", synapse_version="1.156.0")
     assert (s.auth_mode, s.mas_homeserver_kind) == ("msc3861", "synapse")
-    assert make_settings(auth_mode="msc3861", synapse_version="1.120.0").mas_homeserver_kind == "synapse_legacy"
+    assert make_settings(auth_mode="msc3861", synapse_version="1.134.0").mas_homeserver_kind == "synapse_legacy"
 
 
 def test_split_layout_uses_internal_addresses():

@@ -10,12 +10,13 @@ its host's internal address. Debian 13, deployed as root (the single-host tests 
 
 import re
 import socket
+import subprocess
 
 import pg8000.native
 import pytest
 import yaml
 
-from matrix_deploy import lab
+from matrix_deploy import host_state, lab, locks
 from matrix_deploy.inventory import build
 from tests.lab_release import prepare as prepare_release
 from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, ssh
@@ -125,3 +126,37 @@ def test_a_host_on_an_unsupported_release_is_refused_and_left_untouched(split):
     assert result.returncode != 0
     assert "lab-proxy runs debian 11 (from /etc/os-release); matrix-deploy supports Debian 12" in result.stdout
     assert touched.returncode == 0 and touched.stdout.split() == [], touched.stdout
+
+
+def test_a_second_run_against_a_host_another_run_holds_stops_naming_the_holder(split):
+    """The run lock as a live run holds it: taken by host_state's own locking shell over a live SSH session."""
+    hosts, _, _ = split
+    db = hosts["db"]
+    holder = subprocess.Popen(
+        ["ssh", "-i", db.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", f"root@{db.address}", "sh"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    holder.stdin.write(host_state._locking("the test's holder") + "\necho locked\n")
+    holder.stdin.flush()
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        result = pyinfra()
+    finally:
+        holder.stdin.close()  # the session ends, and with it the lock
+        holder.wait(timeout=30)
+    assert result.returncode != 0
+    assert "lab-db: another deploy is running against this host (the test's holder since" in result.stdout
+    assert "Starting operation" not in result.stdout, "nothing ran on any host"
+    assert pyinfra().returncode == 0, "the lock went with the holder's connection"
+
+
+def test_synapses_virtualenv_is_exactly_its_lock(split):
+    hosts, deployment, _ = split
+    version = deployment.settings.synapse_version
+    frozen = ssh(hosts["synapse"], "/opt/synapse/current/bin/pip freeze --all --disable-pip-version-check")
+    assert frozen.returncode == 0, frozen.stderr
+    installed = locks.pins(frozen.stdout)
+    for tool in ("pip", "setuptools", "wheel"):  # the virtualenv's own, not installed from the lock
+        installed.pop(tool, None)
+    assert installed == locks.pins(locks.path(version).read_text())
