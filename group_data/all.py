@@ -54,6 +54,9 @@ admin_user = None
 
 # Where the per-inventory secrets store lives on the operator's machine (relative to the working directory).
 secrets_dir = ".secrets"
+# Your age identity file (age-keygen's output) on the operator's machine: the store is then kept encrypted as
+# <inventory>.yaml.age (also from $MATRIX_DEPLOY_AGE_IDENTITY). Unset: a plain store (mode 0600, git-ignored).
+secrets_age_identity = None
 
 # Address other hosts of the deployment use to reach this host (split layouts); default: its inventory name.
 internal_address = None

@@ -1,11 +1,34 @@
 """Config files that only go live once their service's own checker accepts them."""
 
+import difflib
 import shlex
+
+from pyinfra import host, logger, state
+from pyinfra.facts.files import FileContents
 
 from . import host_state, remote
 
 
-def install_checked(path: str, content: str, check: str, user: str, group: str, mode: str, service: str, recheck=()):
+def show_diff(path: str, content: str, secrets=()) -> None:
+    """With --diff: the change to the live `path` as a unified diff, any secret value masked.
+
+    The candidate is staged under another name, so pyinfra's own diff (of the candidate) would not
+    show what goes live. Rendered configs name secrets by file; the masking is a second line of defence.
+    """
+    live = host.get_fact(FileContents, path=path) or []
+    diff = difflib.unified_diff([line + "\n" for line in live], content.splitlines(keepends=True),
+                                fromfile=f"{path} (live)", tofile=f"{path} (new)")  # fmt: skip
+    masked = sorted((v for v in secrets if len(v) >= 8), key=len, reverse=True)
+    host.log(f"Will modify {path}", logger.info)
+    for line in diff:
+        for value in masked:
+            line = line.replace(value, "<secret>")
+        logger.info("  %s", line.rstrip("\n"))
+
+
+def install_checked(
+    path: str, content: str, check: str, user: str, group: str, mode: str, service: str, recheck=(), secrets=()
+):
     """
     Stage `content` beside `path`, then put it live only if `check` (run against the live path)
     passes; otherwise restore the previous file and fail with the checker's output.
@@ -18,10 +41,12 @@ def install_checked(path: str, content: str, check: str, user: str, group: str, 
     None when the live file is already as wanted and nothing asks for a recheck.
     """
     candidate = f"{path}.candidate"
-    host_state.put(f"Stage {path}", candidate, content, user="root", group=group, mode="640")
+    host_state.put(f"Stage {path}", candidate, content, user="root", group=group, mode="640", diff=False)
     # Install whenever the live file is not what we want: this also covers a run that died
     # between staging and installing, and a candidate rejected earlier.
     differs = not host_state.current().is_file(path, content, user, group, mode)
+    if differs and state.config.DIFF:
+        show_diff(path, content, secrets)
     recheck = [op for op in recheck if op is not None]
     if not differs and not recheck:
         return None

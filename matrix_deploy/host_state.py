@@ -297,9 +297,12 @@ def directory(name, path, user=None, group=None, mode=None):
         return files.directory(name=name, path=path, user=user, group=group, mode=mode)
 
 
-def put(name, dest, content: str, user=None, group=None, mode=None):
-    """A non-secret file with `content` (pyinfra shows its diff with --diff)."""
+def put(name, dest, content: str, user=None, group=None, mode=None, diff=True):
+    """A non-secret file with `content` (pyinfra shows its diff with --diff, unless `diff` is False)."""
     if not current().is_file(dest, content, user, group, mode):
+        if not diff:  # uploaded without a diff: a candidate whose change install_checked shows against the live file
+            return secret_file(name=name, path=dest, content=content, user=user, group=group, mode=mode,
+                               upload_dir=current().upload_dir)  # fmt: skip
         return files.put(name=name, src=StringIO(content), dest=dest, user=user, group=group, mode=mode)
 
 

@@ -54,8 +54,9 @@ def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:
     hosts = {host.name: host.data.dict() for host in inventory}
     groups = {role: [h.name for h in inventory.get_group(role, [])] for role in ROLES}
     settings = load(hosts, groups)
-    store = secrets_store.store_path(settings.secrets_dir, inventory_file)
-    return Deployment(inventory_file, settings, secrets_store.load(store, wanted_secrets(settings)), store)
+    identity = settings.secrets_age_identity
+    store = secrets_store.store_path(settings.secrets_dir, inventory_file, encrypted=identity is not None)
+    return Deployment(inventory_file, settings, secrets_store.load(store, wanted_secrets(settings), identity), store)
 
 
 def check(inventory_file: str) -> None:

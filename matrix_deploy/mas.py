@@ -166,6 +166,7 @@ def install(d: Deployment):
             group=MAS_USER,
             mode="640",
             service="MAS",
+            secrets=d.secrets.values.values(),
             recheck=list(changes),
         )
     )

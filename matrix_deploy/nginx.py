@@ -82,6 +82,7 @@ def install(d: Deployment, release: Release):
             group="root",
             mode="644",
             service="nginx",
+            secrets=d.secrets.values.values(),
         )  # fmt: skip
     )
     marked = restarts.mark("nginx", changes)

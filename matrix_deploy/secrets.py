@@ -1,7 +1,9 @@
 """The per-inventory secrets store on the operator's machine.
 
 One YAML file per inventory (`<secrets_dir>/<inventory>.yaml`, mode 0600, directory 0700,
-git-ignored). A missing secret is generated once and written; an existing one is never changed,
+git-ignored), or the same YAML encrypted with age (`<inventory>.yaml.age`, to the operator's age
+identity and any recipients listed in `<inventory>.yaml.age.recipients`), which can sit in git beside
+the inventory: it is decrypted in memory only. A missing secret is generated once and written; an existing one is never changed,
 so every host of a deployment gets the same values on every run. Back this file up: losing it
 means new database passwords, a new shared secret and a new Synapse signing key.
 """
@@ -11,6 +13,7 @@ import os
 import secrets
 import stat
 import string
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,18 +86,76 @@ class Secrets:
         return f"Secrets({sorted(self.values)})"
 
 
-def store_path(secrets_dir: Path, inventory: Path) -> Path:
-    return secrets_dir / f"{inventory.stem}.yaml"
+AGE_SUFFIX = ".age"
 
 
-def _read(path: Path) -> dict[str, str]:
-    mode = stat.S_IMODE(path.stat().st_mode)
+def store_path(secrets_dir: Path, inventory: Path, encrypted: bool = False) -> Path:
+    """The inventory's store: the encrypted one when it exists (or when `encrypted` and none exists yet)."""
+    plain = secrets_dir / f"{inventory.stem}.yaml"
+    sealed = plain.with_name(plain.name + AGE_SUFFIX)
+    if sealed.exists() and plain.exists():
+        raise SettingsError([f"secrets stores {plain} and {sealed} both exist: expected one (remove the plain one "
+                             "once you have checked the encrypted one holds the same secrets)"])  # fmt: skip
+    return sealed if sealed.exists() or (encrypted and not plain.exists()) else plain
+
+
+def read_identity(path: Path):
+    """The operator's age identity (an `AGE-SECRET-KEY-1...` line, as age-keygen writes it)."""
+    from pyrage import x25519
+
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        lines = [line.strip() for line in path.read_text().splitlines()]
+    except OSError as error:
+        raise SettingsError(
+            [f"age identity {path} cannot be read ({error.strerror}): expected your age key file"]
+        ) from None
     if mode & 0o077:
+        raise SettingsError([f"age identity {path} has mode {mode:04o}: expected 0600 (chmod 600 {path})"])
+    keys = [line for line in lines if line.startswith("AGE-SECRET-KEY-")]
+    try:
+        return x25519.Identity.from_str(keys[0])
+    except (IndexError, ValueError):
+        raise SettingsError(
+            [f"age identity {path}: expected an AGE-SECRET-KEY-1... line (age-keygen's output)"]
+        ) from None
+
+
+def _recipients(path: Path, identity) -> list:
+    from pyrage import x25519
+
+    extra = path.with_name(path.name + ".recipients")
+    listed = [line.strip() for line in extra.read_text().splitlines()] if extra.exists() else []
+    try:
+        return [identity.to_public(), *(x25519.Recipient.from_str(r) for r in listed if r and not r.startswith("#"))]
+    except ValueError:
+        raise SettingsError([f"{extra}: expected one age1... public key per line"]) from None
+
+
+def _text(path: Path, identity_file: Path | None) -> str:
+    """The store's YAML: decrypted in memory when it is encrypted."""
+    if path.suffix != AGE_SUFFIX:
+        return path.read_text()
+    import pyrage
+
+    if identity_file is None:
+        raise SettingsError([f"secrets store {path} is encrypted: expected secrets_age_identity (or the "
+                             "MATRIX_DEPLOY_AGE_IDENTITY environment variable) naming your age identity file"])  # fmt: skip
+    try:
+        return pyrage.decrypt(path.read_bytes(), [read_identity(identity_file)]).decode()
+    except pyrage.DecryptError as error:
+        raise SettingsError([f"secrets store {path} cannot be decrypted with the age identity {identity_file} "
+                             f"({error}): expected the identity it was encrypted to"]) from None  # fmt: skip
+
+
+def _read(path: Path, identity_file: Path | None = None) -> dict[str, str]:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077 and path.suffix != AGE_SUFFIX:
         raise SettingsError(
             [f"secrets store {path} has mode {mode:04o}: expected 0600, readable by you only (chmod 600 {path})"]
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(_text(path, identity_file)) or {}
     except OSError as error:
         raise SettingsError(
             [f"secrets store {path} cannot be read ({error.strerror}): expected a readable file"]
@@ -126,20 +187,69 @@ def _check(path: Path, values: dict[str, str]) -> None:
         raise SettingsError(problems)
 
 
-def load(path: Path, wanted: list[str]) -> Secrets:
+def write(path: Path, values: dict[str, str], identity_file: Path | None = None) -> None:
+    """Write the store atomically (mode 0600); an encrypted store is encrypted in memory first."""
+    text = "# matrix-deploy secrets: generated once, never changed by the deploy. Back this file up.\n"
+    text += yaml.safe_dump(values, default_flow_style=False, sort_keys=True)
+    data = text.encode()
+    if path.suffix == AGE_SUFFIX:
+        import pyrage
+
+        if identity_file is None:
+            raise SettingsError([f"secrets store {path} is encrypted: expected secrets_age_identity to write it"])
+        identity = read_identity(identity_file)
+        data = pyrage.encrypt(data, _recipients(path, identity))
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    partial.replace(path)
+
+
+def load(path: Path, wanted: list[str], identity_file: Path | None = None) -> Secrets:
     """Read the store, generate and save the wanted secrets it lacks, and return them all."""
-    values = _read(path) if path.exists() else {}
+    values = _read(path, identity_file) if path.exists() else {}
     _check(path, values)
     missing = [name for name in wanted if name not in values]
     if missing:
         values.update({name: GENERATORS[name]() for name in missing})
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.tmp")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("# matrix-deploy secrets: generated once, never changed by the deploy. Back this file up.\n")
-            yaml.safe_dump(values, f, default_flow_style=False, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        partial.replace(path)
+        write(path, values, identity_file)
     return Secrets(values)
+
+
+def main(argv: list[str]) -> int:
+    """python -m matrix_deploy.secrets keygen IDENTITY_FILE | encrypt STORE.yaml IDENTITY_FILE"""
+    from pyrage import x25519
+
+    if len(argv) == 2 and argv[0] == "keygen":
+        target = Path(argv[1])
+        identity = x25519.Identity.generate()
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# public key: {identity.to_public()}\n{identity}\n")
+        print(f"wrote {target} (public key {identity.to_public()}); back it up: without it the store is lost")
+        return 0
+    if len(argv) == 3 and argv[0] == "encrypt":
+        plain, identity_file = Path(argv[1]), Path(argv[2])
+        values = _read(plain)
+        sealed = plain.with_name(plain.name + AGE_SUFFIX)
+        write(sealed, values, identity_file)
+        if _read(sealed, identity_file) != values:
+            raise SystemExit(f"{sealed} does not read back as {plain}; {plain} kept")
+        plain.unlink()
+        print(f"encrypted {plain} -> {sealed} (the plain store is removed)")
+        return 0
+    print(main.__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        sys.exit(2)

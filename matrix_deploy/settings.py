@@ -7,6 +7,7 @@ what is expected, before any host is contacted.
 import difflib
 import hashlib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,7 @@ class Settings:
     tls_certificate_key: Path | None
     admin_user: str | None
     secrets_dir: Path
+    secrets_age_identity: Path | None  # the operator's age key: the store is (or becomes) <inventory>.yaml.age
     backup_dir: str
     backup_keep: int
     placement: Placement
@@ -209,6 +211,7 @@ DEPLOYMENT_KEYS = (
     "tls_certificate_key",
     "admin_user",
     "secrets_dir",
+    "secrets_age_identity",
     "backup_dir",
     "backup_keep",
 )
@@ -426,6 +429,20 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
     secrets_dir = first.get("secrets_dir")
     if not isinstance(secrets_dir, str) or not secrets_dir:
         c.bad("secrets_dir", secrets_dir, "a directory path on this machine")
+    age_identity = c.file("secrets_age_identity") if first.get("secrets_age_identity") is not None else None
+    if (
+        age_identity is None
+        and first.get("secrets_age_identity") is None
+        and os.environ.get("MATRIX_DEPLOY_AGE_IDENTITY")
+    ):
+        age_identity = _Checker({"MATRIX_DEPLOY_AGE_IDENTITY": os.environ["MATRIX_DEPLOY_AGE_IDENTITY"]}).file(
+            "MATRIX_DEPLOY_AGE_IDENTITY"
+        )
+        if age_identity is None:
+            problems.append(
+                f"MATRIX_DEPLOY_AGE_IDENTITY = {os.environ['MATRIX_DEPLOY_AGE_IDENTITY']!r}: expected your age "
+                "identity file on this machine"
+            )
     backup_dir = c.text("backup_dir", re.compile(r"^/[\w./-]*$"), "an absolute directory path on the hosts")
     backup_keep = first.get("backup_keep")
     if isinstance(backup_keep, bool) or not isinstance(backup_keep, int) or backup_keep < 1:
@@ -455,6 +472,7 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
         tls_certificate_key=key,
         admin_user=admin_user,
         secrets_dir=Path(secrets_dir),
+        secrets_age_identity=age_identity,
         backup_dir=backup_dir.rstrip("/"),
         backup_keep=backup_keep,
         placement=placement,

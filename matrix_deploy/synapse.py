@@ -170,6 +170,7 @@ def install(d: Deployment):
             group=SYNAPSE_USER,
             mode="640",
             service="Synapse",
+            secrets=d.secrets.values.values(),
             recheck=list(changes),
         )
     )

@@ -8,6 +8,7 @@ take networks), and that each service binds only loopback and, where another rol
 its host's internal address. Debian 13, deployed as root (the single-host tests use the sudo user).
 """
 
+import json
 import re
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from matrix_deploy import host_state, lab, locks
+from matrix_deploy import secrets as secrets_store
 from matrix_deploy.inventory import build
 from tests.lab_release import prepare as prepare_release
 from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, ssh
@@ -160,3 +162,38 @@ def test_synapses_virtualenv_is_exactly_its_lock(split):
     for tool in ("pip", "setuptools", "wheel"):  # the virtualenv's own, not installed from the lock
         installed.pop(tool, None)
     assert installed == locks.pins(locks.path(version).read_text())
+
+
+def test_a_dry_run_with_diff_shows_the_config_change_masks_secrets_and_changes_nothing(split):
+    hosts, deployment, _ = split
+    LAB_SETTINGS.write_text(json.dumps({"synapse_extra_config": {"max_upload_size": "20M"}}))
+    try:
+        plan = pyinfra("--dry", "--diff")
+    finally:
+        LAB_SETTINGS.unlink()
+    assert plan.returncode == 0, plan.stdout[-3000:]
+    assert "Will modify /etc/synapse/homeserver.yaml" in plan.stdout
+    assert re.search(r"^\s+\+max_upload_size: 20M$", plan.stdout, re.M), plan.stdout[-3000:]
+    assert "max_upload_size" not in ssh(hosts["synapse"], "cat /etc/synapse/homeserver.yaml").stdout
+    for value in deployment.secrets.values.values():
+        for fragment in [value.strip(), *value.splitlines()]:
+            assert len(fragment) < 8 or fragment not in plan.stdout
+
+
+def test_the_same_deployment_from_an_age_encrypted_store_changes_nothing(split, tmp_path):
+    hosts, deployment, _ = split
+    identity = tmp_path / "age.key"
+    secrets_store.main(["keygen", str(identity)])
+    assert secrets_store.main(["encrypt", str(deployment.secrets_file), str(identity)]) == 0
+    sealed = deployment.secrets_file.with_name(deployment.secrets_file.name + ".age")
+    LAB_SETTINGS.write_text(json.dumps({"secrets_age_identity": str(identity)}))
+    try:
+        again = pyinfra()
+        assert build(ROOT / "inventories/lab.py").secrets == deployment.secrets
+    finally:
+        LAB_SETTINGS.unlink()
+        # Back to the plain store for whatever runs next.
+        secrets_store.write(deployment.secrets_file, secrets_store.load(sealed, [], identity).values)
+        sealed.unlink()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert changed_operations(again.stdout) == []
