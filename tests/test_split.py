@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import subprocess
+import time
 
 import pg8000.native
 import pytest
@@ -197,3 +198,62 @@ def test_the_same_deployment_from_an_age_encrypted_store_changes_nothing(split, 
         sealed.unlink()
     assert again.returncode == 0, again.stdout[-3000:]
     assert changed_operations(again.stdout) == []
+
+
+def verify(hosts, ca_file) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/matrix-deploy"), "verify", "inventories/lab.py", "--connect", hosts["proxy"].address,
+         "--ca-file", str(ca_file)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def failed_checks(result) -> list[str]:
+    return sorted(re.findall(r"^FAIL (.+?)\s{2,}", result.stdout, re.M))
+
+
+def test_verify_passes_on_the_healthy_deployment_and_names_what_breaks(split, tmp_path):
+    """`matrix-deploy verify` from this machine, through the proxy, trusting the deployment's own certificate."""
+    hosts, _, _ = split
+    proxy, mas_host, synapse_host = hosts["proxy"], hosts["mas"], hosts["synapse"]
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ssh(proxy, "cat /etc/nginx/tls/matrix-deploy.crt").stdout)
+    healthy = verify(hosts, ca_file)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "12 of 12 checks passed" in healthy.stdout
+
+    assert ssh(mas_host, "systemctl stop mas").returncode == 0
+    try:
+        no_mas = verify(hosts, ca_file)
+    finally:
+        assert ssh(mas_host, "systemctl start mas").returncode == 0
+    assert no_mas.returncode == 1
+    assert "compat login answered by MAS" in failed_checks(no_mas), no_mas.stdout
+    assert not any(name.startswith(("TLS", "client versions", "federation")) for name in failed_checks(no_mas))
+
+    assert ssh(synapse_host, "systemctl stop synapse").returncode == 0
+    try:
+        no_synapse = verify(hosts, ca_file)
+    finally:
+        assert ssh(synapse_host, "systemctl start synapse").returncode == 0
+    assert no_synapse.returncode == 1
+    assert {"client versions", "federation server keys", "federation version"} <= set(failed_checks(no_synapse))
+    assert not any(name.startswith("TLS") for name in failed_checks(no_synapse)), no_synapse.stdout
+
+    wrong = ssh(proxy, "cd /etc/nginx/tls && cp -p matrix-deploy.crt crt.real && cp -p matrix-deploy.key key.real"
+                       " && openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=wrong.test"
+                       " -keyout matrix-deploy.key -out matrix-deploy.crt 2>/dev/null && systemctl reload nginx")  # fmt: skip
+    assert wrong.returncode == 0, wrong.stderr
+    try:
+        wrong_cert = verify(hosts, ca_file)
+    finally:
+        ssh(proxy, "cd /etc/nginx/tls && mv crt.real matrix-deploy.crt && mv key.real matrix-deploy.key"
+                   " && systemctl reload nginx")  # fmt: skip
+    assert wrong_cert.returncode == 1
+    assert {"TLS matrix.lab.test", "TLS auth.lab.test", "TLS lab.test"} <= set(failed_checks(wrong_cert))
+    for _ in range(30):  # Synapse and MAS back before the next test: the deployment is whole again
+        if verify(hosts, ca_file).returncode == 0:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("the deployment did not come back after the verify checks")
