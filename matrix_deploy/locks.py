@@ -9,6 +9,7 @@ commit get the same bytes. Regenerate or add a version (on the operator's machin
 The lock is resolved with uv for every Python the supported Debian releases ship (3.11 and newer).
 """
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -49,12 +50,12 @@ def generate(version: str) -> Path:
 
 
 def pins(text: str) -> dict[str, str]:
-    """name -> version of every package a lock pins (names normalised as pip freeze prints them)."""
+    """name -> version of every package a lock (or `pip freeze`) pins, names normalised (PEP 503)."""
     found = {}
     for line in text.splitlines():
         if "==" in line and not line.startswith((" ", "#")):
             name, _, rest = line.partition("==")
-            found[name.strip().lower().replace("_", "-")] = rest.split()[0].split(";")[0]
+            found[re.sub(r"[-_.]+", "-", name.strip()).lower()] = rest.split()[0].split(";")[0]
     return found
 
 
