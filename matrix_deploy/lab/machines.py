@@ -55,6 +55,11 @@ def _uid(root: Path, user: str) -> int:
     raise LabError(f"the lab image has no user {user}; rebuild it (delete {image.CACHE_DIR})")
 
 
+def machine_name(name: str) -> str:
+    """The container's name for systemd-nspawn, which also names its veth (vb-<name>): unique per lab index."""
+    return name if not LAB_INDEX else f"{name}-{LAB_INDEX}"
+
+
 def boot(name: str, root: Path, release: str) -> int:
     log = open(MACHINES_DIR / f"{name}.log", "wb")
     env = dict(os.environ)
@@ -67,7 +72,7 @@ def boot(name: str, root: Path, release: str) -> int:
             "--boot",
             "-D",
             str(root),
-            f"--machine={name}",
+            f"--machine={machine_name(name)}",
             "--register=no",
             "--keep-unit",
             "--console=passive",
@@ -135,7 +140,7 @@ def foreign_with_name(name: str) -> int | None:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             args = _cmdline(int(entry.name))
-            if args and args[0].endswith("systemd-nspawn") and f"--machine={name}" in args and "-D" in args:
+            if args and args[0].endswith("systemd-nspawn") and f"--machine={machine_name(name)}" in args and "-D" in args:
                 # Another lab's host of the same name (another checkout, MATRIX_DEPLOY_LAB_INDEX) is no conflict.
                 if Path(args[args.index("-D") + 1]).parent.parent != STATE_DIR:
                     return int(entry.name)
