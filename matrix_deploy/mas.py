@@ -5,7 +5,7 @@ import json
 from pyinfra.api import deploy
 from pyinfra.operations import files, server
 
-from . import auth_mode, host_state, restarts
+from . import auth_mode, host_state, mas_settings, restarts, secret_table
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -14,14 +14,20 @@ from .settings import MAS_ADMIN_CLIENT_ID, MSC3861_CLIENT_ID
 from .units import system_user, unit
 from .yaml_config import deep_merge, dump
 
-SECRET_FILES = {
-    # file name in /etc/mas/secrets -> secrets store entry
-    "matrix_secret": "matrix_shared_secret",
-    "database_password": "mas_db_password",
-    "encryption_key": "mas_encryption_key",
-    "signing_rsa.pem": "mas_signing_key_rsa",
-    "signing_ec.pem": "mas_signing_key_ec",
-}
+ADMIN_API_CREDENTIALS = f"{STATE}/mas-admin-api.curl"
+ADMIN_PASSWORD_BODY = f"{STATE}/mas-admin-password.json"
+
+
+def secret_files(d: Deployment) -> dict[str, str]:
+    """The files in /etc/mas/secrets this host has (secret_table.py) and what each holds."""
+    # Exactly the value: MAS reads encryption_file byte for byte (64 hex digits, no newline).
+    return {path: d.secrets[row.secret].strip() for path, row in secret_table.files(d.settings, "mas").items()}
+
+
+def _secret_path(name: str) -> str:
+    if name == "smtp_password":
+        return f"{MAS_SECRETS}/smtp_password"
+    return secret_table.upstream_secret_path(name)
 
 
 def config(d: Deployment) -> dict:
@@ -69,6 +75,7 @@ def config(d: Deployment) -> dict:
             "secret_file": f"{MAS_SECRETS}/matrix_secret",
         },
         "passwords": {"enabled": True},
+        **mas_settings.config(s.mas_features, _secret_path),
     }
     clients = {}
     if s.auth_mode == "msc3861":
@@ -134,25 +141,13 @@ def install(d: Deployment):
     host_state.directory("MAS secrets directory", MAS_SECRETS, "root", MAS_USER, "750")
     release = _release(d)
     changes = list(release)
-    secret_files = dict(SECRET_FILES)
-    if d.settings.auth_mode == "msc3861":
-        secret_files["synapse_client_secret"] = "msc3861_client_secret"
-    if d.settings.admin_user:
-        secret_files["admin_client_secret"] = "mas_admin_client_secret"
-    else:
-        changes.append(host_state.absent("No MAS client secret for Synapse (native mode)",
-                                         f"{MAS_SECRETS}/synapse_client_secret"))  # fmt: skip
-    for name, secret in secret_files.items():
+    for path, content in secret_files(d).items():
         changes.append(
-            host_state.secret(
-                f"MAS secret {name}",
-                f"{MAS_SECRETS}/{name}",
-                # Exactly the value: MAS reads encryption_file byte for byte (64 hex digits, no newline).
-                d.secrets[secret].strip(),
-                user=MAS_USER,
-                group=MAS_USER,
-            )
+            host_state.secret(f"MAS secret {path.rsplit('/', 1)[1]}", path, content, user=MAS_USER, group=MAS_USER)
         )
+    present = [p for p in host_state.current().paths if p.startswith(MAS_SECRETS + "/")]
+    for path in secret_table.stale(d.settings, "mas", present):
+        changes.append(host_state.absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path))
     changes.append(
         install_checked(
             MAS_CONFIG,
@@ -175,6 +170,8 @@ def install(d: Deployment):
             config=MAS_CONFIG,
         )
     )
+    for path in secret_table.stale(d.settings, "mas-admin", []):
+        host_state.absent(f"No stale MAS admin API file {path.rsplit('/', 1)[1]}", path)
     marked = restarts.mark("mas", changes)
     p = d.settings.placement
     dump_before_migration(
@@ -205,8 +202,7 @@ def admin_user(d: Deployment):
     An existing user is left as it is.
     """
     user, port = d.settings.admin_user, d.settings.mas_health_port
-    curl_config = f"{MAS_SECRETS}/admin_api.curl"
-    password_body = f"{MAS_SECRETS}/admin_password.json"
+    curl_config, password_body = ADMIN_API_CREDENTIALS, ADMIN_PASSWORD_BODY
     host_state.secret("MAS admin API client credentials", curl_config,
                       f'user = "{MAS_ADMIN_CLIENT_ID}:{d.secrets["mas_admin_client_secret"]}"\n', "root", "root")  # fmt: skip
     host_state.secret("MAS admin password", password_body,
@@ -230,7 +226,18 @@ if curl -fsS -H @"$work/auth" {api}/api/admin/v1/users/by-username/{user} > /dev
     echo "MAS user {user} already exists; left as it is"
 else
     printf '{{"username": "{user}"}}' > "$work/new"
-    curl -fsS -H @"$work/auth" -H 'Content-Type: application/json' -d @"$work/new" {api}/api/admin/v1/users > "$work/user"
+    status=$(curl -sS -o "$work/user" -w '%{{http_code}}' -H @"$work/auth" -H 'Content-Type: application/json' \
+        -d @"$work/new" {api}/api/admin/v1/users)
+    if [ "$status" = 409 ]; then
+        echo "MAS refused to create admin_user {user} (409: $(cat "$work/user")): Synapse already has a user" \
+            "named {user} that MAS does not know (made before MAS took over logins). Either set admin_user to" \
+            "a name nobody has, or bring Synapse's existing users into MAS first (mas-cli syn2mas); the next" \
+            "run then finds {user} in MAS and leaves it as it is." >&2
+        exit 1
+    elif [ "$status" != 201 ]; then
+        echo "MAS refused to create admin_user {user} ($status: $(cat "$work/user"))" >&2
+        exit 1
+    fi
     id=$(grep -o '"id" *: *"[0-9A-Za-z]*"' "$work/user" | head -1 | cut -d'"' -f4)
     curl -fsS -H @"$work/auth" -H 'Content-Type: application/json' -d @{password_body} \
         {api}/api/admin/v1/users/$id/set-password > /dev/null

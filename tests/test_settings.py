@@ -28,7 +28,7 @@ def test_defaults_with_a_server_name_give_a_single_host_deployment():
 def test_msc3861_mode_with_the_newest_synapse_that_has_it():
     s = make_settings(auth_mode="msc3861", synapse_version="1.156.0")
     assert (s.auth_mode, s.mas_homeserver_kind) == ("msc3861", "synapse")
-    assert make_settings(auth_mode="msc3861", synapse_version="1.120.0").mas_homeserver_kind == "synapse_legacy"
+    assert make_settings(auth_mode="msc3861", synapse_version="1.130.0").mas_homeserver_kind == "synapse_legacy"
 
 
 def test_split_layout_uses_internal_addresses():
@@ -93,7 +93,7 @@ def test_urls_are_normalised():
             "tls_certificate = '/nonexistent.crt': expected an existing file",
         ),
         ({"tls_certificate": "/etc/hostname"}, "tls_certificate and tls_certificate_key: expected both set"),
-        ({"admin_user": "Admin User"}, "admin_user = 'Admin User': expected a user name (localpart)"),
+        ({"admin_user": "Admin User"}, "admin_user = 'Admin User': expected a user name MAS accepts"),
         ({"postgres_version": "15"}, "postgres_version = '15': expected a PostgreSQL major version"),
         (
             {"synapse_extra_config": {"enable_registration": True}},
