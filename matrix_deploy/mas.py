@@ -1,6 +1,7 @@
 """matrix-authentication-service: a pinned, sha256-verified release, its config, database and unit."""
 
 import json
+import shlex
 
 from pyinfra.api import deploy
 from pyinfra.operations import files, server
@@ -133,6 +134,69 @@ mv {target}.partial {target}
     return [unpack, link]
 
 
+def named_files(value, where: str = "") -> list[tuple[str, str]]:
+    """Every file MAS's config names, with its setting: (`clients[0].client_secret_file`, path)."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            setting = f"{where}.{key}" if where else key
+            if isinstance(item, str) and (key.endswith("_file") or key in ("keys_dir", "wasm_module")):
+                found.append((setting, item))
+            else:
+                found += named_files(item, setting)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += named_files(item, f"{where}[{i}]")
+    return found
+
+
+def gate(config: dict) -> str:
+    """What a MAS config must pass before it goes live: what MAS 1.22.0 checks at start, before it is live.
+
+    `mas-cli config check` only parses (it opens no file: crates/cli/src/commands/config.rs), so also:
+    `templates check` (templates, translations and the site settings), every file the config names
+    readable by MAS's user (MAS reads client and provider secrets at `config sync`, keys at `server`
+    start, the SMTP password with the mailer: a missing or unreadable one stops MAS then), and
+    `config sync --dry-run` against the candidate, which builds MAS's encrypter from `encryption_file`
+    (MAS's own check of the key) and connects to the database with the candidate's settings. The
+    signing keys' and encryption key's contents come from the secrets store, checked before any
+    connection (secrets.py), as no mas-cli command loads keys without starting the server.
+    """
+    run = f"runuser -u {MAS_USER} --"
+    steps = [
+        f"cd {MAS_CURRENT}",
+        f"{run} ./mas-cli config check --config {MAS_CONFIG}",
+        f"{run} ./mas-cli templates check --config {MAS_CONFIG}",
+    ]
+    for setting, path in named_files(config):
+        test = "test -d" if setting.endswith("keys_dir") else "head -c0 --"
+        steps.append(
+            f"{{ {run} {test} {shlex.quote(path)} || {{ echo {shlex.quote(f'{setting}: MAS (user {MAS_USER}) cannot read {path}; it reads it when it syncs or starts')}; false; }}; }}"
+        )
+    steps.append(f"{run} ./mas-cli config sync --dry-run --config {MAS_CONFIG}")
+    return " && ".join(steps)
+
+
+def prune_without_providers(cli: str) -> str:
+    """`config sync --prune` (it removes the client MAS kept for Synapse in msc3861 mode), unless it would also
+    delete upstream providers: --prune deletes every disabled provider with its users' links
+    (crates/cli/src/sync.rs), such as one an operator removed from the settings for a while. Then a plain
+    sync, and the client is left for the operator to prune once they have decided."""
+    return f"""
+set -e
+out=$({cli} config sync --prune --dry-run --config {MAS_CONFIG} 2>&1) || {{ echo "$out" >&2; exit 1; }}
+if printf '%s\n' "$out" | grep -q 'Deleting provider'; then
+    echo "MAS kept its client for Synapse ({MSC3861_CLIENT_ID}): config sync --prune would also delete these" \
+        "upstream providers (no longer in the settings) with their users' links:" >&2
+    printf '%s\n' "$out" | grep 'Deleting provider' >&2
+    echo "Run mas-cli config sync --prune yourself once they may go." >&2
+    {cli} config sync --config {MAS_CONFIG}
+else
+    {cli} config sync --prune --config {MAS_CONFIG}
+fi
+"""
+
+
 @deploy("matrix-authentication-service")
 def install(d: Deployment):
     system_user("MAS", MAS_USER, MAS_HOME)
@@ -148,11 +212,16 @@ def install(d: Deployment):
     present = [p for p in host_state.current().paths if p.startswith(MAS_SECRETS + "/")]
     for path in secret_table.stale(d.settings, "mas", present):
         changes.append(host_state.absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path))
+    p = d.settings.placement
+    # Before the gate: its `config sync --dry-run` runs the new release's database migrations (config.rs).
+    dump_before_migration(
+        d, "mas", "mas", p.reach(p.mas, p.db), f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"', release
+    )
     changes.append(
         install_checked(
             MAS_CONFIG,
             render_config(d),
-            check=f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli config check --config {MAS_CONFIG}",
+            check=gate(config(d)),
             user="root",
             group=MAS_USER,
             mode="640",
@@ -173,20 +242,14 @@ def install(d: Deployment):
     for path in secret_table.stale(d.settings, "mas-admin", []):
         host_state.absent(f"No stale MAS admin API file {path.rsplit('/', 1)[1]}", path)
     marked = restarts.mark("mas", changes)
-    p = d.settings.placement
-    dump_before_migration(
-        d, "mas", "mas", p.reach(p.mas, p.db), f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"', release
-    )
     cli = f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli"
-    # Moving from msc3861 to native: --prune removes the client MAS kept for Synapse (no longer in the config).
-    prune = " --prune" if auth_mode.migrating_to_native(d) else ""
+    sync = f"{cli} config sync --config {MAS_CONFIG}"
+    if auth_mode.migrating_to_native(d):
+        sync = prune_without_providers(cli)
     if (migrate := restarts.due("mas", marked)) is not None:
         server.shell(
             name="MAS database migrations and config sync",
-            commands=[
-                f"{cli} database migrate --config {MAS_CONFIG}",
-                f"{cli} config sync{prune} --config {MAS_CONFIG}",
-            ],
+            commands=[f"{cli} database migrate --config {MAS_CONFIG}", sync],
             _if=migrate,
         )
     restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_health_port}/health", marked)

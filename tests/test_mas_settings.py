@@ -145,3 +145,37 @@ def test_msc3861_synapse_is_given_no_internal_address_to_publish(tmp_path):
         "account_management_uri": "https://auth.example.org/account/",
     }
     assert msc3861["introspection_endpoint"] == "http://127.0.0.1:8080/oauth2/introspect"
+
+
+def test_the_mas_gate_reads_every_file_mas_would_read_later(tmp_path):
+    store = {"mas_smtp_password": "x" * 20, f"mas_upstream_client_secret_{PROVIDER_ID}": "y" * 20}
+    d = deployment_of(tmp_path, store, admin_user="admin", **FEATURES)
+    files = dict(mas.named_files(mas.config(d)))
+    assert files == {
+        "database.password_file": "/etc/mas/secrets/database_password",
+        "secrets.encryption_file": "/etc/mas/secrets/encryption_key",
+        "secrets.keys[0].key_file": "/etc/mas/secrets/signing_rsa.pem",
+        "secrets.keys[1].key_file": "/etc/mas/secrets/signing_ec.pem",
+        "matrix.secret_file": "/etc/mas/secrets/matrix_secret",
+        "email.password_file": "/etc/mas/secrets/smtp_password",
+        "upstream_oauth2.providers[0].client_secret_file": f"/etc/mas/secrets/upstream_{PROVIDER_ID}_client_secret",
+        "clients[0].client_secret_file": "/etc/mas/secrets/admin_client_secret",
+    }
+    gate = mas.gate(mas.config(d))
+    steps = gate.split(" && ")
+    assert steps[1].endswith("./mas-cli config check --config /etc/mas/config.yaml")
+    assert steps[2].endswith("./mas-cli templates check --config /etc/mas/config.yaml")
+    assert steps[-1].endswith("./mas-cli config sync --dry-run --config /etc/mas/config.yaml")
+    for path in files.values():
+        assert f"runuser -u mas -- head -c0 -- {path} ||" in gate
+
+
+def test_the_migration_prunes_only_when_no_provider_would_go():
+    script = mas.prune_without_providers("mas-cli")
+    dry, decide = script.index("config sync --prune --dry-run"), script.index("grep -q 'Deleting provider'")
+    assert (
+        dry
+        < decide
+        < script.index("mas-cli config sync --config")
+        < script.index("mas-cli config sync --prune --config")
+    )
