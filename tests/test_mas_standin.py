@@ -583,3 +583,51 @@ def test_refusals_log_no_secret_and_use_no_database(mas_cli):
     assert CLIENT_SECRET not in logs and "do-not-log-this-token" not in logs
     assert "Basic" not in logs and "Bearer" not in logs
     assert "the database was used" not in logs
+
+
+SERVE_HUMAN = """
+import sys, json
+from mas_standin import server
+from mas_standin.homeserver import SynapseConnection
+
+class NoDatabase:
+    def connection(self):
+        raise AssertionError("the database was used")
+
+config = {"http": {"public_base": "https://auth.example.org/", "listeners": []}, **json.loads(sys.argv[1])}
+app = server.App(config, NoDatabase(), SynapseConnection("example.org", "http://127.0.0.1:9/", "s"), bytes(32), None)
+resources = {"human": {"name": "human"}, "discovery": {"name": "discovery"}}
+handler = type("H", (server.Handler,), {"app": app, "resources": resources, "prefix": ""})
+listener = server._bind({"host": "127.0.0.1", "port": 0}, handler)
+print(listener.server_address[1], flush=True)
+listener.serve_forever()
+"""
+
+
+@pytest.mark.parametrize("enabled", [False, True], ids=["registration-off", "registration-on"])
+def test_password_registration_answers_as_mas_does(mas_cli, enabled):
+    """register/password.rs: off, GET redirects to the login page and POST is 405; discovery offers `create` only when on."""
+    extra = json.dumps({"account": {"password_registration_enabled": enabled}})
+    process = subprocess.Popen(["/usr/bin/python3", "-c", SERVE_HUMAN, extra], env={"PYTHONPATH": str(mas_cli)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{process.stdout.readline().strip()}"
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None
+
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            status, location = opener.open(f"{base}/register/password", timeout=10).status, None
+        except urllib.error.HTTPError as error:
+            status, location = error.code, error.headers.get("Location")
+        assert (status, location) == ((200, None) if enabled else (303, "https://auth.example.org/login"))
+        post = _call(f"{base}/register/password", b"username=x", FORM)[0]
+        assert post == (501 if enabled else 405)
+        discovery = json.loads(_call(f"{base}/.well-known/openid-configuration")[1])
+        assert discovery["prompt_values_supported"] == (["login", "create"] if enabled else ["login"])
+        assert all(v.startswith("https://auth.example.org/") for k, v in discovery.items() if k.endswith("_endpoint"))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
