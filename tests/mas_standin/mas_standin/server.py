@@ -1071,6 +1071,11 @@ def serve(config: dict, no_migrate: bool = False, no_sync: bool = False, no_work
     homeserver = from_config(config)
     if not no_worker and (config.get("email") or {}).get("transport") == "smtp":
         cfg.smtp_password(config)  # util.rs mailer_from_config reads email.password_file
+    if cfg.passwords_enabled(config):
+        # util.rs password_manager_from_config: passwords.rs `load()` reads each scheme's secret_file.
+        for i, scheme in enumerate((config.get("passwords") or {}).get("schemes") or []):
+            if scheme.get("secret_file") is not None:
+                cfg.read_file(scheme["secret_file"], f"passwords.schemes[{i}].secret_file")
     worker = None if no_worker else store.Worker(pool, homeserver)
     app = App(config, pool, homeserver, key, worker)
     servers = []
