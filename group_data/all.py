@@ -52,6 +52,23 @@ backup_keep = 5
 # Initial MAS admin user (localpart), created once through MAS's admin API; its password is generated into the secrets store.
 admin_user = None
 
+# MAS: self-service password registration (off: accounts are made by an admin or an upstream provider).
+mas_password_registration = False
+# MAS: registrations need a registration token (issued with `mas-cli manage issue-user-registration-token`).
+mas_registration_token_required = False
+# MAS email over SMTP (unset host: MAS sends no email). The SMTP password, with a username, is the secrets
+# store's `mas_smtp_password`, set there by hand. Mode: plain, starttls or tls; port unset: 25, 587 or 465.
+mas_email_smtp_host = None
+mas_email_smtp_port = None
+mas_email_smtp_mode = "tls"
+mas_email_smtp_username = None
+mas_email_from = None
+# MAS upstream OIDC providers: a list of mappings {id (a ULID, never changed), issuer, client_id, scope
+# ("openid" by default), human_name, brand_name, token_endpoint_auth_method (client_secret_basic), claims
+# (MAS's claims_imports: localpart/displayname/email {action, template}...)}. Each client secret is the
+# secrets store's `mas_upstream_client_secret_<id>`, set there by hand.
+mas_upstream_providers = []
+
 # Where the per-inventory secrets store lives on the operator's machine (relative to the working directory).
 secrets_dir = ".secrets"
 # Your age identity file (age-keygen's output) on the operator's machine: the store is then kept encrypted as

@@ -16,6 +16,7 @@ from pyinfra.api import State
 from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory_from_files
 
+from . import secret_table
 from . import secrets as secrets_store
 from .settings import ROLES, Settings, SettingsError, load
 
@@ -32,12 +33,8 @@ class Deployment:
 
 
 def wanted_secrets(settings: Settings) -> list[str]:
-    optional = {
-        "admin_password": bool(settings.admin_user),
-        "mas_admin_client_secret": bool(settings.admin_user),
-        "msc3861_client_secret": settings.auth_mode == "msc3861",
-    }
-    return [n for n in secrets_store.GENERATORS if optional.get(n, True)]
+    """The store entries this deployment needs: those its hosts' secret files hold (secret_table.py)."""
+    return secret_table.wanted_secrets(settings)
 
 
 def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:

@@ -1,11 +1,12 @@
 """matrix-authentication-service: a pinned, sha256-verified release, its config, database and unit."""
 
 import json
+import shlex
 
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from . import auth_mode, host_state, remote, restarts
+from . import auth_mode, host_state, mas_settings, remote, restarts, secret_table
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -14,14 +15,20 @@ from .settings import MAS_ADMIN_CLIENT_ID, MSC3861_CLIENT_ID
 from .units import system_user, unit
 from .yaml_config import deep_merge, dump
 
-SECRET_FILES = {
-    # file name in /etc/mas/secrets -> secrets store entry
-    "matrix_secret": "matrix_shared_secret",
-    "database_password": "mas_db_password",
-    "encryption_key": "mas_encryption_key",
-    "signing_rsa.pem": "mas_signing_key_rsa",
-    "signing_ec.pem": "mas_signing_key_ec",
-}
+ADMIN_API_CREDENTIALS = f"{STATE}/mas-admin-api.curl"
+ADMIN_PASSWORD_BODY = f"{STATE}/mas-admin-password.json"
+
+
+def secret_files(d: Deployment) -> dict[str, str]:
+    """The files in /etc/mas/secrets this host has (secret_table.py) and what each holds."""
+    # Exactly the value: MAS reads encryption_file byte for byte (64 hex digits, no newline).
+    return {path: d.secrets[row.secret].strip() for path, row in secret_table.files(d.settings, "mas").items()}
+
+
+def _secret_path(name: str) -> str:
+    if name == "smtp_password":
+        return f"{MAS_SECRETS}/smtp_password"
+    return secret_table.upstream_secret_path(name)
 
 
 def config(d: Deployment, net=None) -> dict:
@@ -73,6 +80,7 @@ def config(d: Deployment, net=None) -> dict:
             "secret_file": f"{MAS_SECRETS}/matrix_secret",
         },
         "passwords": {"enabled": True},
+        **mas_settings.config(s.mas_features, _secret_path),
     }
     clients = {}
     if s.auth_mode == "msc3861":
@@ -130,6 +138,69 @@ mv {target}.partial {target}
     return [unpack, link]
 
 
+def named_files(value, where: str = "") -> list[tuple[str, str]]:
+    """Every file MAS's config names, with its setting: (`clients[0].client_secret_file`, path)."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            setting = f"{where}.{key}" if where else key
+            if isinstance(item, str) and (key.endswith("_file") or key in ("keys_dir", "wasm_module")):
+                found.append((setting, item))
+            else:
+                found += named_files(item, setting)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += named_files(item, f"{where}[{i}]")
+    return found
+
+
+def gate(config: dict) -> str:
+    """What a MAS config must pass before it goes live: what MAS 1.22.0 checks at start, before it is live.
+
+    `mas-cli config check` only parses (it opens no file: crates/cli/src/commands/config.rs), so also:
+    `templates check` (templates, translations and the site settings), every file the config names
+    readable by MAS's user (MAS reads client and provider secrets at `config sync`, keys at `server`
+    start, the SMTP password with the mailer: a missing or unreadable one stops MAS then), and
+    `config sync --dry-run` against the candidate, which builds MAS's encrypter from `encryption_file`
+    (MAS's own check of the key) and connects to the database with the candidate's settings. The
+    signing keys' and encryption key's contents come from the secrets store, checked before any
+    connection (secrets.py), as no mas-cli command loads keys without starting the server.
+    """
+    run = f"runuser -u {MAS_USER} --"
+    steps = [
+        f"cd {MAS_CURRENT}",
+        f"{run} ./mas-cli config check --config {MAS_CONFIG}",
+        f"{run} ./mas-cli templates check --config {MAS_CONFIG}",
+    ]
+    for setting, path in named_files(config):
+        test = "test -d" if setting.endswith("keys_dir") else "head -c0 --"
+        steps.append(
+            f"{{ {run} {test} {shlex.quote(path)} || {{ echo {shlex.quote(f'{setting}: MAS (user {MAS_USER}) cannot read {path}; it reads it when it syncs or starts')}; false; }}; }}"
+        )
+    steps.append(f"{run} ./mas-cli config sync --dry-run --config {MAS_CONFIG}")
+    return " && ".join(steps)
+
+
+def prune_without_providers(cli: str) -> str:
+    """`config sync --prune` (it removes the client MAS kept for Synapse in msc3861 mode), unless it would also
+    delete upstream providers: --prune deletes every disabled provider with its users' links
+    (crates/cli/src/sync.rs), such as one an operator removed from the settings for a while. Then a plain
+    sync, and the client is left for the operator to prune once they have decided."""
+    return f"""
+set -e
+out=$({cli} config sync --prune --dry-run --config {MAS_CONFIG} 2>&1) || {{ echo "$out" >&2; exit 1; }}
+if printf '%s\n' "$out" | grep -q 'Deleting provider'; then
+    echo "MAS kept its client for Synapse ({MSC3861_CLIENT_ID}): config sync --prune would also delete these" \
+        "upstream providers (no longer in the settings) with their users' links:" >&2
+    printf '%s\n' "$out" | grep 'Deleting provider' >&2
+    echo "Run mas-cli config sync --prune yourself once they may go." >&2
+    {cli} config sync --config {MAS_CONFIG}
+else
+    {cli} config sync --prune --config {MAS_CONFIG}
+fi
+"""
+
+
 @deploy("matrix-authentication-service")
 def install(d: Deployment):
     system_user("MAS", MAS_USER, MAS_HOME)
@@ -138,30 +209,23 @@ def install(d: Deployment):
     host_state.directory("MAS secrets directory", MAS_SECRETS, "root", MAS_USER, "750")
     release = _release(d)
     changes = list(release)
-    secret_files = dict(SECRET_FILES)
-    if d.settings.auth_mode == "msc3861":
-        secret_files["synapse_client_secret"] = "msc3861_client_secret"
-    if d.settings.admin_user:
-        secret_files["admin_client_secret"] = "mas_admin_client_secret"
-    else:
-        changes.append(host_state.absent("No MAS client secret for Synapse (native mode)",
-                                         f"{MAS_SECRETS}/synapse_client_secret"))  # fmt: skip
-    for name, secret in secret_files.items():
+    for path, content in secret_files(d).items():
         changes.append(
-            host_state.secret(
-                f"MAS secret {name}",
-                f"{MAS_SECRETS}/{name}",
-                # Exactly the value: MAS reads encryption_file byte for byte (64 hex digits, no newline).
-                d.secrets[secret].strip(),
-                user=MAS_USER,
-                group=MAS_USER,
-            )
+            host_state.secret(f"MAS secret {path.rsplit('/', 1)[1]}", path, content, user=MAS_USER, group=MAS_USER)
         )
+    present = [p for p in host_state.current().paths if p.startswith(MAS_SECRETS + "/")]
+    for path in secret_table.stale(d.settings, "mas", present):
+        changes.append(host_state.absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path))
+    p = d.settings.placement
+    # Before the gate: its `config sync --dry-run` runs the new release's database migrations (config.rs).
+    dump_before_migration(
+        d, "mas", "mas", p.reach(p.mas, p.db), f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"', release
+    )
     changes.append(
         install_checked(
             MAS_CONFIG,
             render_config(d, host_state.current()),
-            check=f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli config check --config {MAS_CONFIG}",
+            check=gate(config(d, host_state.current())),
             user="root",
             group=MAS_USER,
             mode="640",
@@ -180,21 +244,17 @@ def install(d: Deployment):
             config=MAS_CONFIG,
         )
     )
+    for path in secret_table.stale(d.settings, "mas-admin", []):
+        host_state.absent(f"No stale MAS admin API file {path.rsplit('/', 1)[1]}", path)
     marked = restarts.mark("mas", changes)
-    p = d.settings.placement
-    dump_before_migration(
-        d, "mas", "mas", p.reach(p.mas, p.db), f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"', release
-    )
     cli = f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli"
-    # Moving from msc3861 to native: --prune removes the client MAS kept for Synapse (no longer in the config).
-    prune = " --prune" if auth_mode.migrating_to_native(d) else ""
+    sync = f"{cli} config sync --config {MAS_CONFIG}"
+    if auth_mode.migrating_to_native(d):
+        sync = prune_without_providers(cli)
     if (migrate := restarts.due("mas", marked)) is not None:
         remote.shell(
             name="MAS database migrations and config sync",
-            commands=[
-                f"{cli} database migrate --config {MAS_CONFIG}",
-                f"{cli} config sync{prune} --config {MAS_CONFIG}",
-            ],
+            commands=[f"{cli} database migrate --config {MAS_CONFIG}", sync],
             _if=migrate,
         )
     restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_health_port}/health", marked)
@@ -210,8 +270,7 @@ def admin_user(d: Deployment):
     An existing user is left as it is.
     """
     user, port = d.settings.admin_user, d.settings.mas_health_port
-    curl_config = f"{MAS_SECRETS}/admin_api.curl"
-    password_body = f"{MAS_SECRETS}/admin_password.json"
+    curl_config, password_body = ADMIN_API_CREDENTIALS, ADMIN_PASSWORD_BODY
     host_state.secret("MAS admin API client credentials", curl_config,
                       f'user = "{MAS_ADMIN_CLIENT_ID}:{d.secrets["mas_admin_client_secret"]}"\n', "root", "root")  # fmt: skip
     host_state.secret("MAS admin password", password_body,
@@ -235,7 +294,18 @@ if curl -fsS -H @"$work/auth" {api}/api/admin/v1/users/by-username/{user} > /dev
     echo "MAS user {user} already exists; left as it is"
 else
     printf '{{"username": "{user}"}}' > "$work/new"
-    curl -fsS -H @"$work/auth" -H 'Content-Type: application/json' -d @"$work/new" {api}/api/admin/v1/users > "$work/user"
+    status=$(curl -sS -o "$work/user" -w '%{{http_code}}' -H @"$work/auth" -H 'Content-Type: application/json' \
+        -d @"$work/new" {api}/api/admin/v1/users)
+    if [ "$status" = 409 ]; then
+        echo "MAS refused to create admin_user {user} (409: $(cat "$work/user")): Synapse already has a user" \
+            "named {user} that MAS does not know (made before MAS took over logins). Either set admin_user to" \
+            "a name nobody has, or bring Synapse's existing users into MAS first (mas-cli syn2mas); the next" \
+            "run then finds {user} in MAS and leaves it as it is." >&2
+        exit 1
+    elif [ "$status" != 201 ]; then
+        echo "MAS refused to create admin_user {user} ($status: $(cat "$work/user"))" >&2
+        exit 1
+    fi
     id=$(grep -o '"id" *: *"[0-9A-Za-z]*"' "$work/user" | head -1 | cut -d'"' -f4)
     curl -fsS -H @"$work/auth" -H 'Content-Type: application/json' -d @{password_body} \
         {api}/api/admin/v1/users/$id/set-password > /dev/null

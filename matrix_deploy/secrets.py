@@ -10,6 +10,7 @@ means new database passwords, a new shared secret and a new Synapse signing key.
 
 import base64
 import os
+import re
 import secrets
 import stat
 import string
@@ -62,6 +63,37 @@ GENERATORS = {
     # msc3861 mode: the client secret of MAS's client for Synapse
     "msc3861_client_secret": _password,
 }
+# Secrets only the operator can put in the store (another service issued them): never generated.
+OPERATOR_SUPPLIED = {
+    "mas_smtp_password": "the SMTP password of mas_email_smtp_username",
+}
+# An upstream provider's client secret: mas_upstream_client_secret_<provider id>.
+UPSTREAM_SECRET = re.compile(r"^mas_upstream_client_secret_([0123456789ABCDEFGHJKMNPQRSTVWXYZ]{26})$")
+
+
+def known(name: str) -> bool:
+    return name in GENERATORS or name in OPERATOR_SUPPLIED or bool(UPSTREAM_SECRET.match(name))
+
+
+def _explain_missing(name: str) -> str:
+    if name in OPERATOR_SUPPLIED:
+        return OPERATOR_SUPPLIED[name]
+    return f"the client secret upstream provider {UPSTREAM_SECRET.match(name).group(1)} gave you"
+
+
+def _private_key_problem(value: str) -> str | None:
+    """Why MAS could not load this signing key (PEM or DER of PKCS#1, PKCS#8 or SEC1, unencrypted), or None."""
+    try:
+        key = serialization.load_pem_private_key(value.encode(), password=None)
+    except (ValueError, TypeError) as error:
+        return f"not an unencrypted PEM private key ({error})"
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        return f"a {type(key).__name__} key; MAS signs with RSA or EC (P-256, P-384, secp256k1) keys"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name not in ("secp256r1", "secp384r1", "secp256k1"):
+        return f"an EC key on {key.curve.name}; MAS supports P-256, P-384 and secp256k1"
+    return None
+
+
 # Secrets an operator may set by hand in the store, with the shortest value accepted.
 MIN_LENGTH = {
     "matrix_shared_secret": 32,
@@ -172,8 +204,11 @@ def _read(path: Path, identity_file: Path | None = None) -> dict[str, str]:
 def _check(path: Path, values: dict[str, str]) -> None:
     problems = []
     for name, value in values.items():
-        if name not in GENERATORS:
-            problems.append(f"secrets store {path}: unknown secret {name!r}; expected one of {', '.join(GENERATORS)}")
+        if not known(name):
+            problems.append(
+                f"secrets store {path}: unknown secret {name!r}; expected one of {', '.join(GENERATORS)}, "
+                f"{', '.join(OPERATOR_SUPPLIED)} or mas_upstream_client_secret_<provider id>"
+            )
         elif len(value.strip()) < MIN_LENGTH.get(name, 1):
             problems.append(
                 f"secrets store {path}: {name} is {len(value.strip())} characters long; "
@@ -183,6 +218,12 @@ def _check(path: Path, values: dict[str, str]) -> None:
         problems.append(f"secrets store {path}: mas_encryption_key: expected 64 hex digits")
     elif "mas_encryption_key" in values and len(values["mas_encryption_key"].strip()) != 64:
         problems.append(f"secrets store {path}: mas_encryption_key: expected 64 hex digits")
+    # MAS loads its signing keys only when its server starts: a key it cannot load is refused here instead.
+    for name in ("mas_signing_key_rsa", "mas_signing_key_ec"):
+        if name in values and (problem := _private_key_problem(values[name])):
+            problems.append(
+                f"secrets store {path}: {name}: {problem}; expected a PEM private key (delete the entry to have one generated)"
+            )
     if problems:
         raise SettingsError(problems)
 
@@ -213,6 +254,14 @@ def load(path: Path, wanted: list[str], identity_file: Path | None = None) -> Se
     """Read the store, generate and save the wanted secrets it lacks, and return them all."""
     values = _read(path, identity_file) if path.exists() else {}
     _check(path, values)
+    absent = [name for name in wanted if name not in values and name not in GENERATORS]
+    if absent:
+        raise SettingsError(
+            [
+                f"secrets store {path}: {name} is missing: expected {_explain_missing(name)}, put there by hand"
+                for name in absent
+            ]
+        )
     missing = [name for name in wanted if name not in values]
     if missing:
         values.update({name: GENERATORS[name]() for name in missing})

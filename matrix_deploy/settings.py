@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import locks
+from . import locks, mas_settings
 
 ROLES = ("db", "mas", "synapse", "proxy")
 SINGLE_INSTANCE_ROLES = ("db", "mas", "synapse")
@@ -23,6 +23,8 @@ AUTH_MODES = ("native", "msc3861")
 NATIVE_MIN_SYNAPSE = (1, 136, 0)
 # The newest Synapse that still has `experimental_features.msc3861` (1.157.0 removed it).
 MSC3861_MAX_SYNAPSE = (1, 156, 0)
+# The first Synapse whose msc3861 section reads `client_secret_path` and `admin_token_path` (files, not values).
+MSC3861_MIN_SYNAPSE = (1, 125, 0)
 # The first Synapse with the MAS API (/_synapse/mas) that MAS's `synapse` kind calls.
 MAS_API_MIN_SYNAPSE = (1, 135, 0)
 # The client MAS keeps for Synapse in msc3861 mode (a valid ULID).
@@ -69,9 +71,16 @@ MAS_FORBIDDEN = {
     "matrix": "it is rendered from the Synapse settings and the shared secret",
     "database": "the database is managed by this deployment",
     "secrets": "the secrets come from the secrets store",
+    "email": "set the mas_email_* settings instead (the SMTP password comes from the secrets store)",
+    "upstream_oauth2": "set mas_upstream_providers instead (client secrets come from the secrets store)",
+}
+# Keys of MAS's `account` section rendered from settings.
+MAS_ACCOUNT_FORBIDDEN = {
+    "password_registration_enabled": "set mas_password_registration instead",
+    "password_registration_token_required": "set mas_registration_token_required instead",
+    "registration_token_required": "set mas_registration_token_required instead",
 }
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
-LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
 VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 OUR_PREFIXES = ("matrix_", "mas_", "synapse_", "postgres_", "tls_", "admin_", "auth_", "secrets_", "backup_")
@@ -175,6 +184,16 @@ class Settings:
     backup_dir: str
     backup_keep: int
     placement: Placement
+    # Registration, email and upstream providers (mas_settings.py).
+    mas_features: mas_settings.MasSettings = field(default=mas_settings.MasSettings(False, False, None, ()), hash=False)
+
+    @property
+    def mas_email(self) -> mas_settings.Email | None:
+        return self.mas_features.email
+
+    @property
+    def mas_upstream_providers(self) -> tuple[mas_settings.Provider, ...]:
+        return self.mas_features.providers
 
     @property
     def mas_homeserver_kind(self) -> str:
@@ -214,6 +233,7 @@ DEPLOYMENT_KEYS = (
     "secrets_age_identity",
     "backup_dir",
     "backup_keep",
+    *mas_settings.KEYS,
 )
 HOST_KEYS = ("internal_address",)
 # Settings that are gone, and why: an inventory that still sets one is told what to do instead.
@@ -387,6 +407,13 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
             "1.156.0 or older with auth_mode 'msc3861' (1.157.0 removed experimental_features.msc3861; "
             "1.156.0 is the newest that has it), or auth_mode 'native'",
         )
+    if synapse_version and auth_mode == "msc3861" and version_tuple(synapse_version) < MSC3861_MIN_SYNAPSE:
+        c.bad(
+            "synapse_version",
+            synapse_version,
+            "1.125.0 or newer with auth_mode 'msc3861' (the first whose msc3861 section reads client_secret_path "
+            "and admin_token_path: secrets stay in files)",
+        )
     if synapse_version and not locks.path(synapse_version).is_file():
         c.bad(
             "synapse_version",
@@ -425,7 +452,12 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
         problems.append(
             "tls_certificate and tls_certificate_key: expected both set (your certificate) or neither (self-signed)"
         )
-    admin_user = c.text("admin_user", LOCALPART, "a user name (localpart) of a-z, 0-9 and ._=/+-", required=False)
+    admin_user = c.text(
+        "admin_user",
+        mas_settings.ADMIN_USER,
+        "a user name MAS accepts: 1 to 255 of a-z, 0-9 and . _ = + -, not starting with _",
+        required=False,
+    )
     secrets_dir = first.get("secrets_dir")
     if not isinstance(secrets_dir, str) or not secrets_dir:
         c.bad("secrets_dir", secrets_dir, "a directory path on this machine")
@@ -449,6 +481,11 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
         c.bad("backup_keep", backup_keep, "a whole number of dumps to keep, 1 or more")
     synapse_extra = c.mapping("synapse_extra_config", SYNAPSE_FORBIDDEN)
     mas_extra = c.mapping("mas_extra_config", MAS_FORBIDDEN)
+    if isinstance(mas_extra.get("account"), dict):
+        for name in mas_extra["account"]:
+            if name in MAS_ACCOUNT_FORBIDDEN:
+                problems.append(f"mas_extra_config.account.{name}: not allowed ({MAS_ACCOUNT_FORBIDDEN[name]})")
+    mas_features = mas_settings.load(first, problems)
     placement = _placement(hosts, groups, problems)
 
     problems = problems + c.problems
@@ -476,4 +513,5 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
         backup_dir=backup_dir.rstrip("/"),
         backup_keep=backup_keep,
         placement=placement,
+        mas_features=mas_features,
     )

@@ -4,7 +4,7 @@ import shlex
 
 from pyinfra.api import deploy
 
-from . import auth_mode, host_state, locks, remote, restarts
+from . import auth_mode, host_state, locks, remote, restarts, secret_table
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -24,17 +24,22 @@ from .yaml_config import deep_merge, dump
 
 
 def secret_contents(d: Deployment) -> dict[str, str]:
-    """Files in /etc/synapse/secrets and what they hold."""
+    """Files in /etc/synapse/secrets this host has (secret_table.py) and what they hold."""
     s, p = d.settings, d.settings.placement
     db_host = p.reach(p.synapse, p.db).replace("\\", "\\\\").replace(":", "\\:")  # pgpass escapes : and \
-    return {
+    wanted = secret_table.files(s, "synapse")
+    contents = {
         "signing.key": d.secrets["synapse_signing_key"],
         "macaroon_secret_key": d.secrets["synapse_macaroon_secret_key"] + "\n",
         "form_secret": d.secrets["synapse_form_secret"] + "\n",
         "mas_secret": d.secrets["matrix_shared_secret"] + "\n",
         # libpq's password file: host:port:database:user:password
         "pgpass": f"{db_host}:{s.postgres_port}:synapse:synapse:{d.secrets['synapse_db_password']}\n",
-    } | ({"mas_client_secret": d.secrets["msc3861_client_secret"] + "\n"} if s.auth_mode == "msc3861" else {})
+    }
+    if f"{SYNAPSE_SECRETS}/mas_client_secret" in wanted:
+        contents["mas_client_secret"] = d.secrets["msc3861_client_secret"] + "\n"
+    assert set(wanted) == {f"{SYNAPSE_SECRETS}/{name}" for name in contents}, "secret_table.py and Synapse disagree"
+    return contents
 
 
 def config(d: Deployment, own_addresses=None) -> dict:
@@ -91,12 +96,15 @@ def config(d: Deployment, own_addresses=None) -> dict:
             "msc3861": {
                 "enabled": True,
                 "issuer": s.mas_public_url,
-                # MAS's metadata given here, so introspection goes to MAS's internal address, not the public one.
+                # Given here, Synapse never fetches MAS's metadata from the public issuer URL (msc3861_delegated.py
+                # `_load_metadata`). Synapse publishes it as given at auth_metadata, so it holds public values only:
+                # clients get MAS's full document from MAS itself (nginx routes auth_metadata there).
                 "issuer_metadata": {
                     "issuer": s.mas_public_url,
-                    "introspection_endpoint": f"{mas_internal}oauth2/introspect",
                     "account_management_uri": f"{s.mas_public_url}account/",
                 },
+                # Introspection at MAS's internal address (`_introspection_endpoint` prefers this option).
+                "introspection_endpoint": f"{mas_internal}oauth2/introspect",
                 "client_id": MSC3861_CLIENT_ID,
                 "client_auth_method": "client_secret_basic",
                 "client_secret_path": f"{SYNAPSE_SECRETS}/mas_client_secret",
@@ -151,6 +159,8 @@ def install(d: Deployment):
                 f"Synapse secret {name}", f"{SYNAPSE_SECRETS}/{name}", content, user=SYNAPSE_USER, group=SYNAPSE_USER
             )
         )
+    for path in secret_table.stale(s, "synapse", []):
+        changes.append(host_state.absent(f"No stale Synapse secret {path.rsplit('/', 1)[1]}", path))
     changes.append(
         host_state.put(
             "Synapse log config",

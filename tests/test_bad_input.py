@@ -78,7 +78,57 @@ BAD = [
     ({"mas_extra_config": {"secrets": {}}}, "mas_extra_config.secrets: not allowed"),
     ({"auth_mode": "oauth"}, "auth_mode = 'oauth'"),
     ({"synapse_verison": "1.163.2"}, "did you mean synapse_version?"),
-]
+    # MAS settings (issue 11): the rules MAS 1.22.0 applies when it loads its config, checked here first.
+    (
+        {"auth_mode": "msc3861", "synapse_version": "1.124.0"},
+        "synapse_version = '1.124.0': expected 1.125.0 or newer with auth_mode 'msc3861'",
+    ),
+    ({"admin_user": "_admin"}, "admin_user = '_admin': expected a user name MAS accepts"),
+    ({"admin_user": "ops/admin"}, "admin_user = 'ops/admin': expected a user name MAS accepts"),
+    ({"mas_password_registration": "yes"}, "mas_password_registration = 'yes': expected true or false"),
+    ({"mas_password_registration": True}, "mas_password_registration = True: expected email settings too"),
+    ({"mas_email_smtp_from": "a@b.org"}, "mas_email_smtp_from: unknown setting; did you mean mas_email_from?"),
+    ({"mas_email_from": "auth@example.org"}, "mas_email_from = 'auth@example.org': expected mas_email_smtp_host"),
+    (
+        {"mas_email_smtp_host": "smtp.example.org", "mas_email_from": "auth@example.org", "mas_email_smtp_mode": "ssl"},
+        "mas_email_smtp_mode = 'ssl': expected one of plain, starttls, tls",
+    ),
+    ({"mas_email_smtp_host": "smtp.example.org"}, "mas_email_from is not set: expected the sender address"),
+    (
+        {"mas_email_smtp_host": "smtp.example.org", "mas_email_from": "Auth Service"},
+        "mas_email_from = 'Auth Service': expected an email address",
+    ),
+    (
+        {"mas_email_smtp_host": "smtp.example.org", "mas_email_from": "a@example.org", "mas_email_smtp_port": 0},
+        "mas_email_smtp_port = 0: expected a TCP port number",
+    ),
+    ({"mas_upstream_providers": [{"id": "google", "issuer": "https://accounts.google.com", "client_id": "c"}]},
+     "mas_upstream_providers[0].id = 'google': expected a ULID"),
+    ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "client_id": "c"}]},
+     "mas_upstream_providers[0].issuer = None: expected the provider's https issuer URL"),
+    ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
+                                  "client_id": "c", "scope": "profile email"}]},
+     "mas_upstream_providers[0].scope = 'profile email': expected scopes separated by single spaces, including openid"),
+    ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
+                                  "client_id": "c", "token_endpoint_auth_method": "private_key_jwt"}]},
+     "token_endpoint_auth_method = 'private_key_jwt': expected one of client_secret_basic, client_secret_post, none"),
+    ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
+                                  "client_id": "c", "claims": {"skip_confirmation": True}}]},
+     "mas_upstream_providers[0].claims.localpart.action: must be `require` when skip_confirmation is true"),
+    ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
+                                  "client_id": "c", "claims": {"localpart": {"on_conflict": "add"}}}]},
+     "claims.localpart.action: must be `force` or `require` when on_conflict is `add`"),
+    ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
+                                  "client_id": "c", "claims": {"email": {"action": "always"}}}]},
+     "claims.email.action = 'always': expected one of ignore, suggest, force, require"),
+    ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
+                                  "client_id": "c", "client_secret": "inline"}]},
+     "mas_upstream_providers[0].client_secret: unknown"),
+    ({"mas_extra_config": {"email": {"transport": "blackhole"}}}, "mas_extra_config.email: not allowed"),
+    ({"mas_extra_config": {"upstream_oauth2": {"providers": []}}}, "mas_extra_config.upstream_oauth2: not allowed"),
+    ({"mas_extra_config": {"account": {"password_registration_enabled": True}}},
+     "mas_extra_config.account.password_registration_enabled: not allowed"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("settings, expected", BAD, ids=[m.split(":")[0].split(" ")[0] for _, m in BAD])
@@ -97,9 +147,15 @@ def test_bad_setting_stops_before_any_connection(settings, expected, tmp_path):
         ("matrix_shared_secret: " + "x" * 40 + "\n", 0o644, "has mode 0644: expected 0600"),
         ("{unclosed: [\n", 0o600, "is not valid YAML"),
         ("some_token: " + "x" * 40 + "\n", 0o600, "unknown secret 'some_token'"),
+        # MAS loads its signing keys only when its server starts, and reads encryption_file byte for byte.
+        ("mas_signing_key_rsa: not a key\n", 0o600, "mas_signing_key_rsa: not an unencrypted PEM private key"),
+        ("mas_signing_key_ec: |\n  -----BEGIN PRIVATE KEY-----\n  MIIB\n  -----END PRIVATE KEY-----\n", 0o600,
+         "mas_signing_key_ec: not an unencrypted PEM private key"),
+        ("mas_encryption_key: " + "g" * 64 + "\n", 0o600, "mas_encryption_key: expected 64 hex digits"),
     ],
-    ids=["short-secret", "store-mode", "store-damaged", "store-unknown-entry"],
-)
+    ids=["short-secret", "store-mode", "store-damaged", "store-unknown-entry", "store-bad-rsa-key",
+         "store-bad-ec-key", "store-bad-encryption-key"],
+)  # fmt: skip
 def test_bad_secrets_store_stops_before_any_connection(store, mode, expected, tmp_path):
     path = tmp_path / "secrets" / "probe.yaml"
     path.parent.mkdir(mode=0o700)
@@ -109,3 +165,33 @@ def test_bad_secrets_store_stops_before_any_connection(store, mode, expected, tm
     assert result.returncode == 2 and connections == 0
     assert expected in result.stderr, result.stderr
     assert path.read_text() == store, "a refused store is never rewritten"
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (
+            {
+                "mas_email_smtp_host": "smtp.example.org",
+                "mas_email_from": "auth@example.org",
+                "mas_email_smtp_username": "auth",
+            },
+            "mas_smtp_password is missing: expected the SMTP password of mas_email_smtp_username, put there by hand",
+        ),
+        (
+            {
+                "mas_upstream_providers": [
+                    {"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/", "client_id": "c"}
+                ]
+            },
+            "mas_upstream_client_secret_01JCN7R2CGXQJ2XKM3Z5E9Q1VB is missing: expected the client secret upstream"
+            " provider 01JCN7R2CGXQJ2XKM3Z5E9Q1VB gave you",
+        ),
+    ],  # fmt: skip
+    ids=["smtp-password-missing", "provider-secret-missing"],
+)
+def test_secrets_only_the_operator_has_must_be_in_the_store(settings, expected, tmp_path):
+    """They cannot be generated: a run stops before any connection and says which entry to add."""
+    result, connections = run({**GOOD, **settings}, tmp_path)
+    assert result.returncode == 2 and connections == 0
+    assert expected in result.stderr, result.stderr

@@ -106,16 +106,22 @@ def test_internal_endpoints_are_not_reachable_from_outside(stack):
 
 def test_secret_files_belong_to_their_service_only(stack):
     host, _, _ = stack
-    listing = ssh(host, "stat -c '%U %G %a %n' /etc/synapse/secrets/* /etc/mas/secrets/* /etc/nginx/tls/*.key").stdout
+    listing = ssh(
+        host,
+        "stat -c '%U %G %a %n' /etc/synapse/secrets/* /etc/mas/secrets/* /etc/nginx/tls/*.key"
+        " /var/lib/matrix-deploy/mas-admin-*",
+    ).stdout
     modes = {line.split()[3]: tuple(line.split()[:3]) for line in listing.splitlines()}
     assert modes["/etc/synapse/secrets/mas_secret"] == ("synapse", "synapse", "400")
     assert modes["/etc/mas/secrets/matrix_secret"] == ("mas", "mas", "400")
     assert modes["/etc/nginx/tls/matrix-deploy.key"] == ("root", "root", "400")
-    assert len(modes) >= 12
+    assert len(modes) >= 14
+    # The deploy's admin API credentials are not in /etc/mas/secrets, which the mas group can traverse.
+    assert not any(name.endswith(("admin_api.curl", "admin_password.json")) for name in modes)
     for path, (user, _group, mode) in modes.items():
         assert mode == "400", path
         # The admin API credentials and the admin password are for the deploy (root), not for MAS.
-        root_only = path in ("/etc/mas/secrets/admin_api.curl", "/etc/mas/secrets/admin_password.json")
+        root_only = path.startswith("/var/lib/matrix-deploy/")
         owner = (
             "synapse" if "/synapse/" in path else "mas" if path.startswith("/etc/mas/") and not root_only else "root"
         )

@@ -190,14 +190,6 @@ _set.DELETE = object()
         (_set("database.port", 70000), "database.port"),
         (_set("http.listeners.0.resources", [{"name": "bogus"}]), "http.listeners[0].resources[0].name"),
         (_set("clients.0.client_id", "synapse"), "clients[0].client_id"),
-        (
-            _set("matrix.secret_file", "/nonexistent/matrix_secret"),
-            "matrix.secret_file: could not read file /nonexistent/matrix_secret",
-        ),
-        (_set("database.password_file", "/nonexistent/pw"), "database.password_file: could not read file"),
-        (_set("secrets.keys.0.key_file", "/nonexistent/key"), "secrets.keys[0].key_file: could not read file"),
-        (_set("clients.0.client_secret_file", "/nonexistent/cs"), "clients[0].client_secret_file: could not read file"),
-        (_set("secrets.encryption_file", "/nonexistent/key"), "secrets.encryption_file: could not read file"),
         (_set("matrix.secret", "inline-secret"), "matrix: Cannot specify both `secret` and `secret_file`"),
         (_set("matrix.secret_file", _set.DELETE), "matrix: Missing `secret` or `secret_file`"),
         (_set("database.password", "inline"), "database: password must not be specified if password_file is specified"),
@@ -217,12 +209,149 @@ def test_config_check_rejects_a_bad_config_naming_the_setting(mas_cli, config, c
     assert "looks good" not in result.stderr
 
 
-def test_an_encryption_file_with_a_trailing_newline_is_refused_as_mas_does(mas_cli, config):
+@pytest.mark.parametrize(
+    "change",
+    [
+        _set("matrix.secret_file", "/nonexistent/matrix_secret"),
+        _set("database.password_file", "/nonexistent/pw"),
+        _set("secrets.keys.0.key_file", "/nonexistent/key"),
+        _set("clients.0.client_secret_file", "/nonexistent/cs"),
+        _set("secrets.encryption_file", "/nonexistent/key"),
+    ],
+    ids=["matrix-secret", "database-password", "key", "client-secret", "encryption"],
+)
+def test_config_check_opens_none_of_the_files_the_config_names_as_mas(mas_cli, config, change):
+    """MAS 1.22.0's `config check` only parses (crates/cli/src/commands/config.rs): a stricter double hides bugs."""
+    result = run(mas_cli, "config", "check", "--config", config(change))
+    assert result.returncode == 0, result.stderr
+    assert "Configuration file looks good" in result.stderr
+
+
+def test_a_bad_encryption_file_passes_config_check_and_fails_config_sync_before_the_database(mas_cli, config):
     key = config.dir / "encryption_key"
     key.write_text(key.read_text() + "\n")
-    result = run(mas_cli, "config", "check", "--config", config())
+    path = config(_set("database.port", 9))  # nothing listens there: reaching the database would say so
+    assert run(mas_cli, "config", "check", "--config", path).returncode == 0
+    result = run(mas_cli, "config", "sync", "--dry-run", "--config", path)
     assert result.returncode == 1
-    assert "secrets.encryption_file" in result.stderr and "trailing newline" in result.stderr
+    assert "Content of `encryption_file` must contain hex characters encoding exactly 32 bytes" in result.stderr
+    assert "trailing newline" in result.stderr and "could not connect" not in result.stderr
+    key.write_text(key.read_text().strip())
+    again = run(mas_cli, "config", "sync", "--dry-run", "--config", path)
+    assert "could not connect to the database at 127.0.0.1:9" in again.stderr, "with a good key it goes on"
+
+
+KEY_PROBE = """
+import sys
+from mas_standin import config
+for path in sys.argv[1:]:
+    try:
+        config.key_store({"keys": [{"kid": "k", "key_file": path}]})
+        print(path, "ok")
+    except config.Invalid as error:
+        print(path, error)
+"""
+
+
+def test_signing_keys_load_as_mas_loads_them_when_the_server_starts(mas_cli, tmp_path):
+    """mas_keystore's PrivateKey::load: PKCS#1, PKCS#8 or SEC1, PEM or DER (read by `server`, not `config check`)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    good = []
+    for key in (rsa.generate_private_key(65537, 2048), ec.generate_private_key(ec.SECP256R1())):
+        for fmt in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
+            for encoding in (serialization.Encoding.PEM, serialization.Encoding.DER):
+                path = tmp_path / f"key{len(good)}"
+                path.write_bytes(key.private_bytes(encoding, fmt, serialization.NoEncryption()))
+                good.append(str(path))
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n")
+    out = subprocess.run(["/usr/bin/python3", "-c", KEY_PROBE, *good, str(bad)], env={"PYTHONPATH": str(mas_cli)},
+                         capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert out[:-1] == [f"{path} ok" for path in good]
+    assert "could not import keys from config" in out[-1]
+
+
+PROVIDER = {"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/", "client_id": "matrix",
+            "token_endpoint_auth_method": "client_secret_basic", "client_secret_file": "/nonexistent/idp"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda c: c.update(upstream_oauth2={"providers": [{**PROVIDER, "issuer": None}]}),
+            "upstream_oauth2.providers[0]: The `issuer` field is required when discovery is enabled",
+        ),
+        (
+            lambda c: c.update(
+                upstream_oauth2={"providers": [{k: v for k, v in PROVIDER.items() if k != "client_secret_file"}]}
+            ),
+            "upstream_oauth2.providers[0]: missing field `client_secret`",
+        ),
+        (
+            lambda c: c.update(
+                upstream_oauth2={"providers": [{**PROVIDER, "claims_imports": {"skip_confirmation": True}}]}
+            ),
+            "claims_imports.localpart: The field `action` must be `require` when `skip_confirmation` is set to `true`",
+        ),
+        (
+            lambda c: c.update(upstream_oauth2={"providers": [{**PROVIDER, "id": "google"}]}),
+            "upstream_oauth2.providers[0].id",
+        ),
+        (
+            lambda c: c.update(email={"transport": "smtp", "hostname": "smtp.example.org", "from": "a@example.org"}),
+            "email.mode: missing field `mode`",
+        ),
+        (
+            lambda c: c.update(
+                email={"transport": "smtp", "mode": "tls", "hostname": "smtp.example.org", "username": "u"}
+            ),
+            "email.password: missing field `password`",
+        ),
+        (
+            lambda c: c.update(
+                email={"transport": "smtp", "mode": "tls", "hostname": "smtp.example.org", "from": "nobody"}
+            ),
+            "email.from: invalid email address",
+        ),
+    ],  # fmt: skip
+    ids=["issuer", "secret", "skip-confirmation", "id", "mode", "password", "from"],
+)
+def test_config_check_applies_mas_email_and_upstream_rules(mas_cli, config, change, expected):
+    result = run(mas_cli, "config", "check", "--config", config(change))
+    assert result.returncode == 1 and expected in result.stderr, result.stderr
+
+
+def test_config_check_accepts_what_the_product_renders_for_email_and_providers(mas_cli, config):
+    def change(c):
+        c["upstream_oauth2"] = {"providers": [PROVIDER]}  # the secret file is not opened by the check
+        c["email"] = {"transport": "smtp", "mode": "starttls", "hostname": "smtp.example.org", "port": 587,
+                      "from": '"Example" <auth@example.org>', "reply_to": '"Example" <auth@example.org>',
+                      "username": "auth", "password_file": "/nonexistent/smtp"}  # fmt: skip
+        c["account"] = {"password_registration_enabled": True, "password_registration_token_required": True}
+
+    result = run(mas_cli, "config", "check", "--config", config(change))
+    assert result.returncode == 0, result.stderr
+
+
+MIGRATIONS_OF = "from mas_standin import database; print(' '.join(str(m[0]) for m in database.available()))"
+
+
+def test_the_two_releases_have_different_schemas(mas_cli, tmp_path):
+    """1.22.0 has a migration 1.21.0 has not, so an upgrade really migrates (as MAS 1.22.0 added indexes)."""
+    older_tar, _ = build(tmp_path, "1.21.0")
+    with tarfile.open(older_tar) as tar:
+        tar.extractall(tmp_path / "older", filter="data")
+
+    def migrations(cli):
+        out = subprocess.run(["/usr/bin/python3", "-c", MIGRATIONS_OF], env={"PYTHONPATH": str(cli)},
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return out.stdout.split()
+
+    assert migrations(mas_cli) == ["1", "2", "3", "4"]
+    assert migrations(tmp_path / "older" / "mas-cli") == ["1", "2", "3"]
 
 
 def test_secrets_are_never_printed(mas_cli, config):
@@ -454,3 +583,51 @@ def test_refusals_log_no_secret_and_use_no_database(mas_cli):
     assert CLIENT_SECRET not in logs and "do-not-log-this-token" not in logs
     assert "Basic" not in logs and "Bearer" not in logs
     assert "the database was used" not in logs
+
+
+SERVE_HUMAN = """
+import sys, json
+from mas_standin import server
+from mas_standin.homeserver import SynapseConnection
+
+class NoDatabase:
+    def connection(self):
+        raise AssertionError("the database was used")
+
+config = {"http": {"public_base": "https://auth.example.org/", "listeners": []}, **json.loads(sys.argv[1])}
+app = server.App(config, NoDatabase(), SynapseConnection("example.org", "http://127.0.0.1:9/", "s"), bytes(32), None)
+resources = {"human": {"name": "human"}, "discovery": {"name": "discovery"}}
+handler = type("H", (server.Handler,), {"app": app, "resources": resources, "prefix": ""})
+listener = server._bind({"host": "127.0.0.1", "port": 0}, handler)
+print(listener.server_address[1], flush=True)
+listener.serve_forever()
+"""
+
+
+@pytest.mark.parametrize("enabled", [False, True], ids=["registration-off", "registration-on"])
+def test_password_registration_answers_as_mas_does(mas_cli, enabled):
+    """register/password.rs: off, GET redirects to the login page and POST is 405; discovery offers `create` only when on."""
+    extra = json.dumps({"account": {"password_registration_enabled": enabled}})
+    process = subprocess.Popen(["/usr/bin/python3", "-c", SERVE_HUMAN, extra], env={"PYTHONPATH": str(mas_cli)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{process.stdout.readline().strip()}"
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None
+
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            status, location = opener.open(f"{base}/register/password", timeout=10).status, None
+        except urllib.error.HTTPError as error:
+            status, location = error.code, error.headers.get("Location")
+        assert (status, location) == ((200, None) if enabled else (303, "https://auth.example.org/login"))
+        post = _call(f"{base}/register/password", b"username=x", FORM)[0]
+        assert post == (501 if enabled else 405)
+        discovery = json.loads(_call(f"{base}/.well-known/openid-configuration")[1])
+        assert discovery["prompt_values_supported"] == (["login", "create"] if enabled else ["login"])
+        assert all(v.startswith("https://auth.example.org/") for k, v in discovery.items() if k.endswith("_endpoint"))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

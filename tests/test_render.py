@@ -46,7 +46,7 @@ def test_mas_schema_check_catches_a_broken_config(deployment):
 
 def test_one_shared_secret_on_both_sides(deployment):
     synapse_side = synapse.secret_contents(deployment)["mas_secret"].strip()
-    mas_side = deployment.secrets[mas.SECRET_FILES["matrix_secret"]]
+    mas_side = mas.secret_files(deployment)["/etc/mas/secrets/matrix_secret"]
     assert synapse_side == mas_side
     assert yaml.safe_load(synapse.render_config(deployment))["matrix_authentication_service"] == {
         "enabled": True,

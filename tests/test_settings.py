@@ -93,7 +93,7 @@ def test_urls_are_normalised():
             "tls_certificate = '/nonexistent.crt': expected an existing file",
         ),
         ({"tls_certificate": "/etc/hostname"}, "tls_certificate and tls_certificate_key: expected both set"),
-        ({"admin_user": "Admin User"}, "admin_user = 'Admin User': expected a user name (localpart)"),
+        ({"admin_user": "Admin User"}, "admin_user = 'Admin User': expected a user name MAS accepts"),
         (
             {"postgres_version": 15},
             "postgres_version: no longer a setting: PostgreSQL's version follows each host's Debian release",

@@ -140,7 +140,12 @@ def foreign_with_name(name: str) -> int | None:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             args = _cmdline(int(entry.name))
-            if args and args[0].endswith("systemd-nspawn") and f"--machine={machine_name(name)}" in args and "-D" in args:
+            if (
+                args
+                and args[0].endswith("systemd-nspawn")
+                and f"--machine={machine_name(name)}" in args
+                and "-D" in args
+            ):
                 # Another lab's host of the same name (another checkout, MATRIX_DEPLOY_LAB_INDEX) is no conflict.
                 if Path(args[args.index("-D") + 1]).parent.parent != STATE_DIR:
                     return int(entry.name)

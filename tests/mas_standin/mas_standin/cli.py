@@ -46,7 +46,16 @@ SECTIONS = {
     ("manage", "issue-compatibility-token"): ("database", "matrix"),
     ("manage", "kill-sessions"): ("database",),
     ("manage", "provision-all-users"): ("database",),
-    ("templates", "check"): ("templates", "branding", "matrix", "account", "captcha", "experimental"),
+    ("templates", "check"): (
+        "templates",
+        "branding",
+        "matrix",
+        "experimental",
+        "passwords",
+        "account",
+        "captcha",
+        "oauth",
+    ),  # crates/cli/src/commands/templates.rs
 }
 NOT_IMPLEMENTED = {"doctor", "syn2mas", "add-email", "verify-email", "issue-user-registration-token", "lock-user",
                    "unlock-user", "generate"}  # fmt: skip
@@ -195,10 +204,14 @@ def run(command: str, sub: str | None, args, config: dict, paths: list[str]) -> 
     if command == "worker":
         return server.work(config)
     if (command, sub) == ("config", "sync"):
-        key = cfg.encryption_key(config["secrets"])  # MAS builds its encrypter first: a bad key stops here
+        # crates/cli/src/commands/config.rs: the encrypter first (a bad encryption file stops here, before the
+        # database), then the database, migrated (also with --dry-run), then sync.rs.
+        key = cfg.encryption_key(config["secrets"])
         conn = _connect(config)
         migrate(conn)
-        store.sync_clients(conn, config.get("clients") or [], key, args.prune, args.dry_run, cfg.client_secret)
+        upstream = (config.get("upstream_oauth2") or {}).get("providers") or []
+        store.config_sync(conn, upstream, config.get("clients") or [], key, args.prune, args.dry_run,
+                          cfg.client_secret, cfg.provider_secret)  # fmt: skip
         return 0
     if (command, sub) == ("database", "migrate"):
         applied = migrate(_connect(config))

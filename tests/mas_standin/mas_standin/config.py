@@ -1,4 +1,4 @@
-"""Loading and checking MAS's config.yaml the way MAS 1.22.0 does, plus file checks of the stand-in's own.
+"""Loading and checking MAS's config.yaml the way MAS 1.22.0 does.
 
 MAS merges the files given with `--config` (or `MAS_CONFIG`, `:`-separated, default `config.yaml`)
 with figment's `admerge`: mappings merge, lists are concatenated, later scalars win. Each command
@@ -7,11 +7,15 @@ extracts only the sections it uses (as MAS does): `database migrate` reads `data
 
 A section is checked against MAS 1.22.0's JSON schema (config.schema.json, embedded at build time),
 then with the checks MAS's deserialisation and `validate()` make (mutually exclusive options,
-listener and client rules...). Beyond MAS's own `config check`, which only parses, the stand-in also
-reads every file the config names (secret, password, key and encryption files): what MAS would only
-find out when `server` or `config sync` starts. The encryption file is held to MAS's exact rule:
-MAS hex-decodes the file's raw bytes, so it must hold exactly 64 hex digits and nothing else, not
-even a trailing newline (the other secret files are trimmed by MAS).
+listener, client, email and upstream provider rules...). Like MAS's `config check`
+(crates/cli/src/commands/config.rs: `RootConfig::extract` and nothing else), checking opens none of
+the files the config names: each file is read where MAS reads it, and fails there. The encryption
+file when `config sync` or `server` builds its encrypter (crates/config/src/sections/secrets.rs
+`encryption()`: MAS hex-decodes the file's raw bytes, so it must hold exactly 64 hex digits and
+nothing else, not even a trailing newline); client and provider secret files when `config sync`
+writes them (not with `--dry-run`, crates/cli/src/sync.rs); signing keys when `server` starts
+(`key_store()`); the database password when connecting; the matrix secret when talking to Synapse;
+the SMTP password when the mailer is built.
 """
 
 import ipaddress
@@ -295,11 +299,101 @@ def _check_passwords(passwords: dict) -> list[str]:
     return []
 
 
+_MAILBOX = re.compile(r'^(?:[^<>"]*|"[^"]*")\s*<[^<>@\s]+@[^<>@\s]+>$|^[^<>@\s"]+@[^<>@\s]+$')
+
+
+def _check_email(email: dict) -> list[str]:
+    """crates/config/src/sections/email.rs `EmailConfig::validate` (first problem only, as figment stops)."""
+    transport = email.get("transport")
+    if transport == "blackhole":
+        return []
+    for field in ("from", "reply_to"):
+        if not _MAILBOX.match(str(email.get(field, '"Authentication Service" <root@localhost>'))):
+            return [f"email.{field}: invalid email address"]
+    if transport == "smtp":
+        has_password = email.get("password") is not None or email.get("password_file") is not None
+        if email.get("username") is not None and not has_password:
+            return ["email.password: missing field `password`"]
+        if email.get("username") is None and has_password:
+            return ["email.username: missing field `username`"]
+        if _both(email, "password", "password_file"):
+            return ["email.password: duplicate field `password_file`"]
+        if email.get("mode") is None:
+            return ["email.mode: missing field `mode`"]
+        if email.get("hostname") is None:
+            return ["email.hostname: missing field `hostname`"]
+        if email.get("command") is not None:
+            return ["email.command: unknown field `command`"]
+    if transport == "sendmail":
+        if email.get("command") is None:
+            return ["email.command: missing field `command`"]
+        for field in ("mode", "hostname", "port"):
+            if email.get(field) is not None:
+                return [f"email.{field}: unknown field `{field}`"]
+    return []
+
+
+def _check_upstream_oauth2(upstream: dict) -> list[str]:
+    """crates/config/src/sections/upstream_oauth2.rs `UpstreamOAuth2Config::validate` (first problem only)."""
+    for i, provider in enumerate(upstream.get("providers") or []):
+        where = f"upstream_oauth2.providers[{i}]"
+        method = provider.get("token_endpoint_auth_method", "client_secret_basic")
+        has_secret = provider.get("client_secret") is not None or provider.get("client_secret_file") is not None
+        if _both(provider, "client_secret", "client_secret_file"):
+            return [f"{where}: Cannot specify both `client_secret` and `client_secret_file`"]
+        if provider.get("discovery_mode", "oidc") != "disabled" and provider.get("issuer") is None:
+            return [f"{where}: The `issuer` field is required when discovery is enabled"]
+        if method in ("none", "private_key_jwt", "sign_in_with_apple") and has_secret:
+            return [f"{where}: Unexpected field `client_secret` for the selected authentication method"]
+        if method in ("client_secret_basic", "client_secret_post", "client_secret_jwt") and not has_secret:
+            return [f"{where}: missing field `client_secret`"]
+        signing_alg = provider.get("token_endpoint_auth_signing_alg") is not None
+        if method in ("client_secret_jwt", "private_key_jwt") and not signing_alg:
+            return [f"{where}: missing field `token_endpoint_auth_signing_alg`"]
+        if method not in ("client_secret_jwt", "private_key_jwt") and signing_alg:
+            return [
+                f"{where}: Unexpected field `token_endpoint_auth_signing_alg` for the selected authentication method"
+            ]
+        if (method == "sign_in_with_apple") != (provider.get("sign_in_with_apple") is not None):
+            return [
+                f"{where}: missing field `sign_in_with_apple`"
+                if method == "sign_in_with_apple"
+                else f"{where}: Unexpected field `sign_in_with_apple` for the selected authentication method"
+            ]
+        claims = provider.get("claims_imports") or {}
+
+        def action(name, claims=claims):
+            return (claims.get(name) or {}).get("action", "ignore")
+
+        if claims.get("skip_confirmation"):
+            if action("localpart") != "require":
+                return [
+                    f"{where}.claims_imports.localpart: The field `action` must be `require` when "
+                    "`skip_confirmation` is set to `true`"
+                ]
+            for name in ("email", "displayname"):
+                if action(name) == "suggest":
+                    return [
+                        f"{where}.claims_imports.{name}: The field `action` must not be `suggest` when "
+                        "`skip_confirmation` is set to `true`"
+                    ]
+        if (claims.get("localpart") or {}).get("on_conflict", "fail") != "fail" and action("localpart") not in (
+            "force",
+            "require",
+        ):
+            return [
+                f"{where}.claims_imports.localpart: The field `action` must be either `force` or `require` when "
+                "`on_conflict` is set to `add`, `replace` or `set`"
+            ]
+    return []
+
+
 CHECKS = {"matrix": _check_matrix, "secrets": _check_secrets, "database": _check_database,
-          "clients": _check_clients, "http": _check_http, "passwords": _check_passwords}  # fmt: skip
+          "clients": _check_clients, "http": _check_http, "passwords": _check_passwords,
+          "email": _check_email, "upstream_oauth2": _check_upstream_oauth2}  # fmt: skip
 
 
-# ---------------------------------------------------------------- files (the stand-in's extra)
+# ---------------------------------------------------------------- files, read where MAS reads them
 
 
 def read_file(path: str, setting: str) -> bytes:
@@ -325,60 +419,17 @@ def encryption_key(secrets: dict) -> bytes:
                    f" exactly 32 bytes: {path} holds {len(raw)} bytes, expected exactly 64 hex digits{hint}"])  # fmt: skip
 
 
-def _check_files(config: dict, sections: tuple[str, ...]) -> list[str]:
-    wanted: list[tuple[str, str]] = []  # (setting, path)
-    matrix, secrets, database = config.get("matrix") or {}, config.get("secrets") or {}, config.get("database") or {}
-    if "matrix" in sections and matrix.get("secret_file") is not None:
-        wanted.append(("matrix.secret_file", matrix["secret_file"]))
-    if "database" in sections and database.get("password_file") is not None:
-        wanted.append(("database.password_file", database["password_file"]))
-    if "secrets" in sections:
-        for i, key in enumerate(secrets.get("keys") or []):
-            for field in ("key_file", "password_file"):
-                if key.get(field) is not None:
-                    wanted.append((f"secrets.keys[{i}].{field}", key[field]))
-        if secrets.get("keys_dir") is not None and not Path(secrets["keys_dir"]).is_dir():
-            return [f"secrets.keys_dir: {secrets['keys_dir']} is not a readable directory"]
-    if "clients" in sections:
-        for i, client in enumerate(config.get("clients") or []):
-            if client.get("client_secret_file") is not None:
-                wanted.append((f"clients[{i}].client_secret_file", client["client_secret_file"]))
-    if "passwords" in sections:
-        for i, scheme in enumerate((config.get("passwords") or {}).get("schemes") or []):
-            if scheme.get("secret_file") is not None:
-                wanted.append((f"passwords.schemes[{i}].secret_file", scheme["secret_file"]))
-    problems = []
-    for setting, path in wanted:
-        try:
-            content = read_file(path, setting)
-        except Invalid as error:
-            problems += error.problems
-            continue
-        if setting.endswith("].key_file"):
-            pem = content.lstrip().startswith(b"-----BEGIN")
-            if (pem and b"PRIVATE KEY" not in content) or (not pem and content[:1] != b"\x30"):
-                problems.append(f"{setting}: {path} holds no PEM or DER private key")
-    if "secrets" in sections and secrets.get("encryption_file") is not None:
-        try:
-            encryption_key(secrets)
-        except Invalid as error:
-            problems += error.problems
-    return problems
-
-
 # ---------------------------------------------------------------- entry points
 
 
-def check(config: dict, sections: tuple[str, ...] = ROOT_SECTIONS, files: bool = True) -> None:
-    """Raise Invalid unless the named sections are valid (and, with `files`, the files they name readable)."""
+def check(config: dict, sections: tuple[str, ...] = ROOT_SECTIONS) -> None:
+    """Raise Invalid unless the named sections are valid. Opens no file the config names, as MAS does not."""
     problems = _check_schema(config, sections)
     if problems:
         raise Invalid(problems)
     for section in sections:
         if section in CHECKS and config.get(section) is not None:
             problems += CHECKS[section](config[section])
-    if not problems and files:
-        problems += _check_files(config, sections)
     if problems:
         raise Invalid(problems)
 
@@ -405,6 +456,62 @@ def client_secret(client: dict) -> str | None:
     if client.get("client_secret_file") is not None:
         return read_file(client["client_secret_file"], "client_secret_file").decode().strip()
     return None
+
+
+def provider_secret(provider: dict) -> str | None:
+    """An upstream provider's client secret (crates/config/src/sections/mod.rs `ClientSecret::value`: trimmed)."""
+    if provider.get("client_secret") is not None:
+        return provider["client_secret"]
+    if provider.get("client_secret_file") is not None:
+        return read_file(provider["client_secret_file"], "client_secret_file").decode().strip()
+    return None
+
+
+def smtp_password(config: dict) -> str | None:
+    """email.rs `EmailConfig::password`: the file's content trimmed, read when the mailer is built."""
+    email = config.get("email") or {}
+    if email.get("password_file") is not None:
+        return read_file(email["password_file"], "email.password_file").decode().strip()
+    return email.get("password")
+
+
+def _load_private_key(data: bytes) -> None:
+    """mas_keystore's PrivateKey::load: PKCS#1 (RSA), PKCS#8 or SEC1 (EC), PEM or DER; ValueError otherwise."""
+    from asn1crypto import keys, pem
+
+    if pem.detect(data):
+        kind, _, data = pem.unarmor(data)
+        if kind not in ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"):
+            raise ValueError(f"unsupported PEM label {kind}")
+    for parser in (keys.PrivateKeyInfo, keys.RSAPrivateKey, keys.ECPrivateKey):
+        try:
+            parsed = parser.load(data, strict=True)
+            parsed.native  # noqa: B018 - parses every field
+            return
+        except (ValueError, TypeError):
+            continue
+    raise ValueError("invalid private key")
+
+
+def key_store(secrets: dict) -> int:
+    """secrets.rs `key_store()`: load every signing key (keys_dir first, then keys); the number loaded."""
+    configs = []
+    if secrets.get("keys_dir") is not None:
+        directory = Path(secrets["keys_dir"])
+        try:
+            configs += [{"key_file": str(f)} for f in sorted(directory.iterdir()) if f.is_file()]
+        except OSError as error:
+            raise Invalid([f"could not import keys from config: {error.strerror}"]) from None
+    configs += secrets.get("keys") or []
+    for config in configs:
+        if config.get("password") is not None or config.get("password_file") is not None:
+            raise Invalid(["could not import keys from config: the MAS stand-in loads no encrypted keys"])
+        data = config["key"].encode() if config.get("key") is not None else read_file(config["key_file"], "key_file")
+        try:
+            _load_private_key(data)
+        except ValueError as error:
+            raise Invalid([f"could not import keys from config: {error}"]) from None
+    return len(configs)
 
 
 def passwords_enabled(config: dict) -> bool:

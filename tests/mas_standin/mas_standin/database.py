@@ -74,7 +74,52 @@ MIGRATIONS = [
             finished_at TIMESTAMPTZ
         )""",
     ]),
+    (3, "upstream OAuth 2.0 providers and their users' links", [
+        """CREATE TABLE upstream_oauth_providers (
+            upstream_oauth_provider_id TEXT PRIMARY KEY,  -- the config's ULID
+            issuer TEXT,
+            human_name TEXT,
+            brand_name TEXT,
+            scope TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            encrypted_client_secret TEXT,
+            token_endpoint_auth_method TEXT NOT NULL,
+            claims_imports TEXT NOT NULL DEFAULT '{}',  -- JSON
+            ui_order INTEGER NOT NULL DEFAULT 0,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            disabled_at TIMESTAMPTZ  -- soft-deleted: no longer in the config
+        )""",
+        """CREATE TABLE upstream_oauth_links (
+            upstream_oauth_link_id TEXT PRIMARY KEY,
+            upstream_oauth_provider_id TEXT NOT NULL
+                REFERENCES upstream_oauth_providers (upstream_oauth_provider_id) ON DELETE CASCADE,
+            user_id TEXT REFERENCES users (user_id) ON DELETE CASCADE,
+            subject TEXT NOT NULL,
+            human_account_name TEXT,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+    ]),
+    # Only in the 1.22.0 stand-in, as MAS 1.22.0 added indexes 1.21.0 does not have
+    # (crates/storage-pg/migrations/20260716100001_upstream_oauth_links_human_account_name_trgm_idx.sql):
+    # upgrading the stand-in from 1.21.0 to 1.22.0 really migrates its database.
+    (4, "index on the upstream links' account names", [
+        "CREATE INDEX upstream_oauth_links_human_account_name_idx ON upstream_oauth_links (human_account_name)",
+    ], (1, 22, 0)),
 ]  # fmt: skip
+
+
+def _release() -> tuple[int, ...]:
+    from . import version
+
+    try:
+        return tuple(int(part) for part in version().split(".")[:3])
+    except ValueError:
+        return (999,)  # run from the source tree: every migration
+
+
+def available() -> list[tuple]:
+    """The migrations this release has: those added in a later release are not (MIGRATIONS' 4th field)."""
+    return [m[:3] for m in MIGRATIONS if len(m) < 4 or _release() >= m[3]]
 
 
 class Unavailable(Exception):
@@ -185,8 +230,13 @@ def migrate(conn) -> list[int]:
             " description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
         done = {row[0] for row in conn.run("SELECT version FROM mas_standin_migrations")}
+        known = {m[0] for m in available()}
+        for version in sorted(done - known):
+            # crates/storage-pg/src/lib.rs `pending_migrations`: a warning, not an error.
+            log.warn("mas_storage_pg", f"The database has a migration applied ({version}) that doesn't exist anymore! "
+                     "This should not happen, unless rolling back to an older version of MAS.")  # fmt: skip
         applied = []
-        for version, description, statements in MIGRATIONS:
+        for version, description, statements in available():
             if version in done:
                 continue
             log.info("mas_storage_pg::migrations", "Applying migration", version=version, description=description)
@@ -205,7 +255,7 @@ def migrate(conn) -> list[int]:
 def pending(conn) -> list[int]:
     exists = conn.run("SELECT to_regclass('mas_standin_migrations') IS NOT NULL")[0][0]
     done = {row[0] for row in conn.run("SELECT version FROM mas_standin_migrations")} if exists else set()
-    return [version for version, _, _ in MIGRATIONS if version not in done]
+    return [version for version, _, _ in available() if version not in done]
 
 
 class Pool:

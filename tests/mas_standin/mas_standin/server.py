@@ -47,6 +47,7 @@ body, token, secret or password.
 import base64
 import datetime
 import hmac
+import html
 import json
 import mimetypes
 import re
@@ -194,15 +195,25 @@ class App:
         self.public = http["public_base"].rstrip("/") + "/"
         self.issuer = http.get("issuer") or http["public_base"]
         self.passwords_enabled = cfg.passwords_enabled(config)
+        # crates/cli/src/util.rs site_config_from_config
+        account = config.get("account") or {}
+        self.password_registration_enabled = self.passwords_enabled and account.get(
+            "password_registration_enabled", False
+        )
+        self.device_code_grant_enabled = (config.get("oauth") or {}).get("device_code_grant_enabled", True)
         self.minimum_complexity = cfg.minimum_complexity(config)
         self.admin_clients = policy.admin_clients(config)
         # experimental.access_token_ttl, 5 minutes by default (crates/config/src/sections/experimental.rs)
         self.access_token_ttl = (config.get("experimental") or {}).get("access_token_ttl", 300)
 
     def discovery(self) -> dict:
+        """crates/handlers/src/oauth2/discovery.rs: every URL under public_base, whatever address was asked."""
         p = self.public
         auth_methods = ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt", "none"]
-        return {
+        grant_types = ["authorization_code", "refresh_token", "client_credentials"]
+        if self.device_code_grant_enabled:
+            grant_types.append("urn:ietf:params:oauth:grant-type:device_code")
+        document = {
             "issuer": self.issuer,
             "authorization_endpoint": f"{p}authorize",
             "token_endpoint": f"{p}oauth2/token",
@@ -211,8 +222,7 @@ class App:
             "scopes_supported": ["openid", "email"],
             "response_types_supported": ["code", "id_token", "code id_token"],
             "response_modes_supported": ["form_post", "query", "fragment"],
-            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials",
-                                      "urn:ietf:params:oauth:grant-type:device_code"],
+            "grant_types_supported": grant_types,
             "token_endpoint_auth_methods_supported": auth_methods,
             "revocation_endpoint": f"{p}oauth2/revoke",
             "revocation_endpoint_auth_methods_supported": auth_methods,
@@ -222,18 +232,24 @@ class App:
             "userinfo_endpoint": f"{p}oauth2/userinfo",
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
+            "display_values_supported": ["page"],
+            "claim_types_supported": ["normal"],
             "claims_supported": ["iss", "sub", "aud", "iat", "exp", "nonce", "auth_time", "at_hash", "c_hash"],
             "claims_parameter_supported": False,
             "request_parameter_supported": False,
             "request_uri_parameter_supported": False,
-            "prompt_values_supported": ["none", "login", "create"],
-            "device_authorization_endpoint": f"{p}oauth2/device",
+            # `create` only when password registration is enabled.
+            "prompt_values_supported": ["login", "create"] if self.password_registration_enabled else ["login"],
+            "graphql_endpoint": f"{p}graphql",
             "account_management_uri": f"{p}account/",
             "account_management_actions_supported": ["org.matrix.profile", "org.matrix.devices_list",
                                                      "org.matrix.device_view", "org.matrix.device_delete",
-                                                     "org.matrix.cross_signing_reset"],
-            "graphql_endpoint": f"{p}graphql",
+                                                     "org.matrix.cross_signing_reset", "org.matrix.sessions_list",
+                                                     "org.matrix.session_view", "org.matrix.session_end"],
         }  # fmt: skip
+        if self.device_code_grant_enabled:
+            document["device_authorization_endpoint"] = f"{p}oauth2/device"
+        return document
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -259,7 +275,10 @@ class Handler(BaseHTTPRequestHandler):
         ("compat", "POST", r"/_matrix/client/[^/]+/logout/all", "logout_all"),
         ("compat", "POST", r"/_matrix/client/[^/]+/refresh", "refresh"),
         ("compat", "GET", r"/_matrix/client/[^/]+/login/sso/redirect(/[^/]*)?", "sso_redirect"),
-        ("human", "GET", r"/|/login|/logout|/register|/authorize|/account/.*|/complete-compat-sso/[^/]+", "human"),
+        ("human", "GET", r"/login", "login_page"),
+        ("human", "GET", r"/register/password", "register_password"),
+        ("human", "POST", r"/register/password", "register_password_post"),
+        ("human", "GET", r"/|/logout|/register|/authorize|/account/.*|/complete-compat-sso/[^/]+", "human"),
         ("graphql", "POST", r"/graphql", "graphql"),
         ("assets", "GET", r"/assets/(.+)", "asset"),
         ("adminapi", "GET", r"/api/admin/v1/users/by-username/([^/]+)", "admin_user_by_username"),
@@ -922,6 +941,37 @@ class Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------ pages, assets, the rest
 
+    def route_login_page(self, match, resource):
+        """The login page (crates/handlers/src/views/login.rs): the password form when password login is on,
+        and a button per enabled upstream provider, in the config's order, linking to /upstream/authorize/<id>."""
+        with self.app.pool.connection() as conn:
+            providers = store.enabled_providers(conn)
+        links = "".join(
+            f'<li><a href="/upstream/authorize/{p["id"]}" data-provider-id="{p["id"]}">Continue with '
+            f"{html.escape(p['human_name'] or p['id'])}</a></li>"
+            for p in providers
+        )
+        form = '<form method="post" action="/login"><input name="username"><input name="password" type="password">' \
+            "</form>" if self.app.passwords_enabled else ""  # fmt: skip
+        register = '<a href="/register/password">Create account</a>' if self.app.password_registration_enabled else ""
+        self.send(200, _page("Sign in", f"{form}<ul>{links}</ul>{register}"))
+
+    def route_register_password(self, match, resource):
+        """GET /register/password (crates/handlers/src/views/register/password.rs): without password registration,
+        a redirect to the login page; with it, the registration form."""
+        if not self.app.password_registration_enabled:
+            raise Reply(303, "", {"Location": f"{self.app.public}login"})
+        self.send(200, _page("Create an account", '<form method="post" action="/register/password">'
+                             '<input name="username"><input name="email"><input name="password" type="password">'
+                             "</form>"))  # fmt: skip
+
+    def route_register_password_post(self, match, resource):
+        """POST /register/password: 405 without password registration (password.rs); the stand-in registers no one."""
+        self.body()
+        if not self.app.password_registration_enabled:
+            raise Reply(405, "")
+        raise Reply(501, _page("Not implemented", "The MAS stand-in does not register users through this form."))
+
     def route_human(self, match, resource):
         self.send(200, _page("Matrix Authentication Service", "Sign-in pages are not implemented by this stand-in; "
                              "Matrix clients log in with a password through the compatibility API."))  # fmt: skip
@@ -995,8 +1045,9 @@ def serve(config: dict, no_migrate: bool = False, no_sync: bool = False, no_work
     target = "mas_cli::server"
     log.info(target, "Starting up", version=version())
     pool = Pool(config.get("database") or {})
-    key = cfg.encryption_key(config["secrets"])
     log.info(target, "Connecting to the database")
+    # In crates/cli/src/commands/server.rs's order: database, migrations, encrypter, config sync, signing
+    # keys, policy and templates, homeserver connection, mailer; each failure stops the start there.
     try:
         with pool.connection() as conn:
             if no_migrate:
@@ -1006,14 +1057,25 @@ def serve(config: dict, no_migrate: bool = False, no_sync: bool = False, no_work
             else:
                 log.info(target, "Running pending database migrations")
                 migrate(conn)
+            key = cfg.encryption_key(config["secrets"])
             if no_sync:
                 log.info(target, "Skipping configuration sync")
             else:
-                store.sync_clients(conn, config.get("clients") or [], key, False, False, cfg.client_secret)
+                upstream = (config.get("upstream_oauth2") or {}).get("providers") or []
+                store.config_sync(conn, upstream, config.get("clients") or [], key, False, False,
+                                  cfg.client_secret, cfg.provider_secret)  # fmt: skip
     except Unavailable as error:
         raise Fatal(str(error)) from None
+    cfg.key_store(config["secrets"])
     _check_share(config)
     homeserver = from_config(config)
+    if not no_worker and (config.get("email") or {}).get("transport") == "smtp":
+        cfg.smtp_password(config)  # util.rs mailer_from_config reads email.password_file
+    if cfg.passwords_enabled(config):
+        # util.rs password_manager_from_config: passwords.rs `load()` reads each scheme's secret_file.
+        for i, scheme in enumerate((config.get("passwords") or {}).get("schemes") or []):
+            if scheme.get("secret_file") is not None:
+                cfg.read_file(scheme["secret_file"], f"passwords.schemes[{i}].secret_file")
     worker = None if no_worker else store.Worker(pool, homeserver)
     app = App(config, pool, homeserver, key, worker)
     servers = []

@@ -156,8 +156,26 @@ class _RollBack(Exception):
     pass
 
 
-def sync_clients(conn, clients: list[dict], key: bytes, prune: bool, dry_run: bool, secret_of) -> None:
-    """`config sync` for clients, with MAS's log lines; `secret_of(client)` reads a client's secret."""
+def config_sync(
+    conn,
+    providers: list[dict],
+    clients: list[dict],
+    key: bytes,
+    prune: bool,
+    dry_run: bool,
+    client_secret_of,
+    provider_secret_of,
+) -> None:
+    """`config sync` (crates/cli/src/sync.rs `config_sync`), with MAS's log lines, in one transaction.
+
+    Providers: those enabled in the config are added, updated or re-enabled; a provider enabled in
+    the database but not in the config (or disabled there) is disabled, its users' links kept; with
+    `prune`, every disabled provider is deleted, with its links. Clients: upserted; with `prune`,
+    static clients missing from the config are deleted. `--dry-run` logs the same decisions, reads
+    no secret file and rolls back.
+    """  # fmt: skip
+    import json
+
     target = "mas_cli::sync"
     try:
         with transaction(conn):
@@ -165,6 +183,62 @@ def sync_clients(conn, clients: list[dict], key: bytes, prune: bool, dry_run: bo
             conn.run("SELECT pg_advisory_xact_lock(hashtext('MAS config sync'))")
             log.info(target, "Syncing providers and clients defined in config to database", prune=prune,
                      dry_run=dry_run)  # fmt: skip
+
+            config_ids = {p["id"] for p in providers if p.get("enabled", True)}
+            existing_enabled, existing_disabled = set(), []
+            for provider_id, disabled_at in conn.run(
+                "SELECT upstream_oauth_provider_id, disabled_at FROM upstream_oauth_providers ORDER BY 1"
+            ):
+                if disabled_at is None:
+                    if provider_id in config_ids:
+                        existing_enabled.add(provider_id)
+                    else:
+                        log.info(target, "Disabling provider", provider__id=provider_id)
+                        if not dry_run:
+                            conn.run("UPDATE upstream_oauth_providers SET disabled_at = now()"
+                                     " WHERE upstream_oauth_provider_id = :p", p=provider_id)  # fmt: skip
+                        existing_disabled.append(provider_id)
+                else:
+                    existing_disabled.append(provider_id)
+            if prune:
+                for provider_id in existing_disabled:
+                    log.info(target, "Deleting provider", provider__id=provider_id)
+                    if not dry_run:
+                        conn.run("DELETE FROM upstream_oauth_providers WHERE upstream_oauth_provider_id = :p",
+                                 p=provider_id)  # fmt: skip
+            elif len(existing_disabled) == 1:
+                log.warn(target, "A provider is soft-deleted in the database. Run `mas-cli config sync --prune` to"
+                                 " delete it.")  # fmt: skip
+            elif existing_disabled:
+                log.warn(target, f"{len(existing_disabled)} providers are soft-deleted in the database. Run `mas-cli"
+                                 " config sync --prune` to delete them.")  # fmt: skip
+            for index, provider in enumerate(providers):
+                if not provider.get("enabled", True):
+                    continue
+                provider_id = provider["id"]
+                if provider_id in existing_enabled:
+                    log.info(target, "Updating provider", provider__id=provider_id)
+                elif provider_id in existing_disabled:
+                    log.info(target, "Enabling and updating provider", provider__id=provider_id)
+                else:
+                    log.info(target, "Adding provider", provider__id=provider_id)
+                if dry_run:
+                    continue
+                secret = provider_secret_of(provider)
+                conn.run(
+                    "INSERT INTO upstream_oauth_providers (upstream_oauth_provider_id, issuer, human_name, brand_name,"
+                    " scope, client_id, encrypted_client_secret, token_endpoint_auth_method, claims_imports, ui_order)"
+                    " VALUES (:p, :i, :h, :b, :s, :c, :e, :m, :ci, :o) ON CONFLICT (upstream_oauth_provider_id) DO"
+                    " UPDATE SET issuer = :i, human_name = :h, brand_name = :b, scope = :s, client_id = :c,"
+                    " encrypted_client_secret = :e, token_endpoint_auth_method = :m, claims_imports = :ci,"
+                    " ui_order = :o, disabled_at = NULL",
+                    p=provider_id, i=provider.get("issuer"), h=provider.get("human_name"),
+                    b=provider.get("brand_name"), s=provider.get("scope", "openid"), c=provider["client_id"],
+                    e=crypto.encrypt(key, secret) if secret is not None else None,
+                    m=provider.get("token_endpoint_auth_method", "client_secret_basic"),
+                    ci=json.dumps(provider.get("claims_imports") or {}, sort_keys=True), o=index,
+                )  # fmt: skip
+
             existing = {row[0] for row in conn.run("SELECT client_id FROM oauth2_clients")}
             stale = sorted(existing - {c["client_id"] for c in clients})
             if prune:
@@ -184,7 +258,7 @@ def sync_clients(conn, clients: list[dict], key: bytes, prune: bool, dry_run: bo
                 log.info(target, "Updating client" if client_id in existing else "Adding client", client__id=client_id)
                 if dry_run:
                     continue
-                secret = secret_of(client)
+                secret = client_secret_of(client)
                 conn.run(
                     "INSERT INTO oauth2_clients (client_id, client_auth_method, encrypted_client_secret, client_name)"
                     " VALUES (:c, :m, :s, :n) ON CONFLICT (client_id) DO UPDATE SET client_auth_method = :m,"
@@ -197,6 +271,12 @@ def sync_clients(conn, clients: list[dict], key: bytes, prune: bool, dry_run: bo
                 raise _RollBack()
     except _RollBack:
         pass
+
+
+def enabled_providers(conn) -> list[dict]:
+    """The providers shown on the login page, in the config's order (ui_order)."""
+    return rows(conn, "SELECT upstream_oauth_provider_id AS id, human_name, brand_name FROM upstream_oauth_providers"
+                      " WHERE disabled_at IS NULL ORDER BY ui_order, upstream_oauth_provider_id")  # fmt: skip
 
 
 # ---------------------------------------------------------------- worker jobs

@@ -1,0 +1,288 @@
+"""The MAS settings operators configure: registration, email (SMTP) and upstream OIDC providers.
+
+Checked before any connection with the rules MAS 1.22.0 applies when it loads its config (its JSON
+schema and the `validate()` of crates/config/src/sections/{account,email,upstream_oauth2}.rs), so a
+setting MAS would refuse is refused here with the setting's name. Secrets (the SMTP password, the
+providers' client secrets) are never settings: they live in the secrets store and reach MAS as files.
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+# MAS's admin API rule for a new username (crates/handlers/src/admin/v1/users/add.rs `username_valid`):
+# 1 to 255 bytes of a-z 0-9 = _ - . / +, not starting with `_`. `/` is refused here as well: the
+# username goes into the admin API's URL path (users/by-username/{username}).
+ADMIN_USER = re.compile(r"^(?!_)[a-z0-9=_.+-]{1,255}$")
+# A ULID as MAS's schema writes it (upstream_oauth2.providers[].id).
+ULID = re.compile(r"^[0123456789ABCDEFGHJKMNPQRSTVWXYZ]{26}$")
+# RFC 6749 scope tokens (NQCHAR), which MAS parses the provider's `scope` into.
+SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+# An email address lettre's Mailbox accepts: `addr@domain` or `Display Name <addr@domain>`.
+_ADDRESS = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+MAILBOX = re.compile(rf'^(?:{_ADDRESS}|(?:"[^"]*"|[^<>"]*)\s*<{_ADDRESS}>)$')
+HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+SMTP_MODES = ("plain", "starttls", "tls")
+IMPORT_ACTIONS = ("ignore", "suggest", "force", "require")
+ON_CONFLICT = ("fail", "add", "replace", "set")
+# Client authentication methods offered here: the ones a client secret from the store is enough for.
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+PROVIDER_KEYS = ("id", "issuer", "client_id", "human_name", "brand_name", "scope", "token_endpoint_auth_method",
+                 "claims")  # fmt: skip
+CLAIM_KEYS = {
+    "subject": ("template",),
+    "localpart": ("action", "template", "on_conflict"),
+    "displayname": ("action", "template"),
+    "email": ("action", "template"),
+    "account_name": ("template",),
+    "skip_confirmation": None,
+}
+
+KEYS = (
+    "mas_password_registration",
+    "mas_registration_token_required",
+    "mas_email_smtp_host",
+    "mas_email_smtp_port",
+    "mas_email_smtp_mode",
+    "mas_email_smtp_username",
+    "mas_email_from",
+    "mas_upstream_providers",
+)
+
+
+@dataclass(frozen=True)
+class Email:
+    host: str
+    port: int | None
+    mode: str
+    username: str | None
+    sender: str
+
+
+@dataclass(frozen=True)
+class Provider:
+    id: str
+    issuer: str
+    client_id: str
+    scope: str
+    token_endpoint_auth_method: str
+    human_name: str | None = None
+    brand_name: str | None = None
+    claims: dict = field(default_factory=dict, hash=False)
+
+    @property
+    def needs_secret(self) -> bool:
+        return self.token_endpoint_auth_method != "none"
+
+
+@dataclass(frozen=True)
+class MasSettings:
+    password_registration: bool
+    registration_token_required: bool
+    email: Email | None
+    providers: tuple[Provider, ...]
+
+
+def _bool(data: dict, key: str, problems: list[str]) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        problems.append(f"{key} = {value!r}: expected true or false")
+        return False
+    return value
+
+
+def _email(data: dict, problems: list[str]) -> Email | None:
+    host, port, mode = data.get("mas_email_smtp_host"), data.get("mas_email_smtp_port"), data.get("mas_email_smtp_mode")
+    username, sender = data.get("mas_email_smtp_username"), data.get("mas_email_from")
+    if host is None:
+        for key in ("mas_email_smtp_port", "mas_email_smtp_username", "mas_email_from"):
+            if data.get(key) is not None:
+                problems.append(f"{key} = {data[key]!r}: expected mas_email_smtp_host to be set too (the SMTP relay)")
+        return None
+    start = len(problems)
+    if not isinstance(host, str) or not HOSTNAME.match(host):
+        problems.append(f"mas_email_smtp_host = {host!r}: expected the SMTP relay's host name, like smtp.example.org")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+        problems.append(
+            f"mas_email_smtp_port = {port!r}: expected a TCP port number between 1 and 65535 (unset: 25 for plain, "
+            "465 for tls, 587 for starttls)"
+        )
+    if mode not in SMTP_MODES:
+        problems.append(f"mas_email_smtp_mode = {mode!r}: expected one of {', '.join(SMTP_MODES)}")
+    if username is not None and (not isinstance(username, str) or not username):
+        problems.append(f"mas_email_smtp_username = {username!r}: expected the SMTP login name, or unset for none")
+    if sender is None:
+        problems.append('mas_email_from is not set: expected the sender address, like "Example" <auth@example.org>')
+    elif not isinstance(sender, str) or not MAILBOX.match(sender.strip()):
+        problems.append(
+            f"mas_email_from = {sender!r}: expected an email address, like auth@example.org or "
+            '"Example" <auth@example.org>'
+        )
+    if len(problems) > start:
+        return None
+    return Email(host, port, mode, username, sender.strip())
+
+
+def _template(where: str, value: Any, problems: list[str]) -> None:
+    if value is not None and not isinstance(value, str):
+        problems.append(f"{where} = {value!r}: expected a template string, like {{{{ user.preferred_username }}}}")
+
+
+def _claims(where: str, claims: Any, problems: list[str]) -> dict:
+    """The provider's claims mapping as MAS's `claims_imports`, checked as upstream_oauth2.rs validates it."""
+    if claims is None:
+        return {}
+    if not isinstance(claims, dict):
+        problems.append(f"{where} = {claims!r}: expected a mapping (subject, localpart, displayname, email...)")
+        return {}
+    start = len(problems)
+    for name, value in claims.items():
+        if name not in CLAIM_KEYS:
+            problems.append(f"{where}.{name}: unknown; expected one of {', '.join(CLAIM_KEYS)}")
+        elif name == "skip_confirmation":
+            if not isinstance(value, bool):
+                problems.append(f"{where}.skip_confirmation = {value!r}: expected true or false")
+        elif not isinstance(value, dict):
+            problems.append(f"{where}.{name} = {value!r}: expected a mapping of {', '.join(CLAIM_KEYS[name])}")
+        else:
+            for key, item in value.items():
+                if key not in CLAIM_KEYS[name]:
+                    problems.append(f"{where}.{name}.{key}: unknown; expected one of {', '.join(CLAIM_KEYS[name])}")
+                elif key == "template":
+                    _template(f"{where}.{name}.template", item, problems)
+                elif key == "action" and item not in IMPORT_ACTIONS:
+                    problems.append(f"{where}.{name}.action = {item!r}: expected one of {', '.join(IMPORT_ACTIONS)}")
+                elif key == "on_conflict" and item not in ON_CONFLICT:
+                    problems.append(f"{where}.{name}.on_conflict = {item!r}: expected one of {', '.join(ON_CONFLICT)}")
+    if len(problems) > start:
+        return {}
+
+    def action(name):
+        return (claims.get(name) or {}).get("action", "ignore")
+
+    # MAS's own rules (crates/config/src/sections/upstream_oauth2.rs, UpstreamOAuth2Config::validate).
+    if claims.get("skip_confirmation"):
+        if action("localpart") != "require":
+            problems.append(f"{where}.localpart.action: must be `require` when skip_confirmation is true")
+        for name in ("email", "displayname"):
+            if action(name) == "suggest":
+                problems.append(f"{where}.{name}.action: must not be `suggest` when skip_confirmation is true")
+    on_conflict = (claims.get("localpart") or {}).get("on_conflict", "fail")
+    if on_conflict != "fail" and action("localpart") not in ("force", "require"):
+        problems.append(f"{where}.localpart.action: must be `force` or `require` when on_conflict is `{on_conflict}`")
+    return claims
+
+
+def _providers(data: dict, problems: list[str]) -> tuple[Provider, ...]:
+    value = data.get("mas_upstream_providers") or []
+    if not isinstance(value, list):
+        problems.append(f"mas_upstream_providers = {value!r}: expected a list of providers (mappings)")
+        return ()
+    providers, seen = [], set()
+    for i, item in enumerate(value):
+        where = f"mas_upstream_providers[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where} = {item!r}: expected a mapping with id, issuer and client_id")
+            continue
+        start = len(problems)
+        for key in item:
+            if key not in PROVIDER_KEYS:
+                problems.append(f"{where}.{key}: unknown; expected one of {', '.join(PROVIDER_KEYS)}")
+        pid = item.get("id")
+        if not isinstance(pid, str) or not ULID.match(pid):
+            problems.append(
+                f"{where}.id = {pid!r}: expected a ULID of 26 upper-case characters (0-9, A-Z without I, L, O, U), "
+                "chosen once and never changed: MAS keys the provider and its users' links by it"
+            )
+        elif pid in seen:
+            problems.append(f"{where}.id = {pid!r}: expected an id of its own (another provider has it)")
+        else:
+            seen.add(pid)
+        issuer = item.get("issuer")
+        parts = urlsplit(issuer) if isinstance(issuer, str) else None
+        if not parts or parts.scheme != "https" or not parts.hostname:
+            problems.append(
+                f"{where}.issuer = {issuer!r}: expected the provider's https issuer URL (MAS discovers the "
+                "provider's endpoints from it; `issuer` is required with discovery)"
+            )
+        client_id = item.get("client_id")
+        if not isinstance(client_id, str) or not client_id:
+            problems.append(f"{where}.client_id = {client_id!r}: expected the client id the provider gave you")
+        for key in ("human_name", "brand_name"):
+            if item.get(key) is not None and not isinstance(item[key], str):
+                problems.append(f"{where}.{key} = {item[key]!r}: expected a string")
+        scope = item.get("scope", "openid")
+        tokens = scope.split(" ") if isinstance(scope, str) else []
+        if not tokens or not all(SCOPE_TOKEN.match(t) for t in tokens) or "openid" not in tokens:
+            problems.append(
+                f"{where}.scope = {scope!r}: expected scopes separated by single spaces, including openid "
+                "(like 'openid profile email')"
+            )
+        method = item.get("token_endpoint_auth_method", "client_secret_basic")
+        if method not in AUTH_METHODS:
+            problems.append(
+                f"{where}.token_endpoint_auth_method = {method!r}: expected one of {', '.join(AUTH_METHODS)}"
+            )
+        claims = _claims(f"{where}.claims", item.get("claims"), problems)
+        if len(problems) == start:
+            providers.append(
+                Provider(pid, issuer, client_id, scope, method, item.get("human_name"), item.get("brand_name"), claims)
+            )
+    return tuple(providers)
+
+
+def load(data: dict, problems: list[str]) -> MasSettings:
+    registration = _bool(data, "mas_password_registration", problems)
+    token = _bool(data, "mas_registration_token_required", problems)
+    email = _email(data, problems)
+    if registration and email is None and data.get("mas_email_smtp_host") is None:
+        # account.password_registration_email_required defaults to true in MAS 1.22: registering sends a code.
+        problems.append(
+            "mas_password_registration = True: expected email settings too (mas_email_smtp_host, mas_email_from): "
+            "MAS asks for an email address at registration and sends it a code"
+        )
+    return MasSettings(registration, token, email, _providers(data, problems))
+
+
+def config(m: MasSettings, secret_path) -> dict:
+    """The `account`, `email` and `upstream_oauth2` sections of MAS's config.yaml for these settings.
+
+    `secret_path(name)` gives the path of a secret file: `smtp_password` or an upstream provider's.
+    """
+    out: dict = {}
+    account = {}
+    if m.password_registration:
+        account["password_registration_enabled"] = True
+    if m.registration_token_required:
+        account["password_registration_token_required"] = True
+    if account:
+        out["account"] = account
+    if m.email:
+        e = m.email
+        email = {"from": e.sender, "reply_to": e.sender, "transport": "smtp", "mode": e.mode, "hostname": e.host}
+        if e.port is not None:
+            email["port"] = e.port
+        if e.username:
+            email["username"] = e.username
+            email["password_file"] = secret_path("smtp_password")
+        out["email"] = email
+    if m.providers:
+        providers = []
+        for p in m.providers:
+            entry = {"id": p.id, "issuer": p.issuer, "client_id": p.client_id}
+            if p.human_name is not None:
+                entry["human_name"] = p.human_name
+            if p.brand_name is not None:
+                entry["brand_name"] = p.brand_name
+            entry["scope"] = p.scope
+            entry["token_endpoint_auth_method"] = p.token_endpoint_auth_method
+            if p.needs_secret:
+                entry["client_secret_file"] = secret_path(p.id)
+            if p.claims:
+                entry["claims_imports"] = p.claims
+            providers.append(entry)
+        out["upstream_oauth2"] = {"providers": providers}
+    return out
