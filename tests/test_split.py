@@ -223,20 +223,19 @@ def test_verify_passes_on_the_healthy_deployment_and_names_what_breaks(split, tm
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert "12 of 12 checks passed" in healthy.stdout
 
-    assert ssh(mas_host, "systemctl stop mas").returncode == 0
-    try:
-        no_mas = verify(hosts, ca_file)
-    finally:
-        assert ssh(mas_host, "systemctl start mas").returncode == 0
+    def verify_without(host, unit):
+        assert ssh(host, f"systemctl stop {unit}").returncode == 0
+        try:
+            return verify(hosts, ca_file)
+        finally:
+            assert ssh(host, f"systemctl start {unit}").returncode == 0
+
+    no_mas = verify_without(mas_host, "mas")
     assert no_mas.returncode == 1
     assert "compat login answered by MAS" in failed_checks(no_mas), no_mas.stdout
     assert not any(name.startswith(("TLS", "client versions", "federation")) for name in failed_checks(no_mas))
 
-    assert ssh(synapse_host, "systemctl stop synapse").returncode == 0
-    try:
-        no_synapse = verify(hosts, ca_file)
-    finally:
-        assert ssh(synapse_host, "systemctl start synapse").returncode == 0
+    no_synapse = verify_without(synapse_host, "synapse")
     assert no_synapse.returncode == 1
     assert {"client versions", "federation server keys", "federation version"} <= set(failed_checks(no_synapse))
     assert not any(name.startswith("TLS") for name in failed_checks(no_synapse)), no_synapse.stdout
