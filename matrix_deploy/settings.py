@@ -250,7 +250,7 @@ class _Checker:
             return {}
         for name in value:
             if name in forbidden:
-                self.problems.append(f"{key}.{name}: not allowed ({forbidden[name]})")
+                self.problems.append(f"{key}.{name}: not allowed ({forbidden[name]}); expected {key} without {name}")
         return value
 
 
@@ -272,7 +272,7 @@ def _unknown_keys(data: dict[str, Any], known: set[str]) -> list[str]:
         if key.startswith(OUR_PREFIXES) and key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            problems.append(f"{key}: unknown setting{hint}")
+            problems.append(f"{key}: unknown setting{hint}; expected one of the settings in group_data/all.py")
     return problems
 
 
