@@ -140,6 +140,12 @@ def secret_fragments(secrets: dict[str, str]) -> list[str]:
     return sorted(fragments)
 
 
+def pattern_file(fragments: list[str]) -> str:
+    """grep -F -f's pattern file: one pattern per line, so a multi-line value (a PEM key) goes as its lines, which
+    secret_fragments() lists already; its -----BEGIN/END----- lines are in every TLS library and are left out."""
+    return "\n".join(f for f in fragments if "\n" not in f) + "\n"
+
+
 def holding_secrets(lines, fragments) -> list[str]:
     return [line for line in lines if any(fragment in line for fragment in fragments)]
 
@@ -266,7 +272,7 @@ class Watcher:
 
     def found(self, fragments: list[str]) -> set[str]:
         """Paths whose copy (any version of it) holds a fragment; the fragments stay in a root-only file."""
-        root_file(self.host, "/root/.secret-patterns", "\n".join(fragments) + "\n")
+        root_file(self.host, "/root/.secret-patterns", pattern_file(fragments))
         hits = sh(
             self.host,
             f"cd {self.STORE}/c && {{ grep -lF -r -f /root/.secret-patterns . ; rc=$?; }}; rm -f /root/.secret-patterns;"
@@ -290,7 +296,7 @@ def readable_files_holding(host: LabHost, fragments: list[str]) -> set[str]:
     The user lists what it can read (every filesystem, any size, only /proc and /sys skipped); root
     greps those files for the fragments, kept in a root-only file. Every step's exit status is checked.
     """
-    root_file(host, "/root/.secret-patterns", "\n".join(fragments) + "\n")
+    root_file(host, "/root/.secret-patterns", pattern_file(fragments))
     out = sh(
         host,
         "set -o pipefail 2>/dev/null || true\n"

@@ -286,7 +286,8 @@ UNIT_PRIVILEGES = {
     "postgres": ("postgres", "", "postgres", "0000000000000000"),
     "mas": ("mas", "", "mas", "0000000000000000"),
     "synapse": ("synapse", "", "synapse", "0000000000000000"),
-    "nginx": ("", " ".join(sorted(NGINX_CAPS, key=NGINX_CAPS.get)), "root", "00000000000004e3"),
+    # systemctl shows the bounding set in lower case, by bit
+    "nginx": ("", " ".join(sorted(NGINX_CAPS, key=NGINX_CAPS.get)).lower(), "root", "00000000000004e3"),
 }
 # The system call filter: systemd's @system-service set without these groups (the unit's `~` line), compared
 # with what systemd resolves from exactly this in a throwaway unit.
