@@ -166,13 +166,13 @@ def _claims(where: str, claims: Any, problems: list[str]) -> dict:
     # MAS's own rules (crates/config/src/sections/upstream_oauth2.rs, UpstreamOAuth2Config::validate).
     if claims.get("skip_confirmation"):
         if action("localpart") != "require":
-            problems.append(f"{where}.localpart.action: must be `require` when skip_confirmation is true")
+            problems.append(f"{where}.localpart.action: expected `require` when skip_confirmation is true")
         for name in ("email", "displayname"):
             if action(name) == "suggest":
                 problems.append(f"{where}.{name}.action: must not be `suggest` when skip_confirmation is true")
     on_conflict = (claims.get("localpart") or {}).get("on_conflict", "fail")
     if on_conflict != "fail" and action("localpart") not in ("force", "require"):
-        problems.append(f"{where}.localpart.action: must be `force` or `require` when on_conflict is `{on_conflict}`")
+        problems.append(f"{where}.localpart.action: expected `force` or `require` when on_conflict is `{on_conflict}`")
     return claims
 
 

@@ -194,7 +194,9 @@ def _read(path: Path, identity_file: Path | None = None) -> dict[str, str]:
         ) from None
     except yaml.YAMLError as error:
         raise SettingsError(
-            [f"secrets store {path} is not valid YAML ({error}): restore it from your backup"]
+            [
+                f"secrets store {path} is not valid YAML ({error}): expected the YAML this deploy wrote; restore it from your backup"
+            ]
         ) from None
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise SettingsError([f"secrets store {path}: expected a mapping of secret names to strings"])

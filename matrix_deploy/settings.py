@@ -238,8 +238,7 @@ DEPLOYMENT_KEYS = (
 HOST_KEYS = ("internal_address",)
 # Settings that are gone, and why: an inventory that still sets one is told what to do instead.
 REMOVED_KEYS = {
-    "postgres_version": "PostgreSQL's version follows each host's Debian release (15 on Debian 12, 17 on 13); "
-    "remove the setting",
+    "postgres_version": "PostgreSQL's version follows each host's Debian release (15 on Debian 12, 17 on 13)",
 }
 
 
@@ -309,7 +308,7 @@ class _Checker:
             return {}
         for name in value:
             if name in forbidden:
-                self.problems.append(f"{key}.{name}: not allowed ({forbidden[name]})")
+                self.problems.append(f"{key}.{name}: not allowed ({forbidden[name]}); expected {key} without {name}")
         return value
 
 
@@ -329,11 +328,11 @@ def _unknown_keys(data: dict[str, Any], known: set[str]) -> list[str]:
     problems = []
     for key in data:
         if key in REMOVED_KEYS and data[key] is not None:
-            problems.append(f"{key}: no longer a setting: {REMOVED_KEYS[key]}")
+            problems.append(f"{key}: no longer a setting: {REMOVED_KEYS[key]}; expected no {key}")
         elif key.startswith(OUR_PREFIXES) and key not in known and key not in REMOVED_KEYS:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            problems.append(f"{key}: unknown setting{hint}")
+            problems.append(f"{key}: unknown setting{hint}; expected one of the settings in group_data/all.py")
     return problems
 
 
@@ -484,7 +483,9 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
     if isinstance(mas_extra.get("account"), dict):
         for name in mas_extra["account"]:
             if name in MAS_ACCOUNT_FORBIDDEN:
-                problems.append(f"mas_extra_config.account.{name}: not allowed ({MAS_ACCOUNT_FORBIDDEN[name]})")
+                problems.append(
+                    f"mas_extra_config.account.{name}: not allowed ({MAS_ACCOUNT_FORBIDDEN[name]}); expected account without {name}"
+                )
     mas_features = mas_settings.load(first, problems)
     placement = _placement(hosts, groups, problems)
 

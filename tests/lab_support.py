@@ -3,33 +3,85 @@
 import http.client
 import json
 import re
+import secrets
+import shutil
 import ssl
 import subprocess
-import threading
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+from matrix_deploy import lab
+from matrix_deploy import settings as product_settings
 from matrix_deploy.lab import LAB_DIR, LabHost
+from matrix_deploy.lab.system import LAB_INDEX
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_SETTINGS = LAB_DIR / "settings.json"  # per-run setting overrides read by inventories/lab.py
+LAB_SECRETS = LAB_DIR / "secrets"  # the lab inventory's secrets store
 PUBLIC_HOST = "matrix.lab.test"
-SERVICES = {"postgres": "postgresql@*-main", "mas": "mas", "synapse": "synapse", "nginx": "nginx"}
+# The PostgreSQL unit is whatever cluster the host runs (postgres_unit()); the others are named by the deploy.
+OWN_UNITS = {"mas": "mas", "synapse": "synapse", "nginx": "nginx"}
 
 
-def unit_of(host: LabHost, unit: str) -> str:
-    """The unit a SERVICES pattern names on `host` (PostgreSQL's follows the Debian release)."""
-    if "*" not in unit:
-        return unit
-    return ssh(host, f"systemctl list-units --all --plain --no-legend '{unit}' | cut -d' ' -f1").stdout.split()[0]
-
-
-def ssh(host: LabHost, command: str) -> subprocess.CompletedProcess:
+def ssh(host: LabHost, command: str, input: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `command` as root on the lab host; `input` goes to its stdin (how secrets travel: never in argv)."""
     return subprocess.run(
         ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
          "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"{host.ssh_user}@{host.address}", command],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=timeout, input=input,
     )  # fmt: skip
+
+
+def sh(host: LabHost, command: str, input: str | None = None, timeout: int = 300) -> str:
+    """`ssh`, asserting that the command succeeded: a failing check never reads as "found nothing"."""
+    result = ssh(host, command, input=input, timeout=timeout)
+    assert result.returncode == 0, (
+        f"on {host.name}: {command[:200]!r} exited {result.returncode}: {result.stderr[-2000:]}"
+    )
+    return result.stdout
+
+
+def root_file(host: LabHost, path: str, content: str) -> None:
+    """A file only root can read, written through stdin (its content is on no command line)."""
+    sh(host, f"umask 077 && cat > {path}", input=content)
+
+
+def postgres_unit(host: LabHost) -> str:
+    """The PostgreSQL cluster unit the host runs (postgresql@15-main on Debian 12, @17 on 13): asked, not assumed."""
+    units = sh(host, "systemctl list-units --all --plain --no-legend 'postgresql@*' | awk '{print $1}'").split()
+    units = [u.removesuffix(".service") for u in units if re.fullmatch(r"postgresql@\d+-main(\.service)?", u)]
+    assert len(units) == 1, f"expected one PostgreSQL cluster unit on {host.name}, found {units}"
+    return units[0]
+
+
+def services(host: LabHost) -> dict[str, str]:
+    return {"postgres": postgres_unit(host), **OWN_UNITS}
+
+
+def lab_settings(host: LabHost, **settings) -> None:
+    """Write the lab inventory's setting overrides for this host's Debian release.
+
+    Until the product derives PostgreSQL's major version from the host (issue 10), it has a
+    `postgres_version` setting: give it the release's version. Once the setting is gone this adds nothing.
+    """
+    if "postgres_version" in product_settings.DEPLOYMENT_KEYS:
+        settings = {"postgres_version": {"12": 15, "13": 17}[host.release], **settings}
+    LAB_SETTINGS.write_text(json.dumps(settings))
+
+
+def lab_up(layout: str = "single", **kwargs) -> list[LabHost]:
+    """`lab.up(layout)`, with host names of this lab's own (MATRIX_DEPLOY_LAB_INDEX): systemd-nspawn names each
+    host's veth after it (vb-<name>), so two labs side by side cannot both have a host called lab1."""
+    suffix = f"-{LAB_INDEX}" if LAB_INDEX else ""
+    spec = [(name[: 11 - len(suffix)] + suffix, roles) for name, roles in lab.LAYOUTS[layout]]
+    return lab.up(layout, spec=spec, **kwargs)
+
+
+def fresh_secrets() -> None:
+    """Forget the lab's secrets store, so the next deploy generates every secret anew."""
+    shutil.rmtree(LAB_SECRETS, ignore_errors=True)
 
 
 def pyinfra(*args: str, inventory: str = "inventories/lab.py") -> subprocess.CompletedProcess:
@@ -66,49 +118,201 @@ def changed_operations(pyinfra_stdout: str) -> list[str]:
 def service_stamps(host: LabHost) -> dict[str, str]:
     """When each service last (re)started; nginx reloads show as new worker PIDs."""
     stamps = {}
-    for name, unit in SERVICES.items():
-        unit = unit_of(host, unit)
+    for name, unit in services(host).items():
         stamps[name] = ssh(host, f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}").stdout.strip()
     workers = ssh(host, "pgrep -P $(systemctl show -p MainPID --value nginx) | sort").stdout.split()
     stamps["nginx"] += " workers " + ",".join(workers)
     return stamps
 
 
+def secret_fragments(secrets: dict[str, str]) -> list[str]:
+    """What would betray a secret: each whole value, each line of the multi-line ones (PEM bodies),
+    and each long word of each line (the Synapse signing key's seed alone, without "ed25519 a_xyz")."""
+    fragments = set()
+    for value in secrets.values():
+        fragments.add(value.strip())
+        for line in value.splitlines():
+            if "-----" in line:
+                continue
+            if len(line.strip()) >= 16:
+                fragments.add(line.strip())
+            fragments.update(word for word in line.split() if len(word) >= 16)
+    return sorted(fragments)
+
+
+def pattern_file(fragments: list[str]) -> str:
+    """grep -F -f's pattern file: one pattern per line, so a multi-line value (a PEM key) goes as its lines, which
+    secret_fragments() lists already; its -----BEGIN/END----- lines are in every TLS library and are left out."""
+    return "\n".join(f for f in fragments if "\n" not in f) + "\n"
+
+
+def holding_secrets(lines, fragments) -> list[str]:
+    return [line for line in lines if any(fragment in line for fragment in fragments)]
+
+
+class ExecTracer:
+    """Every program started on this machine and in the lab containers while the block runs, each command line
+    read as exec() returns (tests/exec_tracer.py, in a process of its own): sees processes that live a few
+    milliseconds, which sampling /proc in a loop misses."""
+
+    def __enter__(self):
+        directory = Path(tempfile.mkdtemp(prefix="exec-trace-"))
+        self.output, ready = directory / "execs", directory / "ready"
+        self.proc = subprocess.Popen(["nice", "-n", "-10", sys.executable, str(Path(__file__).parent / "exec_tracer.py"),
+                                      str(self.output), str(ready)])  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, "the exec tracer did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        *lines, summary = self.output.read_text(errors="replace").splitlines()
+        shutil.rmtree(self.output.parent)
+        counts = dict(item.split("=") for item in summary.removeprefix("# ").split())
+        self.lines, self.execs, self.overflows = lines, int(counts["execs"]), int(counts["overflows"])
+
+
 class CommandLines:
     """Every process command line seen on the lab host and on this machine while the block runs.
 
-    Sampled as fast as the machines allow (a host loop over /proc/*/cmdline, a thread here), so a
-    secret on any command line that lives for more than a few milliseconds is caught.
+    Two ways at once: every exec on this machine and in the lab containers, its command line read as
+    exec() returns (ExecTracer); a loop over /proc/*/cmdline on the host (processes that rewrite their
+    title after exec). `control(seed)` starts short-lived processes on the host
+    (about 10 ms each) carrying a marker, and one carrying a real secret fragment, that must be seen.
     """
 
     SAMPLER = (
         "touch /root/sampling; nohup nice -n 19 sh -c 'while [ -e /root/sampling ]; do cat /proc/[0-9]*/cmdline"
         ' 2>/dev/null | tr "\\000" "\\n"; done | awk "!seen[\\$0]++" > /root/cmdlines\' >/dev/null 2>&1 &'
     )
+    CONTROLS = 10
 
     def __init__(self, host: LabHost):
-        self.host, self.seen, self._running = host, set(), False
+        self.host = host
+        self.marker = "control-" + secrets.token_hex(8)
+        self.tracer = ExecTracer()
+        self.controls_started = 0
 
-    def _sample_here(self):
-        while self._running:
-            for path in Path("/proc").glob("[0-9]*/cmdline"):
-                try:
-                    self.seen.update(path.read_bytes().split(b"\0"))
-                except OSError:
-                    pass
-            time.sleep(0.005)
+    def control(self, fragment: str) -> None:
+        """Short-lived processes on the host: CONTROLS with the marker, one with the marker and `fragment`.
+
+        Both reach the host through stdin, so neither is on this machine's command lines."""
+        script = (
+            "read marker; read fragment; "
+            f"for i in $(seq {self.CONTROLS}); do sh -c 'sleep 0.01; true' \"$marker-$i\"; done; "
+            'sh -c "sleep 0.01; true" "$marker-secret $fragment"'
+        )
+        sh(self.host, script, input=f"{self.marker}\n{fragment}\n")
+        self.controls_started += 1
 
     def __enter__(self):
         assert ssh(self.host, self.SAMPLER).returncode == 0
-        self._running = True
-        self._thread = threading.Thread(target=self._sample_here, daemon=True)
-        self._thread.start()
+        self.tracer.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._running = False
-        self._thread.join()
-        ssh(self.host, "rm -f /root/sampling; sleep 1")
-        host_lines = ssh(self.host, "cat /root/cmdlines; rm -f /root/cmdlines").stdout.splitlines()
-        self.lines = host_lines + [b.decode(errors="replace") for b in self.seen]
-        assert any("pyinfra" in line for line in self.lines) and any("mas-cli" in line for line in host_lines)
+        self.tracer.__exit__(*exc)
+        sh(self.host, "rm -f /root/sampling; sleep 1")
+        host_lines = sh(self.host, "cat /root/cmdlines; rm -f /root/cmdlines").splitlines()
+        self.traced = self.tracer.lines
+        self.lines = host_lines + self.traced
+        assert any("pyinfra" in line for line in self.lines) and any("mas-cli" in line for line in self.lines)
+
+    def controls_seen(self) -> set[str]:
+        """Which controls the exec tracer saw: "1".."CONTROLS" and "secret"."""
+        return {m.group(1) for line in self.traced for m in [re.search(rf"{self.marker}-(\w+)", line)] if m}
+
+    def without_controls(self) -> list[str]:
+        return [line for line in self.lines if self.marker not in line]
+
+
+class Watcher:
+    """Another local, unprivileged user of the host (`watcher`) copying every file it can read, while
+    the block runs (tests/watcher.py); afterwards root greps the copies for the secrets.
+
+    Two loops: the places where short-lived files appear (walked every few milliseconds and woken by
+    inotify), and the rest of the places a deploy writes to.
+    """
+
+    USER = "watcher"
+    STORE = "/home/watcher/seen"
+    STOP = "/run/watcher-stop"
+    FAST = ["/tmp", "/var/tmp", "/dev/shm", "/run", "/home"]
+    SLOW = ["/etc", "/var/lib", "/var/backups", "/var/log", "/opt"]
+
+    def __init__(self, host: LabHost):
+        self.host = host
+
+    def __enter__(self):
+        sh(self.host, f"id {self.USER} >/dev/null 2>&1 || useradd --create-home --shell /bin/sh {self.USER}")
+        sh(self.host, f"install -m 755 /dev/stdin /usr/local/bin/watcher.py && rm -rf {self.STORE} {self.STOP}",
+           input=(Path(__file__).parent / "watcher.py").read_text())  # fmt: skip
+        for roots in (self.FAST, self.SLOW):
+            sh(self.host, f"runuser -u {self.USER} -- sh -c 'nohup python3 /usr/local/bin/watcher.py {self.STORE} "
+                          f"{self.STOP} {' '.join(roots)} >/dev/null 2>&1 &'")  # fmt: skip
+        # Started, and on its first walk: its store exists.
+        sh(self.host, f"for i in $(seq 100); do [ -e {self.STORE}/index ] && exit 0; sleep 0.1; done; exit 1")
+        return self
+
+    def short_lived_control(self, fragment: str) -> str:
+        """A world-readable file in /tmp holding `fragment` for about 0.2 s: the watch must copy it."""
+        path = f"/tmp/watch-control-{secrets.token_hex(6)}"
+        sh(self.host, f"umask 022; cat > {path}.partial && mv {path}.partial {path} && sleep 0.2 && rm {path}",
+           input=fragment + "\n")  # fmt: skip
+        return path
+
+    def __exit__(self, *exc):
+        sh(self.host, f"touch {self.STOP}; for i in $(seq 600); do pgrep -u {self.USER} -f watcher.py >/dev/null || exit 0;"
+                      " sleep 0.1; done; exit 1")  # fmt: skip
+        self.loops = sh(self.host, f"cat {self.STORE}/loops-*").split()
+        assert len(self.loops) == 2, self.loops
+
+    def found(self, fragments: list[str]) -> set[str]:
+        """Paths whose copy (any version of it) holds a fragment; the fragments stay in a root-only file."""
+        root_file(self.host, "/root/.secret-patterns", pattern_file(fragments))
+        hits = sh(
+            self.host,
+            f"cd {self.STORE}/c && {{ grep -lF -r -f /root/.secret-patterns . ; rc=$?; }}; rm -f /root/.secret-patterns;"
+            " [ $rc -le 1 ] || exit $rc",
+        ).split()
+        index = sh(self.host, f"cat {self.STORE}/index")
+        names = {h.removeprefix("./") for h in hits}
+        return {path for line in index.splitlines() for digest, path in [line.split("\t", 1)] if digest in names}
+
+
+# Every file an unprivileged local user can read, on every filesystem of the host (tmpfs too), any size.
+READABLE_BY_WATCHER = (
+    "cd / && runuser -u watcher -- find / \\( -path /proc -o -path /sys -o -path /home/watcher/seen -o \\( -type d ! \\( -readable -executable \\) \\) \\)"
+    " -prune -o -type f -readable -print0"
+)
+
+
+def readable_files_holding(host: LabHost, fragments: list[str]) -> set[str]:
+    """Files on the host that the unprivileged user `watcher` can read and that hold a fragment.
+
+    The user lists what it can read (every filesystem, any size, only /proc and /sys skipped); root
+    greps those files for the fragments, kept in a root-only file. Every step's exit status is checked.
+    """
+    root_file(host, "/root/.secret-patterns", pattern_file(fragments))
+    out = sh(
+        host,
+        "set -o pipefail 2>/dev/null || true\n"
+        f"{READABLE_BY_WATCHER} > /root/readable 2> /root/find-errors; listed=$?\n"
+        # A file that vanished during the walk (a runtime file) is not an error of the search.
+        "if [ $listed = 1 ] && ! grep -qv 'No such file or directory$' /root/find-errors; then listed=0; fi\n"
+        # grep: 0 found, 1 nothing found, 2 an error; a file that vanished meanwhile is no error.
+        "xargs -0 -r sh -c 'grep -lF -f /root/.secret-patterns -- \"$@\" 2>>/root/find-errors; [ $? -le 1 ]' sh"
+        " < /root/readable; grepped=$?\n"
+        "if [ $grepped != 0 ] && ! grep -qv 'No such file or directory$' /root/find-errors; then grepped=0; fi\n"
+        "head -c 1000 /root/find-errors | tr '\\n' '|' | sed 's/^/errors=/'; echo\n"
+        "echo \"listed=$listed files=$(tr -cd '\\0' < /root/readable | wc -c) grepped=$grepped\"\n"
+        "rm -f /root/.secret-patterns /root/readable /root/find-errors\n",
+    )
+    *found, errors, summary = out.splitlines()
+    status = dict(item.split("=") for item in summary.split())
+    assert status["listed"] == "0" and status["grepped"] == "0", (summary, errors)
+    assert int(status["files"]) > 10000, summary
+    return set(found)

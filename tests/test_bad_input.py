@@ -1,7 +1,9 @@
 """Bad input stops `pyinfra inventory deploy.py` with a clear message before any host is contacted.
 
-The inventory's only host is a local TCP listener that counts connections: a good inventory makes
-pyinfra connect to it (the control), a bad one must not.
+Every refused input of the settings and of the secrets store goes through the real command line: the
+inventory's hosts are a local TCP listener that counts connections; a good inventory makes pyinfra
+connect to it (the control), a bad one must exit 2 without a connection, and each problem it lists
+must name the setting and say what is expected.
 """
 
 import json
@@ -15,6 +17,7 @@ import pytest
 from tests.lab_support import ROOT
 
 GOOD = {"matrix_server_name": "example.org", "mas_release_sha256": "a" * 64}
+SPLIT = {"db": ["db"], "mas": ["mas"], "synapse": ["syn"], "proxy": ["px"]}
 
 
 class ConnectionCounter:
@@ -34,12 +37,14 @@ class ConnectionCounter:
             conn.close()
 
 
-def run(settings: dict, tmp_path) -> tuple[subprocess.CompletedProcess, int]:
+def run(settings: dict, tmp_path, hosts=None, groups=None) -> tuple[subprocess.CompletedProcess, int]:
     counter = ConnectionCounter()
     env = {
         **os.environ,
         "MATRIX_DEPLOY_PROBE_PORT": str(counter.port),
         "MATRIX_DEPLOY_PROBE_SETTINGS": json.dumps({"secrets_dir": str(tmp_path / "secrets"), **settings}),
+        "MATRIX_DEPLOY_PROBE_HOSTS": json.dumps(hosts) if hosts is not None else "",
+        "MATRIX_DEPLOY_PROBE_GROUPS": json.dumps(groups) if groups is not None else "",
     }
     result = subprocess.run(
         [str(ROOT / ".venv/bin/pyinfra"), "-y", "tests/inventories/probe.py", "deploy.py"],
@@ -49,35 +54,86 @@ def run(settings: dict, tmp_path) -> tuple[subprocess.CompletedProcess, int]:
     return result, counter.count
 
 
+def problems_listed(stderr: str) -> list[str]:
+    """The problems the run listed, each "  - " item with its continuation lines (a YAML error spans several)."""
+    listed = stderr.split("no host was contacted:", 1)[-1].split("\n  - ")[1:]
+    return [problem.strip() for problem in listed]
+
+
+def assert_refused(result, connections, expected: str) -> None:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert connections == 0
+    assert "no host was contacted" in result.stderr
+    assert expected in result.stderr, result.stderr
+    listed = problems_listed(result.stderr)
+    assert listed, result.stderr
+    for problem in listed:
+        assert "expected" in problem, f"this message does not say what is expected: {problem}"
+
+
 def test_control_good_settings_do_reach_the_host(tmp_path):
     result, connections = run(GOOD, tmp_path)
     assert connections >= 1, result.stderr
     assert result.returncode != 0  # the counter is no SSH server
 
 
+def test_control_a_good_split_layout_does_reach_its_hosts(tmp_path):
+    hosts = {name: {"internal_address": f"10.0.0.{i}"} for i, name in enumerate(["db", "mas", "syn", "px"], 1)}
+    result, connections = run(GOOD, tmp_path, hosts, SPLIT)
+    assert connections >= 4, result.stderr
+
+
+# Every refused setting: (settings over GOOD, the message expected).
 BAD = [
-    ({"matrix_server_name": None}, "matrix_server_name is not set"),
-    ({"matrix_server_name": "Example Org"}, "matrix_server_name = 'Example Org'"),
+    ({"matrix_server_name": None}, "matrix_server_name is not set: expected a DNS name"),
+    ({"matrix_server_name": "Example Org"}, "matrix_server_name = 'Example Org': expected a DNS name"),
+    ({"matrix_server_name": "https://example.org"}, "matrix_server_name = 'https://example.org': expected a DNS name"),
     ({"matrix_public_url": "matrix.example.org"}, "matrix_public_url = 'matrix.example.org': expected an https URL"),
-    ({"mas_public_url": "https://matrix.example.org"}, "expected a host name of its own"),
+    ({"mas_public_url": "http://auth.example.org/"}, "mas_public_url = 'http://auth.example.org/': expected an https URL"),
+    ({"matrix_public_url": "https://x.example.org/matrix"}, "expected a bare https://host[:port]/ URL"),
+    ({"mas_public_url": "https://matrix.example.org/"},
+     "mas_public_url = 'https://matrix.example.org/': expected a host name of its own"),
     ({"synapse_port": 99999}, "synapse_port = 99999: expected a TCP port number between 1 and 65535"),
-    ({"mas_port": 8008}, "mas_port = 8008: already used by synapse_port"),
+    ({"synapse_port": 0}, "synapse_port = 0: expected a TCP port number between 1 and 65535"),
+    ({"mas_port": "8080"}, "mas_port = '8080': expected a TCP port number"),
+    ({"mas_port": 8008}, "mas_port = 8008: already used by synapse_port; expected a port of its own"),
+    ({"mas_health_port": 8080}, "mas_health_port = 8080: already used by mas_port"),
+    ({"postgres_port": 443}, "postgres_port = 443: already used by nginx (https)"),
     ({"synapse_version": "1.120.0"}, "synapse_version = '1.120.0': expected 1.136.0 or newer"),
+    ({"synapse_version": "1.135.0"}, "synapse_version = '1.135.0': expected 1.136.0 or newer with auth_mode 'native'"),
+    ({"synapse_version": "latest"}, "synapse_version = 'latest': expected a release version like 1.2.3"),
     ({"mas_version": "v1"}, "mas_version = 'v1': expected a release version"),
-    ({"mas_release_sha256": "xyz"}, "mas_release_sha256 = 'xyz'"),
-    (
-        {"tls_certificate": "/no/such.crt", "tls_certificate_key": "/no/such.key"},
-        "tls_certificate = '/no/such.crt': expected an existing file",
-    ),
-    ({"admin_user": "root user"}, "admin_user = 'root user'"),
-    (
-        {"synapse_extra_config": {"password_config": {"enabled": True}}},
-        "synapse_extra_config.password_config: not allowed",
-    ),
+    ({"auth_mode": "oauth"}, "auth_mode = 'oauth': expected one of native, msc3861"),
+    ({"auth_mode": "msc3861"}, "synapse_version = '1.163.2': expected 1.156.0 or older with auth_mode 'msc3861'"),
+    ({"allow_auth_mode_downgrade": "yes"}, "allow_auth_mode_downgrade = 'yes': expected true or false"),
+    ({"mas_release_sha256": None}, "mas_release_sha256 is not set: expected the release tarball's sha256"),
+    ({"mas_release_sha256": "xyz"}, "mas_release_sha256 = 'xyz': expected the release tarball's sha256"),
+    ({"mas_release_sha256": "ABC"}, "mas_release_sha256 = 'ABC': expected the release tarball's sha256"),
+    ({"mas_release_file": "/nonexistent/mas.tar.gz"},
+     "mas_release_file = '/nonexistent/mas.tar.gz': expected an existing file"),
+    ({"mas_release_url": "ftp://mirror/mas.tgz"}, "mas_release_url = 'ftp://mirror/mas.tgz': expected an http(s) URL"),
+    ({"tls_certificate": "/no/such.crt", "tls_certificate_key": "/no/such.key"},
+     "tls_certificate = '/no/such.crt': expected an existing file"),
+    ({"tls_certificate": "/etc/hostname"}, "tls_certificate and tls_certificate_key: expected both set"),
+    ({"admin_user": "root user"}, "admin_user = 'root user': expected a user name MAS accepts"),
+    ({"synapse_extra_config": {"enable_registration": True}},
+     "synapse_extra_config.enable_registration: not allowed (registration is handled by MAS)"),
+    ({"synapse_extra_config": {"password_config": {"enabled": True}}},
+     "synapse_extra_config.password_config: not allowed"),
     ({"synapse_extra_config": {"oidc_providers": []}}, "synapse_extra_config.oidc_providers: not allowed"),
+    ({"synapse_extra_config": {"experimental_features": {"msc3861": {}}}},
+     "synapse_extra_config.experimental_features: not allowed"),
+    ({"synapse_extra_config": ["max_upload_size"]}, "synapse_extra_config = ['max_upload_size']: expected a mapping"),
     ({"mas_extra_config": {"secrets": {}}}, "mas_extra_config.secrets: not allowed"),
-    ({"auth_mode": "oauth"}, "auth_mode = 'oauth'"),
-    ({"synapse_verison": "1.163.2"}, "did you mean synapse_version?"),
+    ({"mas_extra_config": {"matrix": {}}}, "mas_extra_config.matrix: not allowed"),
+    ({"synapse_verison": "1.163.2"}, "synapse_verison: unknown setting; did you mean synapse_version?"),
+    ({"backup_dir": "backups"}, "backup_dir = 'backups': expected an absolute directory path"),
+    ({"backup_keep": 0}, "backup_keep = 0: expected a whole number of dumps to keep, 1 or more"),
+    ({"secrets_dir": ""}, "secrets_dir = '': expected a directory path"),
+    # Production shapes and the rollout.
+    ({"postgres_version": 15}, "postgres_version: no longer a setting: PostgreSQL's version follows each host's Debian"),
+    ({"synapse_version": "1.160.0"}, "synapse_version = '1.160.0': expected a version with a lock in the repository"),
+    ({"secrets_age_identity": "/no/such.key"}, "secrets_age_identity = '/no/such.key': expected an existing file"),
     # MAS settings (issue 11): the rules MAS 1.22.0 applies when it loads its config, checked here first.
     (
         {"auth_mode": "msc3861", "synapse_version": "1.124.0"},
@@ -114,10 +170,10 @@ BAD = [
      "token_endpoint_auth_method = 'private_key_jwt': expected one of client_secret_basic, client_secret_post, none"),
     ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
                                   "client_id": "c", "claims": {"skip_confirmation": True}}]},
-     "mas_upstream_providers[0].claims.localpart.action: must be `require` when skip_confirmation is true"),
+     "mas_upstream_providers[0].claims.localpart.action: expected `require` when skip_confirmation is true"),
     ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
                                   "client_id": "c", "claims": {"localpart": {"on_conflict": "add"}}}]},
-     "claims.localpart.action: must be `force` or `require` when on_conflict is `add`"),
+     "claims.localpart.action: expected `force` or `require` when on_conflict is `add`"),
     ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
                                   "client_id": "c", "claims": {"email": {"action": "always"}}}]},
      "claims.email.action = 'always': expected one of ignore, suggest, force, require"),
@@ -131,39 +187,88 @@ BAD = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("settings, expected", BAD, ids=[m.split(":")[0].split(" ")[0] for _, m in BAD])
+@pytest.mark.parametrize("settings, expected", BAD, ids=[f"{i:02d}-{m.split(' ')[0]}" for i, (_, m) in enumerate(BAD)])
 def test_bad_setting_stops_before_any_connection(settings, expected, tmp_path):
-    result, connections = run({**GOOD, **settings}, tmp_path)
-    assert result.returncode == 2
-    assert "no host was contacted" in result.stderr
-    assert expected in result.stderr, result.stderr
-    assert connections == 0
+    assert_refused(*run({**GOOD, **settings}, tmp_path), expected)
+
+
+def test_release_file_with_another_sha256_stops_before_any_connection(tmp_path):
+    release = tmp_path / "mas.tar.gz"
+    release.write_bytes(b"not the pinned release")
+    result, connections = run({**GOOD, "mas_release_file": str(release)}, tmp_path)
+    assert_refused(result, connections, "expected the file the checksum was pinned for")
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    result, connections = run(
+        {**GOOD, "matrix_server_name": "bad name", "synapse_port": -1, "admin_user": "!"}, tmp_path
+    )
+    assert_refused(result, connections, "synapse_port = -1")
+    assert len(problems_listed(result.stderr)) == 3, result.stderr
+
+
+# Layouts: (hosts, groups, the message expected); every host is the counting listener.
+BAD_LAYOUTS = [
+    ({"a": {}, "b": {}}, {"db": ["a", "b"], "mas": ["a"], "synapse": ["a"], "proxy": ["a"]},
+     "role db: 2 hosts (a, b); expected exactly one host"),
+    ({"a": {}}, {"db": ["a"], "synapse": ["a"], "proxy": ["a"]},
+     "role mas: no host is in the 'mas' group; expected exactly one host"),
+    ({"a": {}}, {"db": ["a"], "mas": ["a"], "synapse": ["a"]},
+     "role proxy: no host is in the 'proxy' group; expected exactly one host or more"),
+    ({"a": {"synapse_version": "1.163.2"}, "b": {"synapse_version": "1.162.0"}},
+     {"db": ["a"], "mas": ["a"], "synapse": ["a"], "proxy": ["b"]},
+     "synapse_version differs between hosts a ('1.163.2') and b ('1.162.0'): expected one value"),
+    ({"a": {"internal_address": "not an address!"}}, {"db": ["a"], "mas": ["a"], "synapse": ["a"], "proxy": ["a"]},
+     "internal_address of host a = 'not an address!': expected an IP address or host name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "hosts, groups, expected", BAD_LAYOUTS, ids=["two-db", "no-mas", "no-proxy", "differ", "address"]
+)
+def test_bad_layout_stops_before_any_connection(hosts, groups, expected, tmp_path):
+    assert_refused(*run(GOOD, tmp_path, hosts, groups), expected)
 
 
 @pytest.mark.parametrize(
     "store, mode, expected",
     [
         ("matrix_shared_secret: tooshort\n", 0o600, "matrix_shared_secret is 8 characters long; expected at least 32"),
+        ("matrix_shared_secret: short\n", 0o600, "matrix_shared_secret is 5 characters long; expected at least 32"),
         ("matrix_shared_secret: " + "x" * 40 + "\n", 0o644, "has mode 0644: expected 0600"),
         ("{unclosed: [\n", 0o600, "is not valid YAML"),
-        ("some_token: " + "x" * 40 + "\n", 0o600, "unknown secret 'some_token'"),
-        # MAS loads its signing keys only when its server starts, and reads encryption_file byte for byte.
+        ("- a list\n", 0o600, "expected a mapping of secret names to strings"),
+        ("some_token: " + "x" * 40 + "\n", 0o600, "unknown secret 'some_token'; expected one of"),
+        ("mas_encryption_key: " + "z" * 64 + "\n", 0o600, "mas_encryption_key: expected 64 hex digits"),
+        ("mas_encryption_key: " + "a" * 10 + "\n", 0o600, "mas_encryption_key: expected 64 hex digits"),
+        # MAS loads its signing keys only when its server starts: checked here, before any connection.
         ("mas_signing_key_rsa: not a key\n", 0o600, "mas_signing_key_rsa: not an unencrypted PEM private key"),
-        ("mas_signing_key_ec: |\n  -----BEGIN PRIVATE KEY-----\n  MIIB\n  -----END PRIVATE KEY-----\n", 0o600,
-         "mas_signing_key_ec: not an unencrypted PEM private key"),
-        ("mas_encryption_key: " + "g" * 64 + "\n", 0o600, "mas_encryption_key: expected 64 hex digits"),
+        (
+            "mas_signing_key_ec: |\n  -----BEGIN PRIVATE KEY-----\n  MIIB\n  -----END PRIVATE KEY-----\n",
+            0o600,
+            "mas_signing_key_ec: not an unencrypted PEM private key",
+        ),
     ],
-    ids=["short-secret", "store-mode", "store-damaged", "store-unknown-entry", "store-bad-rsa-key",
-         "store-bad-ec-key", "store-bad-encryption-key"],
-)  # fmt: skip
+    ids=[
+        "short-secret",
+        "short-hand-set",
+        "store-mode",
+        "store-damaged",
+        "store-not-a-mapping",
+        "store-unknown-entry",
+        "encryption-key-not-hex",
+        "encryption-key-length",
+        "store-bad-rsa-key",
+        "store-bad-ec-key",
+    ],  # fmt: skip
+)
 def test_bad_secrets_store_stops_before_any_connection(store, mode, expected, tmp_path):
     path = tmp_path / "secrets" / "probe.yaml"
     path.parent.mkdir(mode=0o700)
     path.write_text(store)
     os.chmod(path, mode)
     result, connections = run(GOOD, tmp_path)
-    assert result.returncode == 2 and connections == 0
-    assert expected in result.stderr, result.stderr
+    assert_refused(result, connections, expected)
     assert path.read_text() == store, "a refused store is never rewritten"
 
 
@@ -195,3 +300,8 @@ def test_secrets_only_the_operator_has_must_be_in_the_store(settings, expected, 
     result, connections = run({**GOOD, **settings}, tmp_path)
     assert result.returncode == 2 and connections == 0
     assert expected in result.stderr, result.stderr
+
+
+def test_unreadable_secrets_store_stops_before_any_connection(tmp_path):
+    (tmp_path / "secrets" / "probe.yaml").mkdir(parents=True, mode=0o700)  # root reads any file: a directory it cannot
+    assert_refused(*run(GOOD, tmp_path), "cannot be read (Is a directory): expected a readable file")

@@ -8,11 +8,14 @@ import pytest
 
 from matrix_deploy.host_state import Snapshot, sha1
 
+# sha1 of b"s3cret", as `printf s3cret | sha1sum` prints it: pinned, not recomputed with the product's sha1().
+S3CRET_SHA1 = "fef341f85d87439e7d91a2d465b9871ef66b5e98"
+
 OUTPUT = [
     "P\td\troot\tmas\t750\t\t/etc/mas",
     "P\tf\tmas\tmas\t400\t\t/etc/mas/secrets/matrix_secret",
     "P\tl\troot\troot\t777\t/opt/mas/1.22.0\t/opt/mas/current",
-    f"H\t{sha1('s3cret')}  /etc/mas/secrets/matrix_secret",
+    "H\tfef341f85d87439e7d91a2d465b9871ef66b5e98  /etc/mas/secrets/matrix_secret",
     "U\tmas:x:999:997::/opt/mas:/usr/sbin/nologin",
     "G\tmas:x:997:",
     "K\tnginx\tii ",
@@ -55,3 +58,19 @@ def test_a_path_outside_the_roots_is_a_programming_error_not_a_missing_file():
         state.exists("/etc/synapse/homeserver.yaml")
     with pytest.raises(LookupError):
         state.exists("/etc/mas/a/b/c")  # deeper than the root was listed
+
+
+def test_sha1_is_the_hex_digest_of_the_utf8_content():
+    assert sha1("s3cret") == S3CRET_SHA1
+    assert sha1("native\n") == "c087e136b92cf46e7382a205335bf2d1109fad6f"
+    assert sha1("") == "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+
+
+def test_the_snapshot_command_output_is_read_as_the_host_printed_it():
+    """A line exactly as find -printf and sha1sum print them, tabs and two spaces included."""
+    state = snapshot()
+    entry = state.entry("/etc/mas/secrets/matrix_secret")
+    assert (entry.kind, entry.user, entry.group, entry.mode, entry.sha1) == ("f", "mas", "mas", 0o400, S3CRET_SHA1)
+    assert state.entry("/opt/mas/current").target == "/opt/mas/1.22.0"
+    assert state.users["mas"] == ["mas", "x", "999", "997", "", "/opt/mas", "/usr/sbin/nologin"]
+    assert state.units["postgresql@15-main"] == ("active", "enabled")
