@@ -92,7 +92,17 @@ def test_urls_are_normalised():
             {"tls_certificate": "/nonexistent.crt", "tls_certificate_key": "/nonexistent.key"},
             "tls_certificate = '/nonexistent.crt': expected an existing file",
         ),
-        ({"tls_certificate": "/etc/hostname"}, "tls_certificate and tls_certificate_key: expected both set"),
+        (
+            {"tls": "files", "tls_certificate": "/etc/hostname"},
+            "tls_certificate and tls_certificate_key: expected both set with tls = 'files'",
+        ),
+        ({"tls_certificate": "/etc/hostname"}, "tls_certificate: expected unset with tls = 'acme'"),
+        ({"tls": "letsencrypt"}, "tls = 'letsencrypt': expected one of acme, files, self-signed"),
+        (
+            {"acme_directory_url": "http://ca.example/dir"},
+            "acme_directory_url = 'http://ca.example/dir': expected the https URL",
+        ),
+        ({"acme_email": "nobody"}, "acme_email = 'nobody': expected an email address"),
         ({"admin_user": "Admin User"}, "admin_user = 'Admin User': expected a user name MAS accepts"),
         (
             {"postgres_version": 15},
