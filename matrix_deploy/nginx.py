@@ -90,9 +90,12 @@ def _acme(d: Deployment):
         host_state.put("ACME directory's CA", ca, s.acme_directory_ca.read_text(), "root", "root", "644")
         env = f"REQUESTS_CA_BUNDLE={ca} "
     # Unattended renewals reach a private ACME directory too.
-    host_state.put("certbot renewals trust the ACME directory's CA", CERTBOT_DROP_IN,
-                   f"[Service]\nEnvironment=REQUESTS_CA_BUNDLE={ca}\n" if s.acme_directory_ca else "[Service]\n",
-                   "root", "root", "644")  # fmt: skip
+    drop_in = host_state.put("certbot renewals trust the ACME directory's CA", CERTBOT_DROP_IN,
+                             f"[Service]\nEnvironment=REQUESTS_CA_BUNDLE={ca}\n" if s.acme_directory_ca else "[Service]\n",
+                             "root", "root", "644")  # fmt: skip
+    if drop_in is not None:
+        remote.shell(name="systemd reads certbot's drop-in", commands=["systemctl daemon-reload"],
+                     _if=drop_in.did_change)  # fmt: skip
     request = f"{s.acme_directory_url}\n{' '.join(_names(d))}\n{s.acme_email or ''}\n"
     linked = state.is_link(CERTIFICATE, f"{ACME_LIVE}/fullchain.pem") and state.is_link(
         CERTIFICATE_KEY, f"{ACME_LIVE}/privkey.pem"
