@@ -285,7 +285,7 @@ def test_a_forced_renewal_is_served_after_a_reload_not_a_restart(split):
     before = served_certificate(proxy, name)["serialNumber"]
     main_pid = ssh(proxy, "systemctl show -p MainPID --value nginx").stdout
     # As certbot.timer's unit runs it (its environment from our drop-in), but forced.
-    renew = ssh(proxy, "env $(systemctl show -p Environment --value certbot.service) certbot renew --force-renewal -q")
+    renew = ssh(proxy, "env $(systemctl show -p Environment --value certbot.service) certbot renew --force-renewal --no-random-sleep-on-renew -q")
     assert renew.returncode == 0, renew.stderr
     for _ in range(50):
         if served_certificate(proxy, name)["serialNumber"] != before:
