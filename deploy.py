@@ -23,7 +23,7 @@ state = host_state.read(
     managed(),
     apt_busy=base.APT_BUSY,
     names=(MAS_USER, SYNAPSE_USER),
-    packages=base.packages(roles),
+    packages=base.packages(roles, settings.tls),
     units=platform.POSTGRES_UNITS,
     resolve=settings.placement.addresses.values(),
 )
@@ -35,7 +35,7 @@ if release is None:
     )
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
-base.prepare(roles)
+base.prepare(roles, settings.tls)
 done("Host base")
 if "db" in roles:
     postgres.install(deployment, release)

@@ -40,9 +40,19 @@ mas_extra_config = {}
 # PostgreSQL's port.
 postgres_port = 5432
 
-# TLS certificate and key files on the operator's machine; unset: a self-signed certificate made on the proxy.
+# Where the proxy's certificates come from: "acme" (obtained and renewed on the proxy by certbot, HTTP-01 on
+# port 80), "files" (tls_certificate and tls_certificate_key below), or "self-signed" (made on the proxy).
+tls = "acme"
+# With tls = "files": your certificate (full chain) and key, files on the operator's machine.
 tls_certificate = None
 tls_certificate_key = None
+# The ACME directory: Let's Encrypt; staging inventories: https://acme-staging-v02.api.letsencrypt.org/directory
+acme_directory_url = "https://acme-v02.api.letsencrypt.org/directory"
+# The ACME account's email (expiry notices from the CA); unset: an account without email.
+acme_email = None
+# A CA certificate file (operator's machine) that the ACME directory's own HTTPS is signed by: only for a
+# private ACME server (the lab's pebble); unset: the system's CAs.
+acme_directory_ca = None
 
 # Where PostgreSQL dumps taken before database migrations (new MAS release or Synapse version) go, on the service's host.
 backup_dir = "/var/backups/matrix-deploy"

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from matrix_deploy.inventory import check
-from matrix_deploy.lab import LAB_DIR, read_hosts
+from matrix_deploy.lab import LAB_DIR, acme, read_hosts
 
 _hosts = read_hosts()
 if not _hosts:
@@ -27,6 +27,10 @@ _settings = {
     "mas_release_sha256": _release["sha256"],
     "admin_user": "admin",
     "secrets_dir": str(LAB_DIR / "secrets"),
+    # Certificates from the lab's own ACME server (pebble on this machine), as a real proxy gets them.
+    "tls": "acme",
+    "acme_directory_url": acme.DIRECTORY,
+    "acme_directory_ca": str(LAB_DIR / "acme-directory-ca.pem"),
     **json.loads(Path(LAB_DIR / "settings.json").read_text() if (LAB_DIR / "settings.json").exists() else "{}"),
 }
 _ssh = {"ssh_known_hosts_file": "/dev/null", "ssh_strict_host_key_checking": "off"}

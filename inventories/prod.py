@@ -16,8 +16,10 @@ _settings = {
     "mas_public_url": "https://auth.example.org/",
     # MAS publishes no checksums: download the release once, check it, and pin its sha256 here.
     "mas_release_sha256": "0" * 64,
-    "tls_certificate": "/etc/letsencrypt/live/matrix.example.org/fullchain.pem",
-    "tls_certificate_key": "/etc/letsencrypt/live/matrix.example.org/privkey.pem",
+    # Certificates from Let's Encrypt for matrix., auth. and example.org itself (its /.well-known/matrix/*),
+    # obtained and renewed on the host: those names must point at it, port 80 open.
+    "tls": "acme",
+    "acme_email": "hostmaster@example.org",
     "admin_user": "admin",
 }
 _host = ("matrix.example.org", {"ssh_user": "deploy", "_sudo": True, **_settings})

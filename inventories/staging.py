@@ -12,6 +12,8 @@ _settings = {
     "mas_release_sha256": "0" * 64,
     # An air-gapped staging network: the release is uploaded from this machine.
     "mas_release_file": "releases/mas-cli-x86_64-linux.tar.gz",
+    # Let's Encrypt's staging CA: real ACME, no rate limits, certificates browsers do not trust.
+    "acme_directory_url": "https://acme-staging-v02.api.letsencrypt.org/directory",
 }
 
 

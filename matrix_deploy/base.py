@@ -26,16 +26,18 @@ DEBIAN_FRONTEND=noninteractive dpkg --configure -a
 """
 
 
-def packages(roles: set[str]) -> list[str]:
-    return sorted({p for role in roles for p in PACKAGES[role]})
+def packages(roles: set[str], tls: str = "self-signed") -> list[str]:
+    """The Debian packages of `roles`; an ACME proxy also gets certbot."""
+    extra = {"certbot"} if "proxy" in roles and tls == "acme" else set()
+    return sorted({p for role in roles for p in PACKAGES[role]} | extra)
 
 
 @deploy("Host base")
-def prepare(roles: set[str]):
+def prepare(roles: set[str], tls: str):
     state = host_state.current()
     if state.apt_busy:
         remote.shell(name="Wait for an earlier apt run and finish what dpkg left undone", commands=[APT_RECOVER])
     host_state.directory("matrix-deploy state directory", STATE, "root", "root", "700")
-    wanted = packages(roles)
+    wanted = packages(roles, tls)
     if state.apt_busy or not state.packages_installed(wanted):
         apt.packages(name="Packages for this host's roles", packages=wanted, update=True, cache_time=3600)

@@ -1,6 +1,7 @@
 """nginx: TLS front for the homeserver and MAS, with the MAS compatibility layer."""
 
 import json
+import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -9,7 +10,7 @@ from pyinfra.operations import files
 from . import host_state, remote, restarts
 from .config_files import install_checked
 from .inventory import Deployment
-from .paths import NGINX_SITE, NGINX_TLS
+from .paths import ACME_LIVE, ACME_WEBROOT, CERTBOT_DROP_IN, NGINX_SITE, NGINX_TLS, STATE
 from .platform import RELEASES, Release
 from .render import render
 from .units import drop_in
@@ -17,6 +18,7 @@ from .units import drop_in
 CERTIFICATE = f"{NGINX_TLS}/matrix-deploy.crt"
 CERTIFICATE_KEY = f"{NGINX_TLS}/matrix-deploy.key"
 DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
+ACME_REQUEST = f"{STATE}/acme-request"  # what the current ACME certificate was asked for
 READY = "curl -fsS -k -o /dev/null https://127.0.0.1/.well-known/matrix/server"
 
 
@@ -34,6 +36,7 @@ def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"
         http2_directive=release.nginx_http2_directive,
         homeserver_names=names,
         mas_host=s.mas_public_host,
+        acme_webroot=ACME_WEBROOT if s.tls == "acme" else None,
         certificate=CERTIFICATE,
         certificate_key=CERTIFICATE_KEY,
         well_known_client=json.dumps(client, separators=(",", ":")),
@@ -41,21 +44,28 @@ def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"
     )
 
 
+def _names(d: Deployment) -> list[str]:
+    """Every name the proxy serves: the homeserver's public host, MAS's, and the server name's."""
+    s = d.settings
+    return list(dict.fromkeys([s.public_host, s.mas_public_host, s.server_name]))
+
+
 def _certificate(d: Deployment):
+    """The certificate nginx starts with: yours, or a self-signed one (also ACME's bootstrap: nginx needs
+    a certificate to serve 443 before the ACME certificate exists)."""
     s = d.settings
     host_state.directory("TLS directory", NGINX_TLS, "root", "root", "700")
-    if s.tls_certificate:
+    if s.tls == "files":
         return [
             host_state.put("TLS certificate", CERTIFICATE, s.tls_certificate.read_text(), "root", "root", "644"),
             host_state.secret("TLS private key", CERTIFICATE_KEY, s.tls_certificate_key.read_text(), "root", "root"),
         ]
     if host_state.current().exists(CERTIFICATE_KEY):
         return []
-    names = sorted({s.public_host, s.mas_public_host, s.server_name})
-    san = ",".join(f"DNS:{n}" for n in names)
+    san = ",".join(f"DNS:{n}" for n in _names(d))
     return [
         remote.shell(
-            name="Self-signed TLS certificate (no tls_certificate set)",
+            name="Self-signed TLS certificate" + (" (until ACME's)" if s.tls == "acme" else ""),
             commands=[
                 f"umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN={s.public_host}"
                 f" -addext subjectAltName={san} -keyout {CERTIFICATE_KEY} -out {CERTIFICATE} 2>/dev/null"
@@ -63,6 +73,54 @@ def _certificate(d: Deployment):
             ],
         )
     ]
+
+
+def _acme(d: Deployment):
+    """With tls = acme, once nginx serves the challenges on port 80: certbot obtains one certificate for
+    every name, nginx's certificate paths become links into certbot's live lineage, and nginx reloads.
+
+    Renewal is certbot's own (Debian's certbot.timer, twice a day); its deploy hook reloads nginx, so a
+    renewed certificate is served without a restart. The recorded request (directory, names, email)
+    makes a re-run a no-op and a change of names a new request.
+    """
+    s, state = d.settings, host_state.current()
+    env = ""
+    if s.acme_directory_ca:
+        ca = f"{NGINX_TLS}/acme-directory-ca.pem"
+        host_state.put("ACME directory's CA", ca, s.acme_directory_ca.read_text(), "root", "root", "644")
+        env = f"REQUESTS_CA_BUNDLE={ca} "
+    # Unattended renewals reach a private ACME directory too.
+    drop_in = host_state.put("certbot renewals trust the ACME directory's CA", CERTBOT_DROP_IN,
+                             f"[Service]\nEnvironment=REQUESTS_CA_BUNDLE={ca}\n" if s.acme_directory_ca else "[Service]\n",
+                             "root", "root", "644")  # fmt: skip
+    if drop_in is not None:
+        remote.shell(name="systemd reads certbot's drop-in", commands=["systemctl daemon-reload"],
+                     _if=drop_in.did_change)  # fmt: skip
+    request = f"{s.acme_directory_url}\n{' '.join(_names(d))}\n{s.acme_email or ''}\n"
+    linked = state.is_link(CERTIFICATE, f"{ACME_LIVE}/fullchain.pem") and state.is_link(
+        CERTIFICATE_KEY, f"{ACME_LIVE}/privkey.pem"
+    )
+    if linked and state.is_file(ACME_REQUEST, request):
+        return None
+    account = f"--email {shlex.quote(s.acme_email)}" if s.acme_email else "--register-unsafely-without-email"
+    domains = " ".join(f"-d {n}" for n in _names(d))
+    return remote.shell(
+        name=f"Certificate over ACME for {', '.join(_names(d))}",
+        commands=[
+            f"""
+set -e
+install -d -m 755 {ACME_WEBROOT}
+{env}certbot certonly --non-interactive --agree-tos --quiet --server {shlex.quote(s.acme_directory_url)} {account} \
+    --webroot -w {ACME_WEBROOT} --cert-name matrix-deploy {domains} --keep-until-expiring \
+    --deploy-hook 'systemctl reload nginx'
+ln -sfn {ACME_LIVE}/fullchain.pem {CERTIFICATE}
+ln -sfn {ACME_LIVE}/privkey.pem {CERTIFICATE_KEY}
+nginx -t 2>/dev/null
+systemctl reload nginx
+printf %s {shlex.quote(request)} > {ACME_REQUEST}
+"""
+        ],
+    )
 
 
 @deploy("nginx")
@@ -95,3 +153,5 @@ def install(d: Deployment, release: Release):
     # A reload does not apply a unit's sandboxing: a changed drop-in needs a real restart.
     restarts.restart("nginx-unit", "nginx", READY, restarts.mark("nginx-unit", [sandbox]))
     restarts.restart("nginx", "nginx", READY, marked, action="reload-or-restart")
+    if d.settings.tls == "acme":
+        _acme(d)

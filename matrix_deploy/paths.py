@@ -29,7 +29,10 @@ SYNAPSE_SECRETS = f"{SYNAPSE_ETC}/secrets"
 SYNAPSE_DATA = "/var/lib/synapse"
 
 NGINX_SITE = "/etc/nginx/conf.d/matrix-deploy.conf"
-NGINX_TLS = "/etc/nginx/tls"
+NGINX_TLS = "/etc/nginx/tls"  # the certificate nginx serves: files, or links into certbot's live directory
+ACME_WEBROOT = "/var/www/matrix-deploy-acme"  # HTTP-01 challenges, served by nginx on port 80
+ACME_LIVE = "/etc/letsencrypt/live/matrix-deploy"  # certbot's lineage (keys in its 0700 archive)
+CERTBOT_DROP_IN = "/etc/systemd/system/certbot.service.d/matrix-deploy.conf"
 
 POSTGRES_SQL = f"{STATE}/postgres-roles.sql"  # root only; psql reads it on its standard input
 
@@ -55,6 +58,7 @@ def managed() -> dict[str, int]:
         "/etc/nginx/sites-enabled": 1,
         **postgres,
         "/etc/systemd/system/nginx.service.d": 1,
+        "/etc/systemd/system/certbot.service.d": 1,
         "/etc/systemd/system/mas.service": 0,
         "/etc/systemd/system/synapse.service": 0,
     }

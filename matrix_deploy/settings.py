@@ -19,6 +19,7 @@ from . import locks, mas_settings
 ROLES = ("db", "mas", "synapse", "proxy")
 SINGLE_INSTANCE_ROLES = ("db", "mas", "synapse")
 AUTH_MODES = ("native", "msc3861")
+TLS_MODES = ("acme", "files", "self-signed")
 # The first Synapse with the `matrix_authentication_service` section.
 NATIVE_MIN_SYNAPSE = (1, 136, 0)
 # The newest Synapse that still has `experimental_features.msc3861` (1.157.0 removed it).
@@ -83,7 +84,7 @@ MAS_ACCOUNT_FORBIDDEN = {
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-OUR_PREFIXES = ("matrix_", "mas_", "synapse_", "postgres_", "tls_", "admin_", "auth_", "secrets_", "backup_")
+OUR_PREFIXES = ("acme_", "matrix_", "mas_", "synapse_", "postgres_", "tls_", "admin_", "auth_", "secrets_", "backup_")
 
 
 def resolve_literal(address: str) -> list[str]:
@@ -176,8 +177,12 @@ class Settings:
     mas_health_port: int
     mas_extra_config: dict[str, Any] = field(hash=False)
     postgres_port: int
+    tls: str  # acme, files or self-signed
     tls_certificate: Path | None
     tls_certificate_key: Path | None
+    acme_directory_url: str
+    acme_email: str | None
+    acme_directory_ca: Path | None  # a CA the ACME directory's own HTTPS is signed by (a staging or lab ACME server)
     admin_user: str | None
     secrets_dir: Path
     secrets_age_identity: Path | None  # the operator's age key: the store is (or becomes) <inventory>.yaml.age
@@ -226,8 +231,12 @@ DEPLOYMENT_KEYS = (
     "mas_health_port",
     "mas_extra_config",
     "postgres_port",
+    "tls",
     "tls_certificate",
     "tls_certificate_key",
+    "acme_directory_url",
+    "acme_email",
+    "acme_directory_ca",
     "admin_user",
     "secrets_dir",
     "secrets_age_identity",
@@ -446,11 +455,20 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
             problems.append(f"{key} = {port}: already used by {seen[port]}; expected a port of its own")
         elif port:
             seen[port] = key
+    tls = c.text("tls", expected=f"one of {', '.join(TLS_MODES)}")
+    if tls is not None and tls not in TLS_MODES:
+        c.bad("tls", tls, f"one of {', '.join(TLS_MODES)}")
     cert, key = c.file("tls_certificate"), c.file("tls_certificate_key")
-    if (first.get("tls_certificate") is None) != (first.get("tls_certificate_key") is None):
+    given = [k for k in ("tls_certificate", "tls_certificate_key") if first.get(k) is not None]
+    if tls == "files" and len(given) != 2:
         problems.append(
-            "tls_certificate and tls_certificate_key: expected both set (your certificate) or neither (self-signed)"
+            "tls_certificate and tls_certificate_key: expected both set with tls = 'files' (your certificate and key)"
         )
+    elif tls in ("acme", "self-signed") and given:
+        problems.append(f"{given[0]}: expected unset with tls = {tls!r}; set tls = 'files' to use your own certificate")
+    acme_url = c.text("acme_directory_url", re.compile(r"^https://\S+$"), "the https URL of an ACME directory")
+    acme_email = c.text("acme_email", re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$"), "an email address", required=False)
+    acme_ca = c.file("acme_directory_ca")
     admin_user = c.text(
         "admin_user",
         mas_settings.ADMIN_USER,
@@ -506,8 +524,12 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
         mas_health_port=ports["mas_health_port"],
         mas_extra_config=mas_extra,
         postgres_port=ports["postgres_port"],
+        tls=tls,
         tls_certificate=cert,
         tls_certificate_key=key,
+        acme_directory_url=acme_url,
+        acme_email=acme_email,
+        acme_directory_ca=acme_ca,
         admin_user=admin_user,
         secrets_dir=Path(secrets_dir),
         secrets_age_identity=age_identity,

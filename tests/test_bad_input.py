@@ -114,7 +114,6 @@ BAD = [
     ({"mas_release_url": "ftp://mirror/mas.tgz"}, "mas_release_url = 'ftp://mirror/mas.tgz': expected an http(s) URL"),
     ({"tls_certificate": "/no/such.crt", "tls_certificate_key": "/no/such.key"},
      "tls_certificate = '/no/such.crt': expected an existing file"),
-    ({"tls_certificate": "/etc/hostname"}, "tls_certificate and tls_certificate_key: expected both set"),
     ({"admin_user": "root user"}, "admin_user = 'root user': expected a user name MAS accepts"),
     ({"synapse_extra_config": {"enable_registration": True}},
      "synapse_extra_config.enable_registration: not allowed (registration is handled by MAS)"),
@@ -131,6 +130,15 @@ BAD = [
     ({"backup_keep": 0}, "backup_keep = 0: expected a whole number of dumps to keep, 1 or more"),
     ({"secrets_dir": ""}, "secrets_dir = '': expected a directory path"),
     # Production shapes and the rollout.
+    (
+        {"tls": "files", "tls_certificate": "/etc/hostname"},
+        "tls_certificate and tls_certificate_key: expected both set with tls = 'files'",
+    ),
+    ({"tls_certificate": "/etc/hostname"}, "tls_certificate: expected unset with tls = 'acme'"),
+    ({"tls": "letsencrypt"}, "tls = 'letsencrypt': expected one of acme, files, self-signed"),
+    ({"acme_directory_url": "http://ca.example/dir"}, "acme_directory_url = 'http://ca.example/dir': expected the https URL"),
+    ({"acme_email": "nobody"}, "acme_email = 'nobody': expected an email address"),
+    ({"acme_directory_ca": "/no/such.pem"}, "acme_directory_ca = '/no/such.pem': expected an existing file"),
     ({"postgres_version": 15}, "postgres_version: no longer a setting: PostgreSQL's version follows each host's Debian"),
     ({"synapse_version": "1.160.0"}, "synapse_version = '1.160.0': expected a version with a lock in the repository"),
     ({"secrets_age_identity": "/no/such.key"}, "secrets_age_identity = '/no/such.key': expected an existing file"),

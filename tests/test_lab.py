@@ -38,7 +38,7 @@ def test_two_hosts_boot_reach_each_other_and_the_mirror_then_vanish():
     left = lab.leftovers()
     assert left == {
         "bridge": False, "nft_table": False, "veths": [], "saved_sysctl": False,
-        "containers": [], "disks": [], "hosts_file": False,
+        "containers": [], "disks": [], "hosts_file": False, "acme_server": False,
     }  # fmt: skip
     assert subprocess.run(["ip", "link", "show", network.BRIDGE], capture_output=True).returncode != 0
 

@@ -11,6 +11,7 @@ its host's internal address. Debian 13, deployed as root (the single-host tests 
 import json
 import re
 import socket
+import ssl
 import subprocess
 import time
 
@@ -217,8 +218,7 @@ def test_verify_passes_on_the_healthy_deployment_and_names_what_breaks(split, tm
     """`matrix-deploy verify` from this machine, through the proxy, trusting the deployment's own certificate."""
     hosts, _, _ = split
     proxy, mas_host, synapse_host = hosts["proxy"], hosts["mas"], hosts["synapse"]
-    ca_file = tmp_path / "ca.pem"
-    ca_file.write_text(ssh(proxy, "cat /etc/nginx/tls/matrix-deploy.crt").stdout)
+    ca_file = lab.LAB_DIR / "acme-root.pem"  # the lab's ACME server's root: a real chain check
     healthy = verify(hosts, ca_file)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     assert "12 of 12 checks passed" in healthy.stdout
@@ -240,7 +240,7 @@ def test_verify_passes_on_the_healthy_deployment_and_names_what_breaks(split, tm
     assert {"client versions", "federation server keys", "federation version"} <= set(failed_checks(no_synapse))
     assert not any(name.startswith("TLS") for name in failed_checks(no_synapse)), no_synapse.stdout
 
-    wrong = ssh(proxy, "cd /etc/nginx/tls && cp -p matrix-deploy.crt crt.real && cp -p matrix-deploy.key key.real"
+    wrong = ssh(proxy, "cd /etc/nginx/tls && mv matrix-deploy.crt crt.real && mv matrix-deploy.key key.real"
                        " && openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=wrong.test"
                        " -keyout matrix-deploy.key -out matrix-deploy.crt 2>/dev/null && systemctl reload nginx")  # fmt: skip
     assert wrong.returncode == 0, wrong.stderr
@@ -257,3 +257,45 @@ def test_verify_passes_on_the_healthy_deployment_and_names_what_breaks(split, tm
         time.sleep(1)
     else:
         raise AssertionError("the deployment did not come back after the verify checks")
+
+
+def served_certificate(proxy, name: str) -> dict:
+    """The certificate nginx serves for `name`, verified against the lab's ACME root."""
+    context = ssl.create_default_context(cafile=str(lab.LAB_DIR / "acme-root.pem"))
+    with socket.create_connection((proxy.address, 443), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            return tls.getpeercert()
+
+
+def test_the_proxy_serves_a_certificate_from_the_acme_server_for_every_name(split):
+    hosts, deployment, _ = split
+    proxy, s = hosts["proxy"], deployment.settings
+    for name in (s.public_host, s.mas_public_host, s.server_name):
+        cert = served_certificate(proxy, name)
+        assert "Pebble" in str(cert["issuer"]), cert["issuer"]
+        assert {("DNS", n) for n in (s.public_host, s.mas_public_host, s.server_name)} <= set(cert["subjectAltName"])
+    keys = ssh(proxy, "stat -L -c '%a %U' /etc/nginx/tls/matrix-deploy.key; stat -c '%a %U' /etc/letsencrypt/archive"
+                      " /etc/letsencrypt/live; systemctl is-enabled certbot.timer")  # fmt: skip
+    assert keys.stdout.split("\n")[:4] == ["600 root", "700 root", "700 root", "enabled"], keys.stdout
+
+
+def test_a_forced_renewal_is_served_after_a_reload_not_a_restart(split):
+    hosts, deployment, _ = split
+    proxy, name = hosts["proxy"], deployment.settings.public_host
+    before = served_certificate(proxy, name)["serialNumber"]
+    main_pid = ssh(proxy, "systemctl show -p MainPID --value nginx").stdout
+    # As certbot.timer's unit runs it (its environment from our drop-in), but forced.
+    renew = ssh(
+        proxy,
+        "env $(systemctl show -p Environment --value certbot.service) certbot renew --force-renewal --no-random-sleep-on-renew -q",
+    )
+    assert renew.returncode == 0, renew.stderr
+    for _ in range(50):
+        if served_certificate(proxy, name)["serialNumber"] != before:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the renewed certificate is not served")
+    assert ssh(proxy, "systemctl show -p MainPID --value nginx").stdout == main_pid, "nginx was reloaded, not restarted"
+    again = pyinfra()
+    assert again.returncode == 0 and changed_operations(again.stdout) == [], "a renewal is no change to the deploy"

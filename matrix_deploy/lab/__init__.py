@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import image, machines, network
+from . import acme, image, machines, network
 from .system import STATE_DIR, LabError, ensure_host_tools, require_disk, require_root
 
 __all__ = ["LAYOUTS", "LabError", "LabHost", "down", "up", "leftovers"]
@@ -119,6 +119,10 @@ def up(
             booted.append((host, machines.boot(host.name, root, release)))
         for host, pid in booted:
             machines.wait_for_ssh(host.name, host.address, pid)
+        proxy = next((h for h in hosts if "proxy" in h.roles), None)
+        if proxy:
+            LAB_DIR.mkdir(exist_ok=True)
+            acme.up(proxy.address, LAB_DIR)
     except BaseException:
         down(log=lambda *_: None)
         raise
@@ -134,7 +138,7 @@ def up(
 def down(log=print) -> None:
     """Stop every lab host and undo every change the lab made to this machine; harmless when nothing is up."""
     require_root()
-    removed = machines.stop_all() + network.down()
+    removed = acme.down() + machines.stop_all() + network.down()
     HOSTS_FILE.unlink(missing_ok=True)
     log("lab: down" + (f" (removed {', '.join(removed)})" if removed else " (nothing was up)"))
 
@@ -146,4 +150,5 @@ def leftovers() -> dict:
         "containers": sorted(machines.running().values()),
         "disks": sorted(p.name for p in machines.MACHINES_DIR.iterdir()) if machines.MACHINES_DIR.exists() else [],
         "hosts_file": HOSTS_FILE.exists(),
+        "acme_server": acme.WORK.exists(),
     }

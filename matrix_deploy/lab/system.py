@@ -11,7 +11,12 @@ LAB_INDEX = int(os.environ.get("MATRIX_DEPLOY_LAB_INDEX", "0"))
 if not 0 <= LAB_INDEX <= 9:
     raise SystemExit(f"MATRIX_DEPLOY_LAB_INDEX={LAB_INDEX}: expected a number from 0 to 9")
 STATE_DIR = Path(os.environ.get("MATRIX_DEPLOY_LAB_STATE", "/var/lib/matrix-deploy-lab"))
-HOST_TOOLS = {"debootstrap": "debootstrap", "systemd-nspawn": "systemd-container", "nft": "nftables"}
+HOST_TOOLS = {
+    "debootstrap": "debootstrap",
+    "systemd-nspawn": "systemd-container",
+    "nft": "nftables",
+    "pebble": "pebble",
+}
 HOST_TOOLS_EXTRA = {"zstd": "zstd", "ssh": "openssh-client", "ip": "iproute2"}
 # A lab host's rootfs is about 220 MB before the deploy and about 900 MB after it.
 MIN_FREE_BYTES = 2 * 1024**3
