@@ -168,6 +168,20 @@ def test_a_mas_config_real_mas_would_fail_on_is_refused_and_mas_keeps_running(ho
     assert ssh(host, "cat /etc/mas/config.yaml").stdout == live
     assert service_stamps(host) == before
     assert ssh(host, "curl -fsS http://127.0.0.1:8081/health").returncode == 0
+    # A config MAS's own `config check` refuses: its message, and MAS untouched too.
+    LAB_SETTINGS.write_text(
+        json.dumps({**MSC3861, "mas_extra_config": {"http": {"trusted_proxies": ["proxy.lab.test"]}}})
+    )
+    try:
+        result = pyinfra()
+    finally:
+        LAB_SETTINGS.write_text(json.dumps(MSC3861))
+    assert result.returncode != 0
+    assert "http.trusted_proxies[0]: invalid IP address or network 'proxy.lab.test'" in result.stdout, result.stdout[
+        -3000:
+    ]
+    assert ssh(host, "cat /etc/mas/config.yaml").stdout == live
+    assert service_stamps(host) == before
     again = pyinfra()
     assert again.returncode == 0, again.stdout[-3000:]
     # Back to the accepted settings: only the candidate (removed when refused) is staged again; no restart.
@@ -264,10 +278,14 @@ def test_migration_to_native_keeps_users_devices_rooms_and_the_secret(host, befo
 def test_stale_msc3861_settings_cannot_move_a_migrated_host_back(host, before_migration):
     before = service_stamps(host)
     config = ssh(host, "cat /etc/synapse/homeserver.yaml").stdout
+    # MAS's config, every secret file (names, owners, modes, contents) and the recorded modes stay as they are.
+    mas_side = "cat /etc/mas/config.yaml /var/lib/matrix-deploy/auth-mode; cd /etc && stat -c '%n %U %a' mas/secrets/* synapse/secrets/* && sha256sum mas/secrets/* synapse/secrets/*"
+    unchanged = ssh(host, mas_side).stdout
     LAB_SETTINGS.write_text(json.dumps(MSC3861))
     result = pyinfra()
     assert result.returncode != 0
     assert "was migrated to auth_mode 'native'" in result.stdout and "allow_auth_mode_downgrade" in result.stdout
     assert ssh(host, "cat /etc/synapse/homeserver.yaml").stdout == config
+    assert ssh(host, mas_side).stdout == unchanged and "native" in unchanged
     assert service_stamps(host) == before
     LAB_SETTINGS.write_text(json.dumps(NATIVE))
