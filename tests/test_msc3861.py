@@ -23,8 +23,8 @@ pytestmark = pytest.mark.lab
 
 MSC3861 = {"auth_mode": "msc3861", "synapse_version": "1.156.0"}
 NATIVE = {"auth_mode": "native", "synapse_version": "1.163.2"}
-# Debian release of the lab host (13 by default; 12 while Debian 13's PostgreSQL paths are being fixed).
-RELEASE = os.environ.get("MATRIX_DEPLOY_LAB_RELEASE", "13")
+# Debian 12, deployed as root: the single-host stack's other release and login (test_e2e: Debian 13, sudo).
+RELEASE = os.environ.get("MATRIX_DEPLOY_LAB_RELEASE", "12")
 PROVIDER_ID = "01JCN7R2CGXQJ2XKM3Z5E9Q1VB"
 FEATURES = {
     "mas_password_registration": True,
@@ -66,7 +66,7 @@ def homeserver_yaml(host) -> dict:
 @pytest.fixture(scope="module")
 def host():
     lab.down()
-    (lab_host,) = lab.up("single", release=RELEASE)
+    (lab_host,) = lab.up("single", release=RELEASE, login="root")
     LAB_SETTINGS.write_text(json.dumps(MSC3861))
     prepare_release()
     result = pyinfra()
