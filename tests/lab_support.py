@@ -260,8 +260,9 @@ class Watcher:
     def short_lived_control(self, fragment: str) -> str:
         """A world-readable file in /tmp holding `fragment` for about 0.2 s: the watch must copy it."""
         path = f"/tmp/watch-control-{secrets.token_hex(6)}"
-        sh(self.host, f"umask 022; cat > {path}.partial && mv {path}.partial {path} && sleep 0.2 && rm {path}",
-           input=fragment + "\n")  # fmt: skip
+        # Written in a 0700 directory, then renamed into /tmp: only the control's own name is ever readable.
+        sh(self.host, f"d=$(mktemp -d) && cat > $d/f && chmod 644 $d/f && mv $d/f {path} && rmdir $d && sleep 0.2"
+                      f" && rm {path}", input=fragment + "\n")  # fmt: skip
         return path
 
     def __exit__(self, *exc):

@@ -61,11 +61,14 @@ SECRET_FILES = {
     "/etc/mas/secrets/signing_ec.pem": ("mas", "mas", "400"),
     "/etc/mas/secrets/admin_client_secret": ("mas", "mas", "400"),
     # The admin API credentials and the admin password are for the deploy (root), not for MAS.
-    "/etc/mas/secrets/admin_api.curl": ("root", "root", "400"),
-    "/etc/mas/secrets/admin_password.json": ("root", "root", "400"),
-    "/etc/nginx/tls/matrix-deploy.key": ("root", "root", "400"),
+    "/var/lib/matrix-deploy/mas-admin-api.curl": ("root", "root", "400"),
+    "/var/lib/matrix-deploy/mas-admin-password.json": ("root", "root", "400"),
+    # Links into certbot's lineage (tls = acme): the key is certbot's, 0600 in its 0700 archive.
+    "/etc/nginx/tls/matrix-deploy.key": ("root", "root", "600"),
     "/etc/nginx/tls/matrix-deploy.crt": ("root", "root", "644"),  # not a secret: the certificate
-    "/var/lib/postgresql/matrix-deploy-roles.sql": ("postgres", "postgres", "400"),
+    "/etc/nginx/tls/acme-directory-ca.pem": ("root", "root", "644"),  # not a secret: the lab ACME API's CA
+    # The roles and passwords for PostgreSQL: root's, fed to psql on its standard input.
+    "/var/lib/matrix-deploy/postgres-roles.sql": ("root", "root", "400"),
 }
 # Operations that upload a secret file (all of them, when the host lost its secret files).
 SECRET_UPLOADS = [
@@ -209,7 +212,7 @@ def test_internal_endpoints_are_not_reachable_from_outside(stack):
 
 def test_exactly_the_expected_secret_files_with_their_owners_and_modes(stack):
     host, _, _ = stack
-    listed = sh(host, f"find {' '.join(SECRET_DIRS)} -mindepth 1 -printf '%u %g %m %p\\n'")
+    listed = sh(host, f"find -L {' '.join(SECRET_DIRS)} -mindepth 1 -printf '%u %g %m %p\\n'")
     others = [p for p in SECRET_FILES if not any(p.startswith(d + "/") for d in SECRET_DIRS)]
     listed += sh(host, f"stat -c '%U %G %a %n' {' '.join(others)}")
     found = {line.split(" ", 3)[3]: tuple(line.split(" ", 3)[:3]) for line in listed.splitlines()}
