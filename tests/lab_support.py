@@ -260,7 +260,7 @@ class Watcher:
     def short_lived_control(self, fragment: str) -> str:
         """A world-readable file in /tmp holding `fragment` for about 0.2 s: the watch must copy it."""
         path = f"/tmp/watch-control-{secrets.token_hex(6)}"
-        sh(self.host, f"umask 022; cat > {path}.partial && mv {path}.partial {path} && sleep 0.2 && rm {path}",
+        sh(self.host, f"umask 022; cat > {path} && sleep 0.2 && rm {path}",
            input=fragment + "\n")  # fmt: skip
         return path
 
