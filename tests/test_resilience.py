@@ -241,7 +241,11 @@ def test_upgrade_killed_during_its_pg_dump_and_rerun_at_once_converges_and_prune
         "DO $$ BEGIN LOCK TABLE users IN ACCESS EXCLUSIVE MODE;"
         f" WHILE (pg_stat_file('{HOLD}', true)).size IS NOT NULL LOOP PERFORM pg_sleep(0.1); END LOOP; END $$;"
     )
-    sh(host, f"cd / && nohup runuser -u postgres -- psql -X -q -d mas -c {shlex_quote(holder)} >/dev/null 2>&1 &")
+    # setsid -f: in the background with none of this session's descriptors, so the ssh returns at once.
+    sh(
+        host,
+        f"cd / && setsid -f runuser -u postgres -- psql -X -q -d mas -c {shlex_quote(holder)} </dev/null >/dev/null 2>&1",
+    )
     waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'"
     locked = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'users' AND l.mode = 'AccessExclusiveLock' AND l.granted"
     count = "cd / && runuser -u postgres -- psql -X -At -d mas -c {}"
