@@ -12,10 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from matrix_deploy import lab
-from matrix_deploy import settings as product_settings
 from matrix_deploy.lab import LAB_DIR, LabHost
-from matrix_deploy.lab.system import LAB_INDEX
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_SETTINGS = LAB_DIR / "settings.json"  # per-run setting overrides read by inventories/lab.py
@@ -61,22 +58,8 @@ def services(host: LabHost) -> dict[str, str]:
 
 
 def lab_settings(host: LabHost, **settings) -> None:
-    """Write the lab inventory's setting overrides for this host's Debian release.
-
-    Until the product derives PostgreSQL's major version from the host (issue 10), it has a
-    `postgres_version` setting: give it the release's version. Once the setting is gone this adds nothing.
-    """
-    if "postgres_version" in product_settings.DEPLOYMENT_KEYS:
-        settings = {"postgres_version": {"12": 15, "13": 17}[host.release], **settings}
+    """Write the lab inventory's setting overrides (`host`: the lab host they are for)."""
     LAB_SETTINGS.write_text(json.dumps(settings))
-
-
-def lab_up(layout: str = "single", **kwargs) -> list[LabHost]:
-    """`lab.up(layout)`, with host names of this lab's own (MATRIX_DEPLOY_LAB_INDEX): systemd-nspawn names each
-    host's veth after it (vb-<name>), so two labs side by side cannot both have a host called lab1."""
-    suffix = f"-{LAB_INDEX}" if LAB_INDEX else ""
-    spec = [(name[: 11 - len(suffix)] + suffix, roles) for name, roles in lab.LAYOUTS[layout]]
-    return lab.up(layout, spec=spec, **kwargs)
 
 
 def fresh_secrets() -> None:

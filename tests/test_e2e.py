@@ -26,7 +26,6 @@ from tests.lab_support import (
     fresh_secrets,
     holding_secrets,
     lab_settings,
-    lab_up,
     postgres_unit,
     pyinfra,
     readable_files_holding,
@@ -132,7 +131,7 @@ def run_watched(host, fragment: str, start_at: str = "Starting operation: Synaps
 def stack():
     lab.down()
     fresh_secrets()  # a CI run generates fresh secrets at least once: here
-    (host,) = lab_up("single")  # Debian 13, deployed through the sudo user
+    (host,) = lab.up("single")  # Debian 13, deployed through the sudo user
     assert (host.release, host.deploy_user) == ("13", "deploy")
     lab_settings(host)
     prepare_release()

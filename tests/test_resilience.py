@@ -1,15 +1,21 @@
 """What operators do to a deployment: kill the run halfway, upgrade versions, push a config Synapse rejects.
 
-One fresh lab host for the whole module, in order: a fresh install killed (SIGKILL) at several
-points then finished; a user and a room; an upgrade of Synapse and MAS killed after the restart was
-due, then finished; a rejected config. Real PostgreSQL, Synapse and nginx; MAS is the stand-in.
+One fresh Debian 12 lab host for the whole module, deployed through the sudo user, in order: a fresh
+install killed (SIGKILL, as when the operator's SSH connection dies) while a remote command of it runs
+on the host (apt, then Synapse's pip install), each time re-run at once; a user and a room; an
+uninterrupted upgrade of Synapse and MAS; an upgrade killed while its pg_dump runs, re-run at once;
+a rejected config. Each kill is asserted to have landed where it was aimed: which operation was
+running, and that its remote command was still running on the host at the moment of the kill.
+Nothing waits a fixed time for a process or a kill: each wait is for a condition on the host.
+Real PostgreSQL, Synapse and nginx; MAS is the stand-in.
 """
 
 import hashlib
-import json
 import os
+import re
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -17,36 +23,81 @@ import pytest
 from matrix_deploy import lab
 from matrix_deploy.inventory import build
 from tests.lab_release import prepare as prepare_release
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, service_stamps, ssh
+from tests.lab_support import (
+    LAB_SETTINGS,
+    ROOT,
+    changed_operations,
+    fetch,
+    fresh_secrets,
+    lab_settings,
+    pyinfra,
+    service_stamps,
+    sh,
+    ssh,
+)
 
 pytestmark = pytest.mark.lab
 
 OLD = {"synapse_version": "1.162.0", "mas_version": "1.21.0"}
 NEW = {"synapse_version": "1.163.2", "mas_version": "1.22.0"}
+NEWER_MAS = {**NEW, "mas_version": "1.22.1", "backup_keep": 2}
+# Remote commands of the deploy, as pgrep -f patterns on the host.
+# (written so that no pattern matches its own text: the shell running pgrep carries it on its command line)
+APT = r"^(/usr/bin/)?(apt-get|apt|dpkg) |/usr/lib/apt/method[s]/"
+PIP = r"^/opt/synapse/[0-9.]+/bin/python3? /opt/synapse/[0-9.]+/bin/pip install"  # pip itself, not its shell
+PG_DUMP = r"(^|/)pg_dump .*--username=mas"  # Debian's pg_wrapper execs /usr/lib/postgresql/<major>/bin/pg_dump
+HOLD = "/run/postgresql/matrix-deploy-test-hold"  # PostgreSQL sees /run/postgresql (its /tmp is private)
 
 
-def use(settings: dict) -> None:
+def use(host, settings: dict) -> None:
     prepare_release(settings["mas_version"])
-    LAB_SETTINGS.write_text(json.dumps(settings))
+    lab_settings(host, **settings)
 
 
-def killed_at(marker: str, delay: float = 0.0) -> str:
-    """Run the deploy and SIGKILL pyinfra `delay` seconds after `marker` appears in its output."""
-    proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/pyinfra"), "-y", "inventories/lab.py", "deploy.py"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line:
-            time.sleep(delay)
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-    proc.wait()
-    proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL, f"{marker!r} never came:\n" + "".join(seen[-30:])
-    return "".join(seen)
+def wait_on_host(host, command: str, what: str, timeout: float = 300) -> None:
+    """Poll until `command` succeeds on the host (a condition, never a fixed time)."""
+    sh(host, f"for i in $(seq {int(timeout * 10)}); do {command} >/dev/null 2>&1 && exit 0; sleep 0.1; done;"
+             f" echo timed out waiting for: {shlex_quote(what)} >&2; exit 1", timeout=int(timeout) + 60)  # fmt: skip
+
+
+def running_on_host(host, pattern: str) -> bool:
+    return ssh(host, f"pgrep -f {shlex_quote(pattern)}").returncode == 0
+
+
+def shlex_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+class Killed:
+    """A deploy SIGKILLed (as when the operator's connection drops) once `operation` started and `remote`
+    (a pgrep -f pattern) runs on the host; asserts both, and that `remote` still runs after the kill."""
+
+    def __init__(self, host, operation: str, remote: str, also=None):
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/pyinfra"), "-y", "inventories/lab.py", "deploy.py"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        seen = []
+        for line in self.proc.stdout:
+            seen.append(line)
+            if f"Starting operation: {operation}" in line:
+                break
+        else:
+            self.proc.wait()
+            raise AssertionError(f"{operation!r} never started:\n" + "".join(seen[-30:]))
+        wait_on_host(host, f"pgrep -f {shlex_quote(remote)}", remote)
+        if also:
+            also()
+        started = [line for line in seen if "Starting operation:" in line]
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc.stdout.close()
+        assert self.proc.returncode == -signal.SIGKILL
+        self.output = "".join(seen)
+        self.last_operation = started[-1].split("Starting operation:", 1)[1].strip()
+        assert operation in self.last_operation, f"the kill landed in {self.last_operation!r}, not in {operation!r}"
+        self.still_running = running_on_host(host, remote)
+        assert self.still_running, f"{remote!r} was no longer running on the host when the run died"
 
 
 def store_digest() -> str:
@@ -64,7 +115,9 @@ def version_of(host) -> str:
 @pytest.fixture(scope="module")
 def host():
     lab.down()
-    (lab_host,) = lab.up("single")
+    fresh_secrets()
+    (lab_host,) = lab.up("single", release="12")  # through the sudo user (the lab's default login)
+    assert (lab_host.release, lab_host.deploy_user) == ("12", "deploy")
     yield lab_host
     LAB_SETTINGS.unlink(missing_ok=True)
     lab.down()
@@ -72,16 +125,17 @@ def host():
 
 @pytest.fixture(scope="module")
 def fresh_install(host):
-    """A fresh install killed during apt, just before MAS migrates (its restart is then due on the host
-    only), and during pip; then finished."""
-    use(OLD)
-    killed_at("Starting operation: Host base | Packages for this host's roles", delay=8)
+    """A fresh install killed while apt runs on the host, re-run at once and killed again while Synapse's pip
+    install runs on the host, then re-run at once: it must converge."""
+    use(host, OLD)
+    apt = Killed(host, "Host base | Packages for this host's roles", APT)
     digest = store_digest()
-    killed_at("Starting operation: matrix-authentication-service | MAS database migrations")
-    killed_at("Starting operation: Synapse | Install Synapse", delay=6)
+    # Once pip writes into the virtualenv (more than the venv's own pip and setuptools installed): the moment
+    # a re-run's `rm -rf` of that directory races with it.
+    writing = f"[ $(ls -d /opt/synapse/{OLD['synapse_version']}/lib/python3*/site-packages/*.dist-info | wc -l) -ge 5 ]"
+    pip = Killed(host, "Synapse | Install Synapse", PIP, also=lambda: wait_on_host(host, writing, "pip installing"))
     result = pyinfra()
-    assert converged(result), result.stdout[-3000:]
-    return digest
+    return digest, apt, pip, result
 
 
 def login(host):
@@ -93,17 +147,21 @@ def login(host):
     return session["access_token"]
 
 
-def test_interrupted_fresh_install_converges_without_new_secrets(host, fresh_install):
-    assert store_digest() == fresh_install, "no secret was regenerated"
+def test_fresh_install_killed_during_remote_commands_and_rerun_at_once_converges(host, fresh_install):
+    digest, apt, pip, result = fresh_install
+    assert apt.still_running and pip.still_running
+    assert converged(result), result.stdout[-3000:]
+    assert store_digest() == digest, "no secret was regenerated"
     assert version_of(host) == OLD["synapse_version"]
     again = pyinfra()
     assert converged(again)
     assert changed_operations(again.stdout) == []
-    assert store_digest() == fresh_install
+    assert store_digest() == digest
 
 
 @pytest.fixture(scope="module")
 def room(host, fresh_install):
+    assert converged(fresh_install[3]), "the fresh install did not converge (test_fresh_install_killed_... says why)"
     token = login(host)
     status, created = fetch(host, "POST", "/_matrix/client/v3/createRoom", {"name": "before the upgrade"}, token=token)
     assert status == 200, created
@@ -113,46 +171,130 @@ def room(host, fresh_install):
     return created["room_id"]
 
 
-def test_interrupted_upgrade_restarts_in_order_keeps_data_and_old_versions(host, room, fresh_install):
+def dumps(host, database: str) -> list[str]:
+    return sh(host, f"ls -1tr /var/backups/matrix-deploy/{database}-*.dump").split()
+
+
+def epoch_started(host, unit: str) -> int:
+    return int(sh(host, f'date -d "$(systemctl show -p ExecMainStartTimestamp --value {unit})" +%s'))
+
+
+@pytest.fixture(scope="module")
+def upgrade(host, room):
     before = service_stamps(host)
-    use(NEW)
-    # Killed once the new Synapse is in place and its restart is due, before it happens.
-    killed_at("Starting operation: Synapse | Dump the synapse database")
-    assert version_of(host) == OLD["synapse_version"], "the old Synapse still runs after the kill"
+    use(host, NEW)
     result = pyinfra()
+    return before, result
+
+
+def test_uninterrupted_upgrade_restarts_mas_then_synapse_and_keeps_data_and_old_versions(host, room, upgrade):
+    before, result = upgrade
     assert converged(result), result.stdout[-3000:]
-    assert version_of(host) == NEW["synapse_version"], "the restart that was due happened on the next run"
+    assert version_of(host) == NEW["synapse_version"]
     after = service_stamps(host)
     assert after["postgres"] == before["postgres"] and after["nginx"] == before["nginx"]
     assert int(before["mas"]) < int(after["mas"]) < int(after["synapse"]), "MAS restarted before Synapse"
+    order = [
+        m.group(1) for op in changed_operations(result.stdout) for m in [re.search(r"Restart (\w+) and wait", op)] if m
+    ]
+    assert order == ["mas", "synapse"], order
     token = login(host)
     assert room in fetch(host, "GET", "/_matrix/client/v3/joined_rooms", token=token)[1]["joined_rooms"]
     messages = fetch(host, "GET", f"/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20", token=token)[1]
     assert "kept" in [e["content"].get("body") for e in messages["chunk"]]
-    on_disk = ssh(host, "ls -d /opt/synapse/*/ /opt/mas/*/ && readlink /opt/synapse/current /opt/mas/current").stdout
+    on_disk = sh(host, "ls -d /opt/synapse/*/ /opt/mas/*/ && readlink /opt/synapse/current /opt/mas/current")
     for path in ("/opt/synapse/1.162.0/", "/opt/synapse/1.163.2/", "/opt/mas/1.21.0/", "/opt/mas/1.22.0/"):
         assert path in on_disk
     assert "/opt/synapse/1.163.2\n" in on_disk and "/opt/mas/1.22.0\n" in on_disk
-    dumps = ssh(
-        host, "for f in /var/backups/matrix-deploy/*.dump; do echo $f $(pg_restore --list $f | grep -c 'TABLE '); done"
-    ).stdout
-    synapse_dumps = [line for line in dumps.splitlines() if "/synapse-" in line]
-    assert len(synapse_dumps) >= 2 and int(synapse_dumps[-1].split()[1]) > 50, dumps  # the pre-upgrade dump has tables
-    assert any("/mas-" in line for line in dumps.splitlines()), dumps
-    assert store_digest() == fresh_install
 
 
-def test_config_rejected_by_its_checker_leaves_the_service_running(host):
-    use(NEW)
+def test_upgrade_dumps_hold_the_user_and_the_room_and_were_taken_before_the_restart(host, room, upgrade):
+    synapse_dump, mas_dump = dumps(host, "synapse")[-1], dumps(host, "mas")[-1]
+    # The data, not just the schema: the user and the room made before the upgrade.
+    synapse_data = sh(host, f"pg_restore --data-only --table=users --table=rooms -f - {synapse_dump}")
+    assert "@admin:lab.test" in synapse_data and room in synapse_data
+    assert re.search(r"\badmin\b", sh(host, f"pg_restore --data-only --table=users -f - {mas_dump}")), (
+        "no MAS user in the dump"
+    )
+    for dump, unit in ((synapse_dump, "synapse"), (mas_dump, "mas")):
+        written = int(sh(host, f"stat -c %Y {dump}"))
+        assert written <= epoch_started(host, unit), f"{dump} was written after {unit} restarted"
+
+
+def test_upgrade_killed_during_its_pg_dump_and_rerun_at_once_converges_and_prunes_old_dumps(host, room, upgrade):
+    """The dump is made to last (a session holds a lock on a MAS table until the test lets go): the run dies while
+    pg_dump waits on the host, the re-run starts at once, and the lock is released once that re-run's own dump
+    waits too. backup_keep = 2 leaves the two newest MAS dumps."""
     before = service_stamps(host)
-    LAB_SETTINGS.write_text(json.dumps({**NEW, "synapse_extra_config": {"max_upload_size": "lots"}}))
+    mas_dumps = dumps(host, "mas")
+    assert len(mas_dumps) >= 2, mas_dumps
+    use(host, NEWER_MAS)
+    sh(host, f"touch {HOLD} && chown postgres {HOLD}")
+    holder = (
+        "DO $$ BEGIN LOCK TABLE users IN ACCESS EXCLUSIVE MODE;"
+        f" WHILE (pg_stat_file('{HOLD}', true)).size IS NOT NULL LOOP PERFORM pg_sleep(0.1); END LOOP; END $$;"
+    )
+    # setsid -f: in the background with none of this session's descriptors, so the ssh returns at once.
+    sh(
+        host,
+        f"cd / && setsid -f runuser -u postgres -- psql -X -q -d mas -c {shlex_quote(holder)} </dev/null >/dev/null 2>&1",
+    )
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+    locked = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'users' AND l.mode = 'AccessExclusiveLock' AND l.granted"
+    count = "cd / && runuser -u postgres -- psql -X -At -d mas -c {}"
+    wait_on_host(host, f"[ $({count.format(shlex_quote(locked))}) -ge 1 ]", "the lock on MAS's users table")
+    try:
+        killed = Killed(host, "matrix-authentication-service | Dump the mas database", PG_DUMP,
+                        also=lambda: wait_on_host(host, f"[ $({count.format(shlex_quote(waiting))}) -ge 1 ]",
+                                                  "pg_dump waiting"))  # fmt: skip
+        assert killed.still_running
+        rerun = subprocess.Popen(
+            [str(ROOT / ".venv/bin/pyinfra"), "-y", "inventories/lab.py", "deploy.py"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(rerun.stdout), daemon=True)
+        reader.start()
+        # Let go once the re-run's own dump waits on the lock too. A re-run that instead waits for the dead run's
+        # pg_dump to end (also right) never gets there: then let go once it has been at work for a while.
+        started = None
+        while rerun.poll() is None:
+            if ssh(host, f"[ $({count.format(shlex_quote(waiting))}) -ge 2 ]").returncode == 0:
+                break
+            if started is None and any("Starting operation:" in line for line in lines):
+                started = time.monotonic()
+            if started is not None and time.monotonic() - started > 60:
+                break
+            time.sleep(0.2)
+    finally:
+        sh(host, f"rm -f {HOLD}")
+    rerun.wait(timeout=900)
+    reader.join()
+    output = "".join(lines)
+    assert rerun.returncode == 0 and "Grand total" in output, output[-3000:]
+    after = service_stamps(host)
+    assert after["mas"] != before["mas"] and after["synapse"] == before["synapse"]
+    assert fetch(host, "GET", "/_matrix/client/v3/account/whoami", token=login(host))[0] == 200
+    # backup_keep = 2: the two newest MAS dumps, the older ones removed; Synapse's dumps untouched.
+    wait_on_host(host, "! pgrep -f " + shlex_quote(PG_DUMP), "the dead run's pg_dump to finish")
+    now = dumps(host, "mas")
+    assert len(now) == 2 and not set(now) & set(mas_dumps[:-1]), (mas_dumps, now)
+    again = pyinfra()
+    assert converged(again) and changed_operations(again.stdout) == []
+
+
+def test_config_rejected_by_its_checker_leaves_the_service_running(host, upgrade):
+    use(host, NEWER_MAS)
+    assert converged(pyinfra()), "the good settings first"
+    before = service_stamps(host)
+    lab_settings(host, **NEWER_MAS, synapse_extra_config={"max_upload_size": "lots"})
     result = pyinfra()
     assert result.returncode != 0
     assert "rejected by its checker" in result.stdout
-    assert "max_upload_size" not in ssh(host, "cat /etc/synapse/homeserver.yaml").stdout
+    assert "max_upload_size" not in sh(host, "cat /etc/synapse/homeserver.yaml")
     assert service_stamps(host) == before
     assert fetch(host, "GET", "/_matrix/client/v3/account/whoami", token=login(host))[0] == 200
     # Back to the good settings: nothing to restart, the live config never changed.
-    LAB_SETTINGS.write_text(json.dumps(NEW))
+    lab_settings(host, **NEWER_MAS)
     assert converged(pyinfra())
     assert service_stamps(host) == before
