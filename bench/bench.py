@@ -17,9 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from matrix_deploy import lab  # noqa: E402
-from matrix_deploy.base import PACKAGES  # noqa: E402
-from matrix_deploy.synapse import requirements  # noqa: E402
+from matrix_deploy import (  # noqa: E402
+    base,
+    lab,  # noqa: E402
+    locks,
+)
 from tests.conftest import defaults  # noqa: E402
 from tests.lab_release import prepare as prepare_release  # noqa: E402
 from tests.lab_support import LAB_SETTINGS, changed_operations, fetch, service_stamps, ssh  # noqa: E402
@@ -40,15 +42,17 @@ def run(*args, inventory="inventories/lab.py", deploy="deploy.py") -> tuple[floa
 
 
 def floor(host: lab.LabHost, release: dict) -> float:
-    """The same Debian and Python packages with plain apt-get and pip, and MAS unpacked: nothing else."""
-    packages = " ".join(sorted({p for names in PACKAGES.values() for p in names}))
+    """The same Debian and Python packages (the lock's) with plain apt-get and pip, and MAS unpacked: nothing else."""
+    packages = " ".join(base.packages(set(lab.ROLES), "acme"))
     started = time.monotonic()
-    subprocess.run(["scp", "-q", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                    release["file"], f"root@{host.address}:/root/mas.tar.gz"], check=True)  # fmt: skip
-    version = defaults()["synapse_version"]
+    lock = locks.path(defaults()["synapse_version"])
+    for src, dest in ((release["file"], "/root/mas.tar.gz"), (str(lock), "/root/synapse.lock")):
+        subprocess.run(["scp", "-q", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o",
+                        "UserKnownHostsFile=/dev/null", src, f"root@{host.address}:{dest}"], check=True)  # fmt: skip
     script = (
         f"set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null; apt-get install -y -q {packages} >/dev/null;"
-        f" python3 -m venv /opt/floor; /opt/floor/bin/pip install -q {' '.join(repr(r) for r in requirements(version))};"
+        " python3 -m venv /opt/floor; /opt/floor/bin/pip install -q --no-deps --require-hashes --only-binary :all:"
+        " -r /root/synapse.lock;"
         " mkdir -p /opt/floor-mas; tar -xzf /root/mas.tar.gz -C /opt/floor-mas"
     )
     result = ssh(host, script)
