@@ -28,7 +28,7 @@ deploy-lab: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -v
+	$(BIN)/pytest -v -n 2 --dist loadfile  # two workers, each with its own lab (tests/conftest.py)
 
 bench: venv ## deploy timings against the floor on lab hosts; prints one table (several minutes)
 	$(BIN)/python bench/bench.py

@@ -22,6 +22,7 @@ import pytest
 
 from matrix_deploy import lab
 from matrix_deploy.inventory import build
+from matrix_deploy.paths import WORK_LOCK
 from tests.lab_release import prepare as prepare_release
 from tests.lab_support import (
     LAB_SETTINGS,
@@ -255,15 +256,12 @@ def test_upgrade_killed_during_its_pg_dump_and_rerun_at_once_converges_and_prune
         lines = []
         reader = threading.Thread(target=lambda: lines.extend(rerun.stdout), daemon=True)
         reader.start()
-        # Let go once the re-run's own dump waits on the lock too. A re-run that instead waits for the dead run's
-        # pg_dump to end (also right) never gets there: then let go once it has been at work for a while.
-        started = None
+        # Let go once the re-run waits for the dead run's command (host_state waits on the work lock it holds),
+        # or once the re-run's own dump waits on the table lock too (a re-run that raced the dead one).
         while rerun.poll() is None:
-            if ssh(host, f"[ $({count.format(shlex_quote(waiting))}) -ge 2 ]").returncode == 0:
+            if ssh(host, f"pgrep -f 'flock -w [0-9]+ {WORK_LOCK} true'").returncode == 0:
                 break
-            if started is None and any("Starting operation:" in line for line in lines):
-                started = time.monotonic()
-            if started is not None and time.monotonic() - started > 60:
+            if ssh(host, f"[ $({count.format(shlex_quote(waiting))}) -ge 2 ]").returncode == 0:
                 break
             time.sleep(0.2)
     finally:

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import acme, image, machines, network
-from .system import STATE_DIR, LabError, ensure_host_tools, require_disk, require_root
+from .system import LAB_INDEX, STATE_DIR, LabError, ensure_host_tools, machine_lock, require_disk, require_root
 
 __all__ = ["LAYOUTS", "LabError", "LabHost", "down", "up", "leftovers"]
 
 ROLES = ("db", "mas", "synapse", "proxy")
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-LAB_DIR = PROJECT_DIR / ".lab"
+LAB_DIR = PROJECT_DIR / (".lab" + (f"-{LAB_INDEX}" if LAB_INDEX else ""))  # one per lab index
 HOSTS_FILE = LAB_DIR / "hosts.json"
 SSH_KEY = LAB_DIR / "id_ed25519"
 LAYOUTS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
@@ -100,12 +100,13 @@ def up(
     ):
         log(f"lab: already up ({', '.join(h.name for h in current)})")
         return current
-    # The tools first: on a bare machine even `down` needs them.
-    ensure_host_tools()
+    # The tools first: on a bare machine even `down` needs them. One lab at a time installs or builds.
+    with machine_lock():
+        ensure_host_tools()
+        img = image.ensure_image(release, log)
     down(log=lambda *_: None)
     require_disk(STATE_DIR, len(spec))
     public_key = _ensure_ssh_key()
-    img = image.ensure_image(release, log)
     started = time.monotonic()
     network.up()
     addresses = {name: network.host_address(i) for i, (name, _) in enumerate(spec)}

@@ -1,8 +1,10 @@
 """What the lab needs from this machine: root, its tools, disk space, and a way to run commands."""
 
+import fcntl
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("MATRIX_DEPLOY_CACHE", "/var/cache/matrix-deploy"))
@@ -34,6 +36,15 @@ def run(cmd: list[str], quiet: bool = False, check: bool = True, **kwargs) -> su
     if not quiet and result.stdout.strip():
         print(result.stdout.strip())
     return result
+
+
+@contextmanager
+def machine_lock():
+    """Held while a lab installs host packages or builds an image: labs side by side take turns (apt's own
+    lock would make the second fail, and two builds of one image would waste minutes)."""
+    with open("/run/lock/matrix-deploy-lab.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def require_root() -> None:

@@ -24,6 +24,7 @@ import argparse
 import gzip
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -92,7 +93,10 @@ def wheels() -> list[Path]:
                     )
                 if _sha256(downloaded) != sha256:
                     raise SystemExit(f"{name}: sha256 {_sha256(downloaded)}, expected {sha256}")
-                shutil.move(str(downloaded), cached)
+                # Atomically: a build running beside this one never reads a half-copied wheel.
+                partial = cached.with_name(f".{name}.{os.getpid()}")
+                shutil.copyfile(downloaded, partial)
+                os.replace(partial, cached)
         found.append(cached)
     return found
 
