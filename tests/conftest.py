@@ -1,14 +1,7 @@
 """Shared test helpers: deployments built from the real group_data defaults, and lab access."""
 
-import os
 import runpy
 from pathlib import Path
-
-# `make test` runs two pytest-xdist workers: each gets a lab of its own (bridge, subnet, disks, .lab-N),
-# set before anything imports matrix_deploy.lab.
-if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
-    _base = int(os.environ.get("MATRIX_DEPLOY_LAB_INDEX", "0"))
-    os.environ["MATRIX_DEPLOY_LAB_INDEX"] = str(_base + int(os.environ["PYTEST_XDIST_WORKER"][2:]))
 
 import pytest
 

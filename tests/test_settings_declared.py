@@ -38,3 +38,16 @@ def test_readme_defaults_are_the_declared_ones():
             assert shown.strip("`") == str(value), (name, value, shown)
         elif value in ({}, []):
             assert shown.strip("`") == repr(value), (name, value, shown)
+
+
+def test_every_lab_module_is_in_a_parallel_group():
+    """`make test` runs lab modules only through tests/parallel.py: one left out would never run."""
+    from tests.parallel import GROUPS
+
+    marked = {
+        f"tests/{p.name}"
+        for p in (ROOT / "tests").glob("test_*.py")
+        if "\npytestmark = pytest.mark.lab" in p.read_text()
+    }
+    grouped = [f for group in GROUPS for f in group]
+    assert sorted(grouped) == sorted(marked) and len(set(grouped)) == len(grouped)
