@@ -217,6 +217,9 @@ def install(d: Deployment):
     for path in secret_table.stale(d.settings, "mas", present):
         changes.append(host_state.absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path))
     p = d.settings.placement
+    # A new release is recorded as a due restart before the dump: a run killed during the dump still
+    # restarts MAS on the new release next time (the dump and everything else may then find nothing to do).
+    release_marked = restarts.mark("mas", release)
     # Before the gate: its `config sync --dry-run` runs the new release's database migrations (config.rs).
     dump_before_migration(
         d, "mas", "mas", p.reach(p.mas, p.db), f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"', release
@@ -246,7 +249,7 @@ def install(d: Deployment):
     )
     for path in secret_table.stale(d.settings, "mas-admin", []):
         host_state.absent(f"No stale MAS admin API file {path.rsplit('/', 1)[1]}", path)
-    marked = restarts.mark("mas", changes)
+    marked = [release_marked, restarts.mark("mas", changes)]
     cli = f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli"
     sync = f"{cli} config sync --config {MAS_CONFIG}"
     if auth_mode.migrating_to_native(d):

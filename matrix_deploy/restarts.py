@@ -40,12 +40,14 @@ def mark(service: str, changes: list, due: str = "must restart"):
 def due(service: str, marked):
     """A condition for `_if`: a restart of `service` is pending (from this run or an interrupted one).
 
-    None when it cannot be: no marker on the host and nothing to mark in this run.
+    None when it cannot be: no marker on the host and nothing to mark in this run. `marked` is one
+    mark() operation or a list of them (a service marked at several points of its stage).
     """
     pending = host_state.current().exists(f"{MARKERS}/{service}")
-    if marked is None:
+    marks = [m for m in (marked if isinstance(marked, list) else [marked]) if m is not None]
+    if not marks:
         return (lambda: True) if pending else None
-    return lambda: pending or marked.did_change()
+    return lambda: pending or any(m.did_change() for m in marks)
 
 
 def restart(service: str, unit: str, ready: str, marked, action: str = "restart"):
