@@ -13,7 +13,6 @@ lock), so what it reads is not changing under it.
 """
 
 import hashlib
-import ipaddress
 import os
 import shlex
 import socket
@@ -28,6 +27,7 @@ from pyinfra.operations import files
 from .paths import RUN_LOCK, STATE, UPLOAD_DIR, WORK_LOCK
 from .platform import RELEASES
 from .secret_files import secret_file
+from .settings import resolve_literal
 
 # Files larger than this are listed but not hashed (release archives, binaries).
 HASH_LIMIT = "-256k"
@@ -101,8 +101,8 @@ class HostState:
     def resolve(self, name: str) -> list[str]:
         """`name`'s addresses as this host resolves it (an IP address is itself)."""
         try:
-            return [str(ipaddress.ip_address(name))]
-        except ValueError:
+            return resolve_literal(name)
+        except LookupError:
             pass
         if name not in self.resolved:
             raise DeployError(

@@ -8,7 +8,6 @@ from .inventory import Deployment
 from .paths import POSTGRES_SQL
 from .platform import Release, postgres_unit
 from .render import render
-from .settings import resolve_literal
 from .units import drop_in
 
 
@@ -29,7 +28,7 @@ def roles_sql(d: Deployment) -> str:
     return "\n".join(lines) + "\n"
 
 
-def hba_clients(d: Deployment, resolve=resolve_literal) -> list[str]:
+def hba_clients(d: Deployment, resolve=None) -> list[str]:
     """Networks allowed to log in over TCP: loopback, plus the MAS and Synapse hosts when remote.
 
     `resolve` gives a host's addresses as the database host resolves its internal address.
