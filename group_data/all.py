@@ -21,6 +21,9 @@ synapse_version = "1.163.2"
 synapse_port = 8008
 # Extra homeserver.yaml settings merged over the rendered ones (settings Synapse forbids beside MAS are refused).
 synapse_extra_config = {}
+# CA certificates (PEM files on the operator's machine, one certificate each) Synapse trusts for federation
+# INSTEAD of the system's: only for a private federation (staging, the lab's ACME CA). Empty: the system's CAs.
+synapse_federation_ca_certificates = []
 
 # MAS release installed under /opt/matrix-authentication-service/<version>.
 mas_version = "1.22.0"

@@ -85,6 +85,11 @@ class HostState:
         e = self.entry(path)
         return e is not None and e.kind == "l" and e.target == target
 
+    def below(self, directory: str) -> list[str]:
+        """The paths found directly in `directory`."""
+        self.entry(directory)
+        return sorted(p for p in self.paths if p.rsplit("/", 1)[0] == directory)
+
     def exists(self, path) -> bool:
         return self.entry(path) is not None
 

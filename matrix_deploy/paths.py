@@ -26,6 +26,7 @@ SYNAPSE_CURRENT = f"{SYNAPSE_HOME}/current"
 SYNAPSE_ETC = "/etc/synapse"
 SYNAPSE_CONFIG = f"{SYNAPSE_ETC}/homeserver.yaml"
 SYNAPSE_SECRETS = f"{SYNAPSE_ETC}/secrets"
+SYNAPSE_FEDERATION_CA = f"{SYNAPSE_ETC}/federation-ca"  # CAs Synapse trusts for federation, when set
 SYNAPSE_DATA = "/var/lib/synapse"
 
 NGINX_SITE = "/etc/nginx/conf.d/matrix-deploy.conf"

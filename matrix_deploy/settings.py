@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 from . import locks, mas_settings
 
 ROLES = ("db", "mas", "synapse", "proxy")
@@ -67,6 +69,7 @@ SYNAPSE_FORBIDDEN = {
     "macaroon_secret_key_path": "it comes from the secrets store",
     "form_secret_path": "it comes from the secrets store",
     "registration_shared_secret": "registration is handled by MAS",
+    "federation_custom_ca_list": "set synapse_federation_ca_certificates instead",
 }
 MAS_FORBIDDEN = {
     "matrix": "it is rendered from the Synapse settings and the shared secret",
@@ -172,6 +175,8 @@ class Settings:
     synapse_version: str
     synapse_port: int
     synapse_extra_config: dict[str, Any] = field(hash=False)
+    # CA certificates (PEM files on the operator's machine) Synapse trusts for federation, instead of the system's.
+    synapse_federation_ca_certificates: tuple[Path, ...]
     mas: MasRelease
     mas_port: int
     mas_health_port: int
@@ -223,6 +228,7 @@ DEPLOYMENT_KEYS = (
     "synapse_version",
     "synapse_port",
     "synapse_extra_config",
+    "synapse_federation_ca_certificates",
     "mas_version",
     "mas_release_url",
     "mas_release_file",
@@ -309,6 +315,32 @@ class _Checker:
             self.bad(key, value, f"a readable file ({error.strerror})")
             return None
         return path.resolve()
+
+    def certificates(self, key: str) -> tuple[Path, ...]:
+        """A list of files on this machine, each holding exactly one PEM certificate (Synapse reads one per file)."""
+        value = self.data.get(key) or []
+        if not isinstance(value, (list, tuple)):
+            self.bad(key, value, "a list of CA certificate files (PEM) on this machine")
+            return ()
+        found = []
+        for item in value:
+            path = _Checker({key: item}).file(key)
+            if path is None:
+                self.bad(key, item, "a list of existing, readable CA certificate files (PEM) on this machine")
+                continue
+            try:
+                count = len(x509.load_pem_x509_certificates(path.read_bytes()))
+            except ValueError:
+                count = 0
+            if count != 1:
+                self.bad(
+                    key,
+                    str(path),
+                    f"a file with exactly one PEM certificate (it has {count}): Synapse reads one per file",
+                )
+                continue
+            found.append(path)
+        return tuple(found)
 
     def mapping(self, key: str, forbidden: dict[str, str]) -> dict:
         value = self.data.get(key) or {}
@@ -497,6 +529,7 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
     if isinstance(backup_keep, bool) or not isinstance(backup_keep, int) or backup_keep < 1:
         c.bad("backup_keep", backup_keep, "a whole number of dumps to keep, 1 or more")
     synapse_extra = c.mapping("synapse_extra_config", SYNAPSE_FORBIDDEN)
+    federation_cas = c.certificates("synapse_federation_ca_certificates")
     mas_extra = c.mapping("mas_extra_config", MAS_FORBIDDEN)
     if isinstance(mas_extra.get("account"), dict):
         for name in mas_extra["account"]:
@@ -519,6 +552,7 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
         synapse_version=synapse_version,
         synapse_port=ports["synapse_port"],
         synapse_extra_config=synapse_extra,
+        synapse_federation_ca_certificates=federation_cas,
         mas=MasRelease(mas_version, sha, release_url, release_file),
         mas_port=ports["mas_port"],
         mas_health_port=ports["mas_health_port"],

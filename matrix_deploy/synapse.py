@@ -13,6 +13,7 @@ from .paths import (
     SYNAPSE_CURRENT,
     SYNAPSE_DATA,
     SYNAPSE_ETC,
+    SYNAPSE_FEDERATION_CA,
     SYNAPSE_HOME,
     SYNAPSE_SECRETS,
     SYNAPSE_USER,
@@ -113,7 +114,17 @@ def config(d: Deployment, own_addresses=None) -> dict:
                 "account_management_url": f"{s.mas_public_url}account/",
             }
         }
+    if s.synapse_federation_ca_certificates:
+        base["federation_custom_ca_list"] = [path for path, _ in federation_cas(d)]
     return deep_merge(base, s.synapse_extra_config)
+
+
+def federation_cas(d: Deployment) -> list[tuple[str, str]]:
+    """(path on the host, content) of each CA certificate Synapse trusts for federation."""
+    return [
+        (f"{SYNAPSE_FEDERATION_CA}/ca-{i}.pem", path.read_text())
+        for i, path in enumerate(d.settings.synapse_federation_ca_certificates, 1)
+    ]
 
 
 def render_config(d: Deployment, own_addresses=None) -> str:
@@ -159,6 +170,14 @@ def install(d: Deployment):
                 f"Synapse secret {name}", f"{SYNAPSE_SECRETS}/{name}", content, user=SYNAPSE_USER, group=SYNAPSE_USER
             )
         )
+    cas = federation_cas(d)
+    if cas:
+        host_state.directory("Synapse federation CAs", SYNAPSE_FEDERATION_CA, "root", SYNAPSE_USER, "750")
+    for path, content in cas:
+        changes.append(host_state.put("Synapse federation CA", path, content, "root", SYNAPSE_USER, "640"))
+    for path in host_state.current().below(SYNAPSE_FEDERATION_CA):
+        if path not in dict(cas):
+            changes.append(host_state.absent(f"No stale federation CA {path}", path))
     for path in secret_table.stale(s, "synapse", []):
         changes.append(host_state.absent(f"No stale Synapse secret {path.rsplit('/', 1)[1]}", path))
     changes.append(

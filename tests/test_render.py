@@ -3,6 +3,7 @@
 nginx -t of the rendered site runs in a lab host, which has the real nginx (tests/test_e2e.py): the operator's
 machine has no nginx, and a check that cannot run must fail, not be skipped."""
 
+import datetime
 import hashlib
 import json
 import re
@@ -14,6 +15,10 @@ from pathlib import Path
 import fastjsonschema
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from matrix_deploy import locks, mas, nginx, synapse
 from matrix_deploy import secrets as secrets_store
@@ -126,6 +131,10 @@ def _synapse_check(python: Path, deployment, tmp_path: Path, extra: dict | None 
     (tmp_path / "etc/secrets").mkdir(parents=True)
     for name, content in synapse.secret_contents(deployment).items():
         (tmp_path / "etc/secrets" / name).write_text(content)
+    for ca, content in synapse.federation_cas(deployment):
+        moved = Path(ca.replace(SYNAPSE_ETC, str(tmp_path / "etc")))
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        moved.write_text(content)
     (tmp_path / "etc/log.yaml").write_text("version: 1\n")
     path = tmp_path / "etc/homeserver.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -141,6 +150,42 @@ def test_synapse_checker_rejects_what_synapse_forbids_beside_mas(synapse_python,
     result = _synapse_check(synapse_python, deployment, tmp_path, {"enable_registration": True})
     assert result.returncode != 0
     assert "Registration cannot be enabled" in result.stderr + result.stdout
+
+
+def _ca_file(directory: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a private federation's CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    path = directory / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_federation_cas_are_files_synapse_reads(synapse_python, tmp_path):
+    settings = make_settings(
+        secrets_dir=str(tmp_path / "secrets"), synapse_federation_ca_certificates=[str(_ca_file(tmp_path))]
+    )
+    store = secrets_store.store_path(settings.secrets_dir, Path("test.py"))
+    d = Deployment(Path("test.py"), settings, secrets_store.load(store, wanted_secrets(settings)), store)
+    assert synapse.config(d)["federation_custom_ca_list"] == [f"{SYNAPSE_ETC}/federation-ca/ca-1.pem"]
+    checks = tmp_path / "check"
+    checks.mkdir()
+    result = _synapse_check(synapse_python, d, checks)
+    assert result.returncode == 0, result.stderr
+    # Synapse reads each file: a broken one is refused by its own checker.
+    (checks / "etc/federation-ca/ca-1.pem").write_text("not a certificate\n")
+    broken = subprocess.run([synapse_python, "-m", "synapse.config", "-c", checks / "etc/homeserver.yaml"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert broken.returncode != 0 and "custom CA certificate" in broken.stderr + broken.stdout
+
+
+def test_no_federation_cas_by_default(deployment):
+    assert "federation_custom_ca_list" not in synapse.config(deployment)
 
 
 def test_compat_location_matches_only_the_compat_endpoints(deployment):
