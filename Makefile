@@ -22,7 +22,7 @@ lab: lab-up deploy-lab ## lab-up, then the real deploy into it
 
 deploy-lab: venv
 	$(BIN)/python -m tests.lab_release
-	$(BIN)/pyinfra -y inventories/lab.py deploy.py
+	$(BIN)/python -m matrix_deploy.lab deploy  # each homeserver of the lab (two with LAYOUT=pair)
 	$(BIN)/python -m matrix_deploy.lab welcome
 
 test: venv

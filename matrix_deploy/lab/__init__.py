@@ -14,7 +14,7 @@ from pathlib import Path
 from . import acme, image, machines, network
 from .system import LAB_INDEX, STATE_DIR, LabError, ensure_host_tools, machine_lock, require_disk, require_root
 
-__all__ = ["LAYOUTS", "LabError", "LabHost", "down", "up", "leftovers"]
+__all__ = ["LAYOUTS", "SITES", "LabError", "LabHost", "down", "up", "leftovers"]
 
 ROLES = ("db", "mas", "synapse", "proxy")
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -24,7 +24,22 @@ SSH_KEY = LAB_DIR / "id_ed25519"
 LAYOUTS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "single": [("lab1", ROLES)],
     "split": [("lab-db", ("db",)), ("lab-mas", ("mas",)), ("lab-synapse", ("synapse",)), ("lab-proxy", ("proxy",))],
+    # Two homeservers that federate: each host is a whole deployment of its own site (SITES).
+    "pair": [("lab1", ROLES), ("peer1", ROLES)],
 }
+# The homeservers (server names) of the lab, each deployed by its own inventory; a layout's hosts belong to
+# the first, except the pair's second host. Their public names are the defaults: matrix.<site>, auth.<site>.
+SITES = {"lab.test": "inventories/lab.py", "peer.test": "inventories/lab_peer.py"}
+PAIR_PEER = "peer1"
+
+
+def site_of(layout: str, name: str) -> str:
+    return "peer.test" if layout == "pair" and name == PAIR_PEER else "lab.test"
+
+
+def public_names(site: str) -> list[str]:
+    """The names a site's proxy serves, which every lab host (and the lab's ACME DNS) resolves to it."""
+    return [site, f"matrix.{site}", f"auth.{site}"]
 
 
 LOGINS = ("sudo", "root")
@@ -39,6 +54,7 @@ class LabHost:
     roles: tuple[str, ...]
     release: str = image.DEFAULT_RELEASE
     deploy_user: str = "root"  # who the deploy logs in as: root, or image.SUDO_USER with sudo
+    site: str = "lab.test"  # the homeserver (server name) this host is part of
 
 
 def _ensure_ssh_key() -> str:
@@ -111,19 +127,22 @@ def up(
     network.up()
     addresses = {name: network.host_address(i) for i, (name, _) in enumerate(spec)}
     hosts = [
-        LabHost(name, addresses[name], "root", str(SSH_KEY), tuple(roles), release, deploy_user) for name, roles in spec
+        LabHost(name, addresses[name], "root", str(SSH_KEY), tuple(roles), release, deploy_user, site_of(layout, name))
+        for name, roles in spec
     ]
+    # Like DNS: each site's public names lead to its proxy, on every lab host and for the ACME server.
+    public = {n: h.address for h in hosts if "proxy" in h.roles for n in public_names(h.site)}
     try:
         booted = []
         for host in hosts:
-            root = machines.prepare(host.name, host.address, addresses, public_key, img)
+            root = machines.prepare(host.name, host.address, {**addresses, **public}, public_key, img)
             booted.append((host, machines.boot(host.name, root, release)))
         for host, pid in booted:
             machines.wait_for_ssh(host.name, host.address, pid)
         proxy = next((h for h in hosts if "proxy" in h.roles), None)
         if proxy:
             LAB_DIR.mkdir(exist_ok=True)
-            acme.up(proxy.address, LAB_DIR)
+            acme.up(proxy.address, LAB_DIR, public)
     except BaseException:
         down(log=lambda *_: None)
         raise

@@ -1,32 +1,65 @@
-"""Command line of the lab: `python -m matrix_deploy.lab up [--layout single|split] [--debian 12|13]
-[--login sudo|root] | down | status | welcome`."""
+"""Command line of the lab: `python -m matrix_deploy.lab up [--layout single|split|pair] [--debian 12|13]
+[--login sudo|root] | deploy | down | status | welcome`."""
 
 import argparse
 import json
 import os
+import subprocess
 import sys
+import threading
 
-from . import LAB_DIR, LAYOUTS, LOGINS, PROJECT_DIR, LabError, down, image, leftovers, read_hosts, up
+from . import LAB_DIR, LAYOUTS, LOGINS, PROJECT_DIR, SITES, LabError, down, image, leftovers, read_hosts, up
+
+
+def _sites() -> dict[str, str]:
+    """The lab's sites that have hosts up, with their inventories."""
+    up_sites = {h.site for h in read_hosts()}
+    return {site: inventory for site, inventory in SITES.items() if site in up_sites}
+
+
+def deploy() -> int:
+    """The real deploy (pyinfra) of every site of the lab, side by side; each output line names its site."""
+    procs = []
+    for site, inventory in _sites().items():
+        proc = subprocess.Popen([sys.executable, "-m", "pyinfra", "-y", inventory, "deploy.py"], cwd=PROJECT_DIR,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        prefix = f"[{site}] " if len(SITES) > 1 and len(_sites()) > 1 else ""
+        thread = threading.Thread(
+            target=lambda p=proc, x=prefix: [print(x + line, end="", flush=True) for line in p.stdout]
+        )
+        thread.start()
+        procs.append((site, proc, thread))
+    failed = []
+    for site, proc, thread in procs:
+        if proc.wait() != 0:
+            failed.append(site)
+        thread.join()
+    if failed:
+        print(f"lab: the deploy of {', '.join(failed)} failed", file=sys.stderr)
+    return 1 if failed or not procs else 0
 
 
 def welcome() -> None:
     from ..inventory import build
 
-    d = build(PROJECT_DIR / "inventories/lab.py")
-    s = d.settings
-    proxy = next(h for h in read_hosts() if "proxy" in h.roles)
-    names = f"{s.public_host} {s.mas_public_host} {s.server_name}"
-    print(f"""
-The lab homeserver is up: {s.public_url} (server name {s.server_name}), MAS at {s.mas_public_url},
+    hosts = read_hosts()
+    for site, inventory in _sites().items():
+        d = build(PROJECT_DIR / inventory)
+        s = d.settings
+        proxy = next(h for h in hosts if "proxy" in h.roles and h.site == site)
+        names = f"{s.public_host} {s.mas_public_host} {s.server_name}"
+        print(f"""
+The lab homeserver {s.server_name} is up ({inventory}): {s.public_url}, MAS at {s.mas_public_url},
 proxy on {proxy.name} ({proxy.address}), with a certificate from the lab's ACME server (pebble on this machine).
 These names resolve only where you say so: add "{proxy.address} {names}" to /etc/hosts, or use curl --resolve.
-To trust the lab's certificates, use its ACME root {LAB_DIR / "acme-root.pem"} (curl --cacert, or copy it into
-/usr/local/share/ca-certificates/ as a .crt and run update-ca-certificates; it changes with every `make lab-up`).
-
 Log in as @{s.admin_user}:{s.server_name}; the password is admin_password in {d.secrets_file}:
   curl --cacert {LAB_DIR / "acme-root.pem"} --resolve {s.public_host}:443:{proxy.address} {s.public_url}_matrix/client/v3/login \\
     -d '{{"type":"m.login.password","identifier":{{"type":"m.id.user","user":"{s.admin_user}"}},"password":"<admin_password>"}}'
 """)
+    print(f"""To trust the lab's certificates, use its ACME root {LAB_DIR / "acme-root.pem"} (curl --cacert, or copy it into
+/usr/local/share/ca-certificates/ as a .crt and run update-ca-certificates; it changes with every `make lab-up`).""")
+    if len(_sites()) > 1:
+        print("The homeservers federate with each other (delegated by /.well-known/matrix/server, over TLS).")
 
 
 def main() -> int:
@@ -38,6 +71,7 @@ def main() -> int:
                         help="Debian release of the lab hosts (default: $DEBIAN, else 13)")  # fmt: skip
     up_cmd.add_argument("--login", default=os.environ.get("LOGIN") or "sudo", choices=LOGINS,
                         help="deploy as the sudo user 'deploy' (default) or as root (default: $LOGIN)")  # fmt: skip
+    sub.add_parser("deploy", help="deploy every homeserver of the lab (pyinfra, side by side)")
     sub.add_parser("down", help="stop the lab and undo every change it made")
     sub.add_parser("status", help="print the running hosts and any leftovers")
     sub.add_parser("welcome", help="print how to reach and log in to the deployed lab homeserver")
@@ -45,6 +79,8 @@ def main() -> int:
     try:
         if args.command == "up":
             up(args.layout, release=args.debian, login=args.login)
+        elif args.command == "deploy":
+            return deploy()
         elif args.command == "down":
             down()
         elif args.command == "welcome":

@@ -1,5 +1,6 @@
 """The lab's ACME server: pebble (Let's Encrypt's test server, a Debian package) on this machine's lab
-address, with pebble-challtestsrv as its DNS, which answers every name with the lab proxy's address.
+address, with pebble-challtestsrv as its DNS, which answers each site's public names with its proxy's
+address (and any other name with the first proxy's).
 
 pebble signs its own API with a certificate made here (`acme-directory-ca.pem`: what certbot on the
 proxy trusts for the directory); the certificates it issues chain to a root it makes at start,
@@ -67,8 +68,9 @@ def _start(args: list[str], log: Path, env: dict | None = None) -> int:
                                 start_new_session=True, env={**os.environ, **(env or {})}).pid  # fmt: skip
 
 
-def up(proxy_address: str, lab_dir: Path) -> None:
-    """Start pebble and its DNS for a lab whose proxy is `proxy_address`; write the CA files into `lab_dir`."""
+def up(proxy_address: str, lab_dir: Path, records: dict[str, str]) -> None:
+    """Start pebble and its DNS for a lab whose (first) proxy is `proxy_address` and whose public names
+    resolve as `records` (name -> address); write the CA files into `lab_dir`."""
     down()
     WORK.mkdir(parents=True, exist_ok=True, mode=0o700)
     api_ca = _ca_and_cert(WORK)
@@ -99,6 +101,10 @@ def up(proxy_address: str, lab_dir: Path) -> None:
             if time.monotonic() > deadline:
                 raise LabError(f"the lab's ACME server did not start: {error}; see {WORK}/pebble.log") from None
             time.sleep(0.2)
+    for name, address in records.items():
+        request = urllib.request.Request(f"http://{network.GATEWAY}:8055/add-a", method="POST",
+                                         data=json.dumps({"host": name, "addresses": [address]}).encode())  # fmt: skip
+        urllib.request.urlopen(request, timeout=5).read()
     (lab_dir / "acme-root.pem").write_bytes(root)
     (lab_dir / "acme-directory-ca.pem").write_bytes(api_ca.read_bytes())
 
