@@ -67,14 +67,6 @@ class Provider:
         return self.token_endpoint_auth_method != "none"
 
 
-@dataclass(frozen=True)
-class MasSettings:
-    password_registration: bool
-    registration_token_required: bool
-    email: Email | None
-    providers: tuple[Provider, ...]
-
-
 # Checks of the email settings, one each (options.py); settings.together() checks them together.
 def smtp_host(key, host, problems):
     if host is not None and (not isinstance(host, str) or not HOSTNAME.match(host)):
@@ -217,21 +209,21 @@ def providers(key: str, value: Any, problems: list[str]) -> tuple[Provider, ...]
     return tuple(found)
 
 
-def config(m: MasSettings, secret_path) -> dict:
+def config(s, secret_path) -> dict:
     """The `account`, `email` and `upstream_oauth2` sections of MAS's config.yaml for these settings.
 
     `secret_path(name)` gives the path of a secret file: `smtp_password` or an upstream provider's.
     """
     out: dict = {}
     account = {}
-    if m.password_registration:
+    if s.mas_password_registration:
         account["password_registration_enabled"] = True
-    if m.registration_token_required:
+    if s.mas_registration_token_required:
         account["password_registration_token_required"] = True
     if account:
         out["account"] = account
-    if m.email:
-        e = m.email
+    if s.mas_email:
+        e = s.mas_email
         email = {"from": e.sender, "reply_to": e.sender, "transport": "smtp", "mode": e.mode, "hostname": e.host}
         if e.port is not None:
             email["port"] = e.port
@@ -239,9 +231,9 @@ def config(m: MasSettings, secret_path) -> dict:
             email["username"] = e.username
             email["password_file"] = secret_path("smtp_password")
         out["email"] = email
-    if m.providers:
+    if s.mas_upstream_providers:
         providers = []
-        for p in m.providers:
+        for p in s.mas_upstream_providers:
             entry = {"id": p.id, "issuer": p.issuer, "client_id": p.client_id}
             if p.human_name is not None:
                 entry["human_name"] = p.human_name

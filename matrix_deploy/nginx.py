@@ -24,9 +24,9 @@ READY = "curl -fsS -k -o /dev/null https://127.0.0.1/.well-known/matrix/server"
 
 def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"]) -> str:
     s, p = d.settings, d.settings.placement
-    names = [s.public_host] + ([s.server_name] if s.server_name != s.public_host else [])
+    names = [s.public_host] + ([s.matrix_server_name] if s.matrix_server_name != s.public_host else [])
     client = {
-        "m.homeserver": {"base_url": s.public_url},
+        "m.homeserver": {"base_url": s.matrix_public_url},
         "org.matrix.msc2965.authentication": {"issuer": s.mas_public_url, "account": f"{s.mas_public_url}account/"},
     }
     return render(
@@ -47,7 +47,7 @@ def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"
 def _names(d: Deployment) -> list[str]:
     """Every name the proxy serves: the homeserver's public host, MAS's, and the server name's."""
     s = d.settings
-    return list(dict.fromkeys([s.public_host, s.mas_public_host, s.server_name]))
+    return list(dict.fromkeys([s.public_host, s.mas_public_host, s.matrix_server_name]))
 
 
 def _certificate(d: Deployment):

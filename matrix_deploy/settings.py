@@ -109,43 +109,61 @@ class Placement:
 
 @dataclass(frozen=True)
 class Settings:
-    server_name: str
-    public_url: str  # with a trailing slash
+    """The checked settings: one field per setting, of the same name (options.py), and where each role runs."""
+
+    matrix_server_name: str
+    matrix_public_url: str  # with a trailing slash
     mas_public_url: str
     auth_mode: str
     allow_auth_mode_downgrade: bool
     synapse_version: str
     synapse_port: int
     synapse_extra_config: dict[str, Any] = field(hash=False)
-    # CA certificates (PEM files on the operator's machine) Synapse trusts for federation, instead of the system's.
     synapse_federation_ca_certificates: tuple[Path, ...]
-    mas: MasRelease
+    mas_version: str
+    mas_release_url: str | None  # with the version filled in; None when mas_release_file is set
+    mas_release_file: Path | None
+    mas_release_sha256: str
     mas_port: int
     mas_health_port: int
     mas_extra_config: dict[str, Any] = field(hash=False)
     postgres_port: int
-    tls: str  # acme, files or self-signed
+    tls: str
     tls_certificate: Path | None
     tls_certificate_key: Path | None
     acme_directory_url: str
     acme_email: str | None
-    acme_directory_ca: Path | None  # a CA the ACME directory's own HTTPS is signed by (a staging or lab ACME server)
-    admin_user: str | None
-    secrets_dir: Path
-    secrets_age_identity: Path | None  # the operator's age key: the store is (or becomes) <inventory>.yaml.age
+    acme_directory_ca: Path | None
     backup_dir: str
     backup_keep: int
+    admin_user: str | None
+    mas_password_registration: bool
+    mas_registration_token_required: bool
+    mas_email_smtp_host: str | None
+    mas_email_smtp_port: int | None
+    mas_email_smtp_mode: str
+    mas_email_smtp_username: str | None
+    mas_email_from: str | None
+    mas_upstream_providers: tuple[mas_settings.Provider, ...]
+    secrets_dir: Path
+    secrets_age_identity: Path | None  # the operator's age key: the store is (or becomes) <inventory>.yaml.age
     placement: Placement
-    # Registration, email and upstream providers (mas_settings.py).
-    mas_features: mas_settings.MasSettings = field(default=mas_settings.MasSettings(False, False, None, ()), hash=False)
+
+    @property
+    def mas_release(self) -> MasRelease:
+        return MasRelease(self.mas_version, self.mas_release_sha256, self.mas_release_url, self.mas_release_file)
 
     @property
     def mas_email(self) -> mas_settings.Email | None:
-        return self.mas_features.email
-
-    @property
-    def mas_upstream_providers(self) -> tuple[mas_settings.Provider, ...]:
-        return self.mas_features.providers
+        if self.mas_email_smtp_host is None:
+            return None
+        return mas_settings.Email(
+            self.mas_email_smtp_host,
+            self.mas_email_smtp_port,
+            self.mas_email_smtp_mode,
+            self.mas_email_smtp_username,
+            self.mas_email_from,
+        )
 
     @property
     def mas_homeserver_kind(self) -> str:
@@ -154,7 +172,7 @@ class Settings:
 
     @property
     def public_host(self) -> str:
-        return urlsplit(self.public_url).hostname
+        return urlsplit(self.matrix_public_url).hostname
 
     @property
     def mas_public_host(self) -> str:
@@ -320,43 +338,4 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
     placement = _placement(hosts, groups, problems)
     if problems:
         raise SettingsError(problems)
-    email = None
-    if v["mas_email_smtp_host"]:
-        email = mas_settings.Email(
-            v["mas_email_smtp_host"],
-            v["mas_email_smtp_port"],
-            v["mas_email_smtp_mode"],
-            v["mas_email_smtp_username"],
-            v["mas_email_from"],
-        )
-    return Settings(
-        server_name=v["matrix_server_name"],
-        public_url=v["matrix_public_url"],
-        mas_public_url=v["mas_public_url"],
-        auth_mode=v["auth_mode"],
-        allow_auth_mode_downgrade=v["allow_auth_mode_downgrade"],
-        synapse_version=v["synapse_version"],
-        synapse_port=v["synapse_port"],
-        synapse_extra_config=v["synapse_extra_config"],
-        synapse_federation_ca_certificates=v["synapse_federation_ca_certificates"],
-        mas=MasRelease(v["mas_version"], v["mas_release_sha256"], v["mas_release_url"], v["mas_release_file"]),
-        mas_port=v["mas_port"],
-        mas_health_port=v["mas_health_port"],
-        mas_extra_config=v["mas_extra_config"],
-        postgres_port=v["postgres_port"],
-        tls=v["tls"],
-        tls_certificate=v["tls_certificate"],
-        tls_certificate_key=v["tls_certificate_key"],
-        acme_directory_url=v["acme_directory_url"],
-        acme_email=v["acme_email"],
-        acme_directory_ca=v["acme_directory_ca"],
-        admin_user=v["admin_user"],
-        secrets_dir=v["secrets_dir"],
-        secrets_age_identity=v["secrets_age_identity"],
-        backup_dir=v["backup_dir"],
-        backup_keep=v["backup_keep"],
-        placement=placement,
-        mas_features=mas_settings.MasSettings(
-            v["mas_password_registration"], v["mas_registration_token_required"], email, v["mas_upstream_providers"]
-        ),
-    )
+    return Settings(**v, placement=placement)

@@ -50,8 +50,8 @@ def config(d: Deployment, own_addresses=None) -> dict:
     """
     s, p = d.settings, d.settings.placement
     base = {
-        "server_name": s.server_name,
-        "public_baseurl": s.public_url,
+        "server_name": s.matrix_server_name,
+        "public_baseurl": s.matrix_public_url,
         "report_stats": False,
         "listeners": [
             {

@@ -1,11 +1,14 @@
 """Each setting is declared once, in matrix_deploy/options.py: the defaults every host gets from group_data/all.py
 and the README's settings table are made from those declarations."""
 
+from dataclasses import fields
+
 from pyinfra.api import State
 from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory_from_files
 
 from matrix_deploy import options
+from matrix_deploy.settings import Settings
 from tests.conftest import ROOT
 
 
@@ -23,6 +26,12 @@ def test_group_data_gives_every_host_the_declared_defaults(tmp_path):
     data = host.data.dict()
     assert {k: data[k] for k in options.BY_NAME} == options.defaults()
     assert not set(data) - set(options.BY_NAME) - {"ssh_hostname"}, data
+
+
+def test_settings_fields_are_the_deployment_wide_settings_by_name():
+    """Readers of the code see each setting under its own name (internal_address lives in settings.placement)."""
+    wide = [o.name for o in options.OPTIONS if not o.per_host]
+    assert [f.name for f in fields(Settings)] == [*wide, "placement"]
 
 
 def test_removed_settings_are_not_declared():

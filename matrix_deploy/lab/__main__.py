@@ -15,16 +15,16 @@ def welcome() -> None:
     d = build(PROJECT_DIR / "inventories/lab.py")
     s = d.settings
     proxy = next(h for h in read_hosts() if "proxy" in h.roles)
-    names = f"{s.public_host} {s.mas_public_host} {s.server_name}"
+    names = f"{s.public_host} {s.mas_public_host} {s.matrix_server_name}"
     print(f"""
-The lab homeserver is up: {s.public_url} (server name {s.server_name}), MAS at {s.mas_public_url},
+The lab homeserver is up: {s.matrix_public_url} (server name {s.matrix_server_name}), MAS at {s.mas_public_url},
 proxy on {proxy.name} ({proxy.address}), with a certificate from the lab's ACME server (pebble on this machine).
 These names resolve only where you say so: add "{proxy.address} {names}" to /etc/hosts, or use curl --resolve.
 To trust the lab's certificates, use its ACME root {LAB_DIR / "acme-root.pem"} (curl --cacert, or copy it into
 /usr/local/share/ca-certificates/ as a .crt and run update-ca-certificates; it changes with every `make lab-up`).
 
-Log in as @{s.admin_user}:{s.server_name}; the password is admin_password in {d.secrets_file}:
-  curl --cacert {LAB_DIR / "acme-root.pem"} --resolve {s.public_host}:443:{proxy.address} {s.public_url}_matrix/client/v3/login \\
+Log in as @{s.admin_user}:{s.matrix_server_name}; the password is admin_password in {d.secrets_file}:
+  curl --cacert {LAB_DIR / "acme-root.pem"} --resolve {s.public_host}:443:{proxy.address} {s.matrix_public_url}_matrix/client/v3/login \\
     -d '{{"type":"m.login.password","identifier":{{"type":"m.id.user","user":"{s.admin_user}"}},"password":"<admin_password>"}}'
 """)
 
