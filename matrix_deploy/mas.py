@@ -18,6 +18,13 @@ from .yaml_config import deep_merge, dump
 ADMIN_API_CREDENTIALS = f"{STATE}/mas-admin-api.curl"
 ADMIN_PASSWORD_BODY = f"{STATE}/mas-admin-password.json"
 
+# What this role reads through the host's snapshot (curl: health checks; postgresql-client: dumps before migrations).
+NEEDS = host_state.Needs(
+    paths={MAS_HOME: 2, MAS_ETC: 2, "/etc/systemd/system/mas.service": 0},
+    users=(MAS_USER,),
+    packages=("curl", "postgresql-client"),
+)
+
 
 def secret_files(d: Deployment) -> dict[str, str]:
     """The files in /etc/mas/secrets this host has (secret_table.py) and what each holds."""

@@ -21,6 +21,19 @@ DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 ACME_REQUEST = f"{STATE}/acme-request"  # what the current ACME certificate was asked for
 READY = "curl -fsS -k -o /dev/null https://127.0.0.1/.well-known/matrix/server"
 
+# What this role reads through the host's snapshot (curl: health checks); with tls = "acme" also certbot.
+NEEDS = host_state.Needs(
+    paths={
+        NGINX_TLS: 1,
+        "/etc/nginx/conf.d": 1,
+        "/etc/nginx/sites-enabled": 1,
+        "/etc/systemd/system/nginx.service.d": 1,
+        "/etc/systemd/system/certbot.service.d": 1,
+    },
+    packages=("nginx", "openssl", "curl"),
+)
+ACME_PACKAGES = ("certbot",)
+
 
 def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"]) -> str:
     s, p = d.settings, d.settings.placement
