@@ -237,7 +237,7 @@ def host_directory(key, value, problems):
     return value and value.rstrip("/")
 
 
-def count(key, value, problems):
+def dumps_to_keep(key, value, problems):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return bad(problems, key, value, "a whole number of dumps to keep, 1 or more")
     return value
@@ -366,7 +366,7 @@ OPTIONS = (
         "backup_dir", "/var/backups/matrix-deploy",
         "where `pg_dump`s taken before database migrations go, on the MAS and Synapse hosts", host_directory,
     ),
-    Option("backup_keep", 5, "how many dumps of each database to keep", count),
+    Option("backup_keep", 5, "how many dumps of each database to keep", dumps_to_keep),
     Option(
         "admin_user", None,
         "initial MAS user allowed to request admin (localpart: 1 to 255 of `a-z 0-9 . _ = + -`, not starting with "
