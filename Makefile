@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LAYOUT ?= single
 
-.PHONY: venv lab lab-up lab-down deploy-lab test bench lint format lock
+.PHONY: venv lab lab-up lab-down deploy-lab test bench lint format lock docs
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -37,6 +37,9 @@ bench: venv ## deploy timings against the floor on lab hosts; prints one table (
 lock: venv ## lock a Synapse version's virtualenv (hashes) into locks/: make lock SYNAPSE=1.164.0
 	$(BIN)/pip install -q uv
 	$(BIN)/python -m matrix_deploy.locks $(SYNAPSE)
+
+docs: venv ## the README's settings table, made from matrix_deploy/options.py
+	$(BIN)/python -m matrix_deploy.options --readme
 
 lint: venv
 	$(BIN)/ruff check .

@@ -11,7 +11,6 @@ from pyinfra.api.exceptions import DeployError
 
 from matrix_deploy import auth_mode, base, host_state, mas, nginx, platform, postgres, synapse
 from matrix_deploy.inventory import current
-from matrix_deploy.paths import MAS_USER, SYNAPSE_USER, managed
 from matrix_deploy.stages import done
 
 deployment = current()
@@ -20,11 +19,8 @@ roles = settings.placement.roles_of(host.name)
 
 # One look at the host (after taking its run lock); operations are only added for what is not already as wanted.
 state = host_state.read(
-    managed(),
+    base.snapshot_needs(roles, settings.tls),
     apt_busy=base.APT_BUSY,
-    names=(MAS_USER, SYNAPSE_USER),
-    packages=base.packages(roles, settings.tls),
-    units=platform.POSTGRES_UNITS,
     resolve=settings.placement.addresses.values(),
 )
 release = platform.release(*state.os)

@@ -9,8 +9,8 @@ from pyinfra.api.exceptions import DeployError
 
 from . import host_state
 from .inventory import Deployment
+from .options import AUTH_MODES
 from .paths import STATE
-from .settings import AUTH_MODES
 
 RECORD = f"{STATE}/auth-mode"
 

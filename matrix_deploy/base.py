@@ -1,18 +1,14 @@
-"""What every host needs before its services: a working package manager and the deploy's state directory."""
+"""What every host needs before its services: a working package manager, the deploy's state directory, and
+the packages its roles' modules declare (each role's NEEDS)."""
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt
 
-from . import host_state, remote
+from . import host_state, mas, nginx, postgres, remote, synapse
 from .paths import STATE
 
-# Debian packages each role needs (curl: health checks; postgresql-client: dumps before migrations).
-PACKAGES = {
-    "db": ["postgresql"],
-    "mas": ["curl", "postgresql-client"],
-    "synapse": ["python3-venv", "curl", "postgresql-client"],
-    "proxy": ["nginx", "openssl", "curl"],
-}
+ROLE_MODULES = {"db": postgres, "mas": mas, "synapse": synapse, "proxy": nginx}
+NEEDS = host_state.Needs(paths={STATE: 2})
 # grep arguments that match the processes of an apt or dpkg run (apt's http/https fetchers included).
 APT_PROCESSES = "-xE 'apt|apt-get|dpkg|http|https' /proc/[0-9]*/comm"
 # Prints something when apt or dpkg still runs (a killed deploy's, the host's own upgrades) or dpkg left work undone.
@@ -28,8 +24,20 @@ DEBIAN_FRONTEND=noninteractive dpkg --configure -a
 
 def packages(roles: set[str], tls: str = "self-signed") -> list[str]:
     """The Debian packages of `roles`; an ACME proxy also gets certbot."""
-    extra = {"certbot"} if "proxy" in roles and tls == "acme" else set()
-    return sorted({p for role in roles for p in PACKAGES[role]} | extra)
+    extra = set(nginx.ACME_PACKAGES) if "proxy" in roles and tls == "acme" else set()
+    return sorted({p for role in roles for p in ROLE_MODULES[role].NEEDS.packages} | extra)
+
+
+def snapshot_needs(roles: set[str], tls: str) -> host_state.Needs:
+    """What the snapshot reads on a host with `roles`: its roles' packages, and every role's paths, users and
+    units (the same on every host, as before roles declared them)."""
+    every = [NEEDS, *(m.NEEDS for m in ROLE_MODULES.values())]
+    return host_state.Needs(
+        paths={path: depth for n in every for path, depth in n.paths.items()},
+        users=tuple(dict.fromkeys(user for n in every for user in n.users)),
+        packages=tuple(packages(roles, tls)),
+        units=tuple(dict.fromkeys(unit for n in every for unit in n.units)),
+    )
 
 
 @deploy("Host base")

@@ -62,7 +62,7 @@ class HostState:
         if not any(
             path == r or (path.startswith(r + "/") and path[len(r) :].count("/") <= d) for r, d in self.roots.items()
         ):
-            raise LookupError(f"{path} is outside the host state snapshot's roots; add it to paths.managed()")
+            raise LookupError(f"{path} is outside the host state snapshot's roots; add it to its role's NEEDS")
         return self.paths.get(path)
 
     def _owned(self, e: Entry | None, kind: str, user, group, mode) -> bool:
@@ -138,6 +138,17 @@ def _here() -> str:
 
 def sha1(content: str) -> str:
     return hashlib.sha1(content.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a role's module reads through the snapshot: paths (-> how many levels below each are listed), users,
+    Debian packages (base.prepare installs them) and systemd units. Each role's module declares its NEEDS."""
+
+    paths: dict[str, int] = field(default_factory=dict, hash=False)
+    users: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
 
 
 class Snapshot(FactBase):
@@ -267,14 +278,15 @@ fi
 _snapshots: dict[str, HostState] = {}
 
 
-def read(roots: dict[str, int], apt_busy: str, names=(), packages=(), units=(), resolve=()) -> HostState:
-    """Take this host's snapshot (once per run); `roots` maps each directory or file to its depth.
+def read(needs: Needs, apt_busy: str, resolve=()) -> HostState:
+    """Take this host's snapshot (once per run) of what `needs` names.
 
     Refuses (DeployError) when another run holds the host or a dead run's command never finished.
     """
     holder = f"a matrix-deploy run from {socket.gethostname()} (pid {os.getpid()})"
     state = host.get_fact(
-        Snapshot, roots=roots, names=list(names), packages=list(packages), units=list(units), apt_busy=apt_busy,
+        Snapshot, roots=needs.paths, names=list(needs.users), packages=list(needs.packages), units=list(needs.units),
+        apt_busy=apt_busy,
         resolve=sorted(set(resolve)), holder=holder,
     )  # fmt: skip
     if state.lock and state.lock[0] == "busy":
@@ -285,7 +297,7 @@ def read(roots: dict[str, int], apt_busy: str, names=(), packages=(), units=(), 
         )
     if state.lock:
         raise DeployError(f"{host.name}: {state.lock[1]}; nothing was changed. Find it with `ps -ef` there.")
-    state.roots = dict(roots)
+    state.roots = dict(needs.paths)
     _snapshots[host.name] = state
     return state
 

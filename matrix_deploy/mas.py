@@ -18,6 +18,13 @@ from .yaml_config import deep_merge, dump
 ADMIN_API_CREDENTIALS = f"{STATE}/mas-admin-api.curl"
 ADMIN_PASSWORD_BODY = f"{STATE}/mas-admin-password.json"
 
+# What this role reads through the host's snapshot (curl: health checks; postgresql-client: dumps before migrations).
+NEEDS = host_state.Needs(
+    paths={MAS_HOME: 2, MAS_ETC: 2, "/etc/systemd/system/mas.service": 0},
+    users=(MAS_USER,),
+    packages=("curl", "postgresql-client"),
+)
+
 
 def secret_files(d: Deployment) -> dict[str, str]:
     """The files in /etc/mas/secrets this host has (secret_table.py) and what each holds."""
@@ -75,12 +82,12 @@ def config(d: Deployment, net=None) -> dict:
         },
         "matrix": {
             "kind": s.mas_homeserver_kind,
-            "homeserver": s.server_name,
+            "homeserver": s.matrix_server_name,
             "endpoint": f"http://{p.endpoint(p.mas, p.synapse, s.synapse_port)}/",
             "secret_file": f"{MAS_SECRETS}/matrix_secret",
         },
         "passwords": {"enabled": True},
-        **mas_settings.config(s.mas_features, _secret_path),
+        **mas_settings.config(s, _secret_path),
     }
     clients = {}
     if s.auth_mode == "msc3861":
@@ -102,7 +109,7 @@ def render_config(d: Deployment, net=None) -> str:
 
 def _release(d: Deployment):
     """Put the release tarball on the host and unpack it into /opt/mas/<version> once, sha256 checked."""
-    release = d.settings.mas
+    release = d.settings.mas_release
     archive = f"{STATE}/downloads/{release.archive_name}"
     target = f"{MAS_HOME}/{release.version}"
     link = host_state.link(f"MAS {release.version} is the current release", MAS_CURRENT, target)

@@ -41,17 +41,6 @@ CLAIM_KEYS = {
     "skip_confirmation": None,
 }
 
-KEYS = (
-    "mas_password_registration",
-    "mas_registration_token_required",
-    "mas_email_smtp_host",
-    "mas_email_smtp_port",
-    "mas_email_smtp_mode",
-    "mas_email_smtp_username",
-    "mas_email_from",
-    "mas_upstream_providers",
-)
-
 
 @dataclass(frozen=True)
 class Email:
@@ -78,52 +67,38 @@ class Provider:
         return self.token_endpoint_auth_method != "none"
 
 
-@dataclass(frozen=True)
-class MasSettings:
-    password_registration: bool
-    registration_token_required: bool
-    email: Email | None
-    providers: tuple[Provider, ...]
-
-
-def _bool(data: dict, key: str, problems: list[str]) -> bool:
-    value = data.get(key, False)
-    if not isinstance(value, bool):
-        problems.append(f"{key} = {value!r}: expected true or false")
-        return False
-    return value
-
-
-def _email(data: dict, problems: list[str]) -> Email | None:
-    host, port, mode = data.get("mas_email_smtp_host"), data.get("mas_email_smtp_port"), data.get("mas_email_smtp_mode")
-    username, sender = data.get("mas_email_smtp_username"), data.get("mas_email_from")
-    if host is None:
-        for key in ("mas_email_smtp_port", "mas_email_smtp_username", "mas_email_from"):
-            if data.get(key) is not None:
-                problems.append(f"{key} = {data[key]!r}: expected mas_email_smtp_host to be set too (the SMTP relay)")
+# Checks of the email settings, one each (options.py); settings.together() checks them together.
+def smtp_host(key, host, problems):
+    if host is not None and (not isinstance(host, str) or not HOSTNAME.match(host)):
+        problems.append(f"{key} = {host!r}: expected the SMTP relay's host name, like smtp.example.org")
         return None
-    start = len(problems)
-    if not isinstance(host, str) or not HOSTNAME.match(host):
-        problems.append(f"mas_email_smtp_host = {host!r}: expected the SMTP relay's host name, like smtp.example.org")
+    return host
+
+
+def smtp_port(key, port, problems):
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
         problems.append(
-            f"mas_email_smtp_port = {port!r}: expected a TCP port number between 1 and 65535 (unset: 25 for plain, "
+            f"{key} = {port!r}: expected a TCP port number between 1 and 65535 (unset: 25 for plain, "
             "465 for tls, 587 for starttls)"
         )
-    if mode not in SMTP_MODES:
-        problems.append(f"mas_email_smtp_mode = {mode!r}: expected one of {', '.join(SMTP_MODES)}")
-    if username is not None and (not isinstance(username, str) or not username):
-        problems.append(f"mas_email_smtp_username = {username!r}: expected the SMTP login name, or unset for none")
-    if sender is None:
-        problems.append('mas_email_from is not set: expected the sender address, like "Example" <auth@example.org>')
-    elif not isinstance(sender, str) or not MAILBOX.match(sender.strip()):
-        problems.append(
-            f"mas_email_from = {sender!r}: expected an email address, like auth@example.org or "
-            '"Example" <auth@example.org>'
-        )
-    if len(problems) > start:
         return None
-    return Email(host, port, mode, username, sender.strip())
+    return port
+
+
+def smtp_username(key, username, problems):
+    if username is not None and (not isinstance(username, str) or not username):
+        problems.append(f"{key} = {username!r}: expected the SMTP login name, or unset for none")
+        return None
+    return username
+
+
+def email_from(key, sender, problems):
+    if sender is not None and (not isinstance(sender, str) or not MAILBOX.match(sender.strip())):
+        problems.append(
+            f'{key} = {sender!r}: expected an email address, like auth@example.org or "Example" <auth@example.org>'
+        )
+        return None
+    return sender and sender.strip()
 
 
 def _template(where: str, value: Any, problems: list[str]) -> None:
@@ -176,14 +151,14 @@ def _claims(where: str, claims: Any, problems: list[str]) -> dict:
     return claims
 
 
-def _providers(data: dict, problems: list[str]) -> tuple[Provider, ...]:
-    value = data.get("mas_upstream_providers") or []
+def providers(key: str, value: Any, problems: list[str]) -> tuple[Provider, ...]:
+    value = value or []
     if not isinstance(value, list):
-        problems.append(f"mas_upstream_providers = {value!r}: expected a list of providers (mappings)")
+        problems.append(f"{key} = {value!r}: expected a list of providers (mappings)")
         return ()
-    providers, seen = [], set()
+    found, seen = [], set()
     for i, item in enumerate(value):
-        where = f"mas_upstream_providers[{i}]"
+        where = f"{key}[{i}]"
         if not isinstance(item, dict):
             problems.append(f"{where} = {item!r}: expected a mapping with id, issuer and client_id")
             continue
@@ -228,40 +203,27 @@ def _providers(data: dict, problems: list[str]) -> tuple[Provider, ...]:
             )
         claims = _claims(f"{where}.claims", item.get("claims"), problems)
         if len(problems) == start:
-            providers.append(
+            found.append(
                 Provider(pid, issuer, client_id, scope, method, item.get("human_name"), item.get("brand_name"), claims)
             )
-    return tuple(providers)
+    return tuple(found)
 
 
-def load(data: dict, problems: list[str]) -> MasSettings:
-    registration = _bool(data, "mas_password_registration", problems)
-    token = _bool(data, "mas_registration_token_required", problems)
-    email = _email(data, problems)
-    if registration and email is None and data.get("mas_email_smtp_host") is None:
-        # account.password_registration_email_required defaults to true in MAS 1.22: registering sends a code.
-        problems.append(
-            "mas_password_registration = True: expected email settings too (mas_email_smtp_host, mas_email_from): "
-            "MAS asks for an email address at registration and sends it a code"
-        )
-    return MasSettings(registration, token, email, _providers(data, problems))
-
-
-def config(m: MasSettings, secret_path) -> dict:
+def config(s, secret_path) -> dict:
     """The `account`, `email` and `upstream_oauth2` sections of MAS's config.yaml for these settings.
 
     `secret_path(name)` gives the path of a secret file: `smtp_password` or an upstream provider's.
     """
     out: dict = {}
     account = {}
-    if m.password_registration:
+    if s.mas_password_registration:
         account["password_registration_enabled"] = True
-    if m.registration_token_required:
+    if s.mas_registration_token_required:
         account["password_registration_token_required"] = True
     if account:
         out["account"] = account
-    if m.email:
-        e = m.email
+    if s.mas_email:
+        e = s.mas_email
         email = {"from": e.sender, "reply_to": e.sender, "transport": "smtp", "mode": e.mode, "hostname": e.host}
         if e.port is not None:
             email["port"] = e.port
@@ -269,9 +231,9 @@ def config(m: MasSettings, secret_path) -> dict:
             email["username"] = e.username
             email["password_file"] = secret_path("smtp_password")
         out["email"] = email
-    if m.providers:
+    if s.mas_upstream_providers:
         providers = []
-        for p in m.providers:
+        for p in s.mas_upstream_providers:
             entry = {"id": p.id, "issuer": p.issuer, "client_id": p.client_id}
             if p.human_name is not None:
                 entry["human_name"] = p.human_name

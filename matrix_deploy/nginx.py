@@ -21,12 +21,25 @@ DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 ACME_REQUEST = f"{STATE}/acme-request"  # what the current ACME certificate was asked for
 READY = "curl -fsS -k -o /dev/null https://127.0.0.1/.well-known/matrix/server"
 
+# What this role reads through the host's snapshot (curl: health checks); with tls = "acme" also certbot.
+NEEDS = host_state.Needs(
+    paths={
+        NGINX_TLS: 1,
+        "/etc/nginx/conf.d": 1,
+        "/etc/nginx/sites-enabled": 1,
+        "/etc/systemd/system/nginx.service.d": 1,
+        "/etc/systemd/system/certbot.service.d": 1,
+    },
+    packages=("nginx", "openssl", "curl"),
+)
+ACME_PACKAGES = ("certbot",)
+
 
 def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"]) -> str:
     s, p = d.settings, d.settings.placement
-    names = [s.public_host] + ([s.server_name] if s.server_name != s.public_host else [])
+    names = [s.public_host] + ([s.matrix_server_name] if s.matrix_server_name != s.public_host else [])
     client = {
-        "m.homeserver": {"base_url": s.public_url},
+        "m.homeserver": {"base_url": s.matrix_public_url},
         "org.matrix.msc2965.authentication": {"issuer": s.mas_public_url, "account": f"{s.mas_public_url}account/"},
     }
     return render(
@@ -47,7 +60,7 @@ def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"
 def _names(d: Deployment) -> list[str]:
     """Every name the proxy serves: the homeserver's public host, MAS's, and the server name's."""
     s = d.settings
-    return list(dict.fromkeys([s.public_host, s.mas_public_host, s.server_name]))
+    return list(dict.fromkeys([s.public_host, s.mas_public_host, s.matrix_server_name]))
 
 
 def _certificate(d: Deployment):

@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-from .platform import RELEASES, postgres_unit
-
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 STATE = "/var/lib/matrix-deploy"  # root only (0700): records, locks, the deploy's own credentials
 # Held for the whole run by a process that lives as long as the run's SSH connection: one run at a time.
@@ -36,30 +34,3 @@ ACME_LIVE = "/etc/letsencrypt/live/matrix-deploy"  # certbot's lineage (keys in 
 CERTBOT_DROP_IN = "/etc/systemd/system/certbot.service.d/matrix-deploy.conf"
 
 POSTGRES_SQL = f"{STATE}/postgres-roles.sql"  # root only; psql reads it on its standard input
-
-
-def managed() -> dict[str, int]:
-    """Everything the deploy manages on a host, as host_state snapshot roots: path -> levels listed below it.
-
-    PostgreSQL's paths of every supported release: the snapshot is taken before the release is known.
-    """
-    postgres = {}
-    for release in RELEASES.values():
-        postgres[f"/etc/postgresql/{release.postgres}/main"] = 2
-        postgres[f"/etc/systemd/system/{postgres_unit(release.postgres)}.service.d"] = 1
-    return {
-        STATE: 2,
-        MAS_HOME: 2,
-        MAS_ETC: 2,
-        SYNAPSE_HOME: 2,
-        SYNAPSE_ETC: 2,
-        SYNAPSE_DATA: 0,
-        NGINX_TLS: 1,
-        "/etc/nginx/conf.d": 1,
-        "/etc/nginx/sites-enabled": 1,
-        **postgres,
-        "/etc/systemd/system/nginx.service.d": 1,
-        "/etc/systemd/system/certbot.service.d": 1,
-        "/etc/systemd/system/mas.service": 0,
-        "/etc/systemd/system/synapse.service": 0,
-    }

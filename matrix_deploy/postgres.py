@@ -6,9 +6,19 @@ from pyinfra.operations import server
 from . import host_state, remote, restarts
 from .inventory import Deployment
 from .paths import POSTGRES_SQL
-from .platform import Release, postgres_unit
+from .platform import POSTGRES_UNITS, RELEASES, Release, postgres_unit
 from .render import render
 from .units import drop_in
+
+# Every supported release's cluster config, drop-in and unit: the snapshot is taken before the release is known.
+NEEDS = host_state.Needs(
+    paths={
+        **{f"/etc/postgresql/{r.postgres}/main": 2 for r in RELEASES.values()},
+        **{f"/etc/systemd/system/{postgres_unit(r.postgres)}.service.d": 1 for r in RELEASES.values()},
+    },
+    packages=("postgresql",),
+    units=POSTGRES_UNITS,
+)
 
 
 def roles_sql(d: Deployment) -> str:

@@ -23,6 +23,13 @@ from .settings import MSC3861_CLIENT_ID
 from .units import system_user, unit
 from .yaml_config import deep_merge, dump
 
+# What this role reads through the host's snapshot (curl: health checks; postgresql-client: dumps before migrations).
+NEEDS = host_state.Needs(
+    paths={SYNAPSE_HOME: 2, SYNAPSE_ETC: 2, SYNAPSE_DATA: 0, "/etc/systemd/system/synapse.service": 0},
+    users=(SYNAPSE_USER,),
+    packages=("python3-venv", "curl", "postgresql-client"),
+)
+
 
 def secret_contents(d: Deployment) -> dict[str, str]:
     """Files in /etc/synapse/secrets this host has (secret_table.py) and what they hold."""
@@ -50,8 +57,8 @@ def config(d: Deployment, own_addresses=None) -> dict:
     """
     s, p = d.settings, d.settings.placement
     base = {
-        "server_name": s.server_name,
-        "public_baseurl": s.public_url,
+        "server_name": s.matrix_server_name,
+        "public_baseurl": s.matrix_public_url,
         "report_stats": False,
         "listeners": [
             {

@@ -78,7 +78,7 @@ def _days_left(cert: dict) -> int:
 def checks(d: Deployment, client: Client):
     """Yield (name, function) pairs; each function returns a detail string or raises AssertionError."""
     s = d.settings
-    public, mas_host, server_name = s.public_host, s.mas_public_host, s.server_name
+    public, mas_host, server_name = s.public_host, s.mas_public_host, s.matrix_server_name
 
     def tls(host):
         def check():
@@ -95,7 +95,7 @@ def checks(d: Deployment, client: Client):
     def well_known_client():
         status, body = client.request("GET", server_name, "/.well-known/matrix/client")
         assert status == 200, f"HTTP {status}"
-        assert body["m.homeserver"]["base_url"] == s.public_url, body
+        assert body["m.homeserver"]["base_url"] == s.matrix_public_url, body
         return f"m.homeserver {body['m.homeserver']['base_url']}"
 
     delegated = {}

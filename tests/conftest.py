@@ -1,20 +1,16 @@
-"""Shared test helpers: deployments built from the real group_data defaults, and lab access."""
+"""Shared test helpers: deployments built from the declared defaults (matrix_deploy/options.py), and lab access."""
 
-import runpy
 from pathlib import Path
 
 import pytest
 
 from matrix_deploy import secrets as secrets_store
 from matrix_deploy.inventory import Deployment, wanted_secrets
+from matrix_deploy.options import defaults
 from matrix_deploy.settings import ROLES, load
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-
-
-def defaults() -> dict:
-    return {k: v for k, v in runpy.run_path(str(ROOT / "group_data/all.py")).items() if not k.startswith("__")}
 
 
 def make_settings(hosts: dict[str, dict] | None = None, groups: dict[str, list[str]] | None = None, **data):

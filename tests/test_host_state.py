@@ -74,3 +74,14 @@ def test_the_snapshot_command_output_is_read_as_the_host_printed_it():
     assert state.entry("/opt/mas/current").target == "/opt/mas/1.22.0"
     assert state.users["mas"] == ["mas", "x", "999", "997", "", "/opt/mas", "/usr/sbin/nologin"]
     assert state.units["postgresql@15-main"] == ("active", "enabled")
+
+
+def test_every_role_declares_what_it_reads_and_every_host_reads_every_roles_paths():
+    from matrix_deploy import base
+    from matrix_deploy.settings import ROLES
+
+    assert set(base.ROLE_MODULES) == set(ROLES)
+    needs = base.snapshot_needs({"db"}, "acme")
+    for module in base.ROLE_MODULES.values():
+        assert module.NEEDS.paths.items() <= needs.paths.items() and set(module.NEEDS.users) <= set(needs.users)
+    assert needs.packages == ("postgresql",) and "certbot" in base.packages({"proxy"}, "acme")

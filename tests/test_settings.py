@@ -6,11 +6,11 @@ from tests.conftest import make_settings
 
 def test_defaults_with_a_server_name_give_a_single_host_deployment():
     s = make_settings()
-    assert s.server_name == "example.org"
-    assert s.public_url == "https://matrix.example.org/"
+    assert s.matrix_server_name == "example.org"
+    assert s.matrix_public_url == "https://matrix.example.org/"
     assert s.mas_public_url == "https://auth.example.org/"
     assert s.auth_mode == "native"
-    assert s.mas.url.endswith(f"/v{s.mas.version}/mas-cli-x86_64-linux.tar.gz")
+    assert s.mas_release_url.endswith(f"/v{s.mas_version}/mas-cli-x86_64-linux.tar.gz")
     p = s.placement
     assert (p.db, p.mas, p.synapse, p.proxy) == ("hs1", "hs1", "hs1", ("hs1",))
     assert p.reach("hs1", "hs1") == "127.0.0.1"
@@ -34,4 +34,4 @@ def test_split_layout_uses_internal_addresses():
 
 def test_urls_are_normalised():
     s = make_settings(matrix_public_url="https://hs.example.org", mas_public_url="https://login.example.org:8443/")
-    assert (s.public_url, s.mas_public_url) == ("https://hs.example.org/", "https://login.example.org:8443/")
+    assert (s.matrix_public_url, s.mas_public_url) == ("https://hs.example.org/", "https://login.example.org:8443/")

@@ -1,43 +1,41 @@
-"""Every setting is declared in one place with its default (group_data/all.py), checked by settings.py,
-and documented in the README's table: the three name the same settings, with the same defaults."""
+"""Each setting is declared once, in matrix_deploy/options.py: the defaults every host gets from group_data/all.py
+and the README's settings table are made from those declarations."""
 
-import re
+from dataclasses import fields
 
-from matrix_deploy.settings import DEPLOYMENT_KEYS, HOST_KEYS, REMOVED_KEYS
-from tests.conftest import ROOT, defaults
+from pyinfra.api import State
+from pyinfra.context import ctx_state
+from pyinfra_cli.inventory import make_inventory_from_files
 
-
-def readme_table() -> dict[str, str]:
-    """setting -> default column of the README's settings table."""
-    text = (ROOT / "README.md").read_text()
-    table = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
-    rows = {}
-    for line in table.splitlines():
-        if not line.startswith("| `"):
-            continue
-        names, default = line.split(" | ")[0], line.split(" | ")[1]
-        for name in re.findall(r"`([a-z0-9_]+)`", names):
-            rows[name] = default
-    return rows
+from matrix_deploy import options
+from matrix_deploy.settings import Settings
+from tests.conftest import ROOT
 
 
-def test_group_data_settings_and_readme_name_the_same_settings():
-    declared = set(defaults())
-    assert declared == set(DEPLOYMENT_KEYS) | set(HOST_KEYS), "group_data/all.py vs settings.py"
-    assert set(readme_table()) == declared, "README's settings table vs group_data/all.py"
-    assert not declared & set(REMOVED_KEYS)
+def test_readme_settings_table_is_made_from_the_declarations():
+    text = options.README.read_text()
+    assert options.with_table(text) == text, "the README's settings table is behind: run `make docs`"
 
 
-def test_readme_defaults_are_the_declared_ones():
-    table = readme_table()
-    for name, value in defaults().items():
-        shown = table[name]
-        if value is None:
-            assert shown.startswith(("unset", "(required)", "the host's")) or "<server name>" in shown, (name, shown)
-        elif isinstance(value, (bool, int)) or (isinstance(value, str) and len(value) < 40):
-            assert shown.strip("`") == str(value), (name, value, shown)
-        elif value in ({}, []):
-            assert shown.strip("`") == repr(value), (name, value, shown)
+def test_group_data_gives_every_host_the_declared_defaults(tmp_path):
+    """As pyinfra reads it: group_data/all.py's names are the data of every host, and nothing else is."""
+    inventory = tmp_path / "inventory.py"
+    inventory.write_text('db = ["hs1"]\n')
+    with ctx_state.use(State()):
+        (host,) = make_inventory_from_files(str(inventory), cwd=str(ROOT))
+    data = host.data.dict()
+    assert {k: data[k] for k in options.BY_NAME} == options.defaults()
+    assert not set(data) - set(options.BY_NAME) - {"ssh_hostname"}, data
+
+
+def test_settings_fields_are_the_deployment_wide_settings_by_name():
+    """Readers of the code see each setting under its own name (internal_address lives in settings.placement)."""
+    wide = [o.name for o in options.OPTIONS if not o.per_host]
+    assert [f.name for f in fields(Settings)] == [*wide, "placement"]
+
+
+def test_removed_settings_are_not_declared():
+    assert not set(options.BY_NAME) & set(options.REMOVED)
 
 
 def test_every_lab_module_is_in_a_parallel_group():

@@ -270,10 +270,12 @@ def served_certificate(proxy, name: str) -> dict:
 def test_the_proxy_serves_a_certificate_from_the_acme_server_for_every_name(split):
     hosts, deployment, _ = split
     proxy, s = hosts["proxy"], deployment.settings
-    for name in (s.public_host, s.mas_public_host, s.server_name):
+    for name in (s.public_host, s.mas_public_host, s.matrix_server_name):
         cert = served_certificate(proxy, name)
         assert "Pebble" in str(cert["issuer"]), cert["issuer"]
-        assert {("DNS", n) for n in (s.public_host, s.mas_public_host, s.server_name)} <= set(cert["subjectAltName"])
+        assert {("DNS", n) for n in (s.public_host, s.mas_public_host, s.matrix_server_name)} <= set(
+            cert["subjectAltName"]
+        )
     keys = ssh(proxy, "stat -L -c '%a %U' /etc/nginx/tls/matrix-deploy.key; stat -c '%a %U' /etc/letsencrypt/archive"
                       " /etc/letsencrypt/live; systemctl is-enabled certbot.timer")  # fmt: skip
     assert keys.stdout.split("\n")[:4] == ["600 root", "700 root", "700 root", "enabled"], keys.stdout

@@ -47,13 +47,13 @@ def welcome() -> None:
         d = build(PROJECT_DIR / inventory)
         s = d.settings
         proxy = next(h for h in hosts if "proxy" in h.roles and h.site == site)
-        names = f"{s.public_host} {s.mas_public_host} {s.server_name}"
+        names = f"{s.public_host} {s.mas_public_host} {s.matrix_server_name}"
         print(f"""
-The lab homeserver {s.server_name} is up ({inventory}): {s.public_url}, MAS at {s.mas_public_url},
+The lab homeserver {s.matrix_server_name} is up ({inventory}): {s.matrix_public_url}, MAS at {s.mas_public_url},
 proxy on {proxy.name} ({proxy.address}), with a certificate from the lab's ACME server (pebble on this machine).
 These names resolve only where you say so: add "{proxy.address} {names}" to /etc/hosts, or use curl --resolve.
-Log in as @{s.admin_user}:{s.server_name}; the password is admin_password in {d.secrets_file}:
-  curl --cacert {LAB_DIR / "acme-root.pem"} --resolve {s.public_host}:443:{proxy.address} {s.public_url}_matrix/client/v3/login \\
+Log in as @{s.admin_user}:{s.matrix_server_name}; the password is admin_password in {d.secrets_file}:
+  curl --cacert {LAB_DIR / "acme-root.pem"} --resolve {s.public_host}:443:{proxy.address} {s.matrix_public_url}_matrix/client/v3/login \\
     -d '{{"type":"m.login.password","identifier":{{"type":"m.id.user","user":"{s.admin_user}"}},"password":"<admin_password>"}}'
 """)
     print(f"""To trust the lab's certificates, use its ACME root {LAB_DIR / "acme-root.pem"} (curl --cacert, or copy it into
