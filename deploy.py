@@ -19,7 +19,7 @@ roles = settings.placement.roles_of(host.name)
 
 # One look at the host (after taking its run lock); operations are only added for what is not already as wanted.
 state = host_state.read(
-    base.snapshot_needs(roles, settings.tls),
+    base.snapshot_needs(roles, settings.tls, bool(settings.synapse_workers)),
     apt_busy=base.APT_BUSY,
     resolve=settings.placement.addresses.values(),
 )
@@ -31,7 +31,7 @@ if release is None:
     )
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
-base.prepare(roles, settings.tls)
+base.prepare(roles, settings.tls, bool(settings.synapse_workers))
 done("Host base")
 if "db" in roles:
     postgres.install(deployment, release)

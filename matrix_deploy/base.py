@@ -4,7 +4,7 @@ the packages its roles' modules declare (each role's NEEDS)."""
 from pyinfra.api import deploy
 from pyinfra.operations import apt
 
-from . import host_state, mas, nginx, postgres, remote, synapse
+from . import host_state, mas, nginx, postgres, redis, remote, synapse
 from .paths import STATE
 
 ROLE_MODULES = {"db": postgres, "mas": mas, "synapse": synapse, "proxy": nginx}
@@ -22,30 +22,31 @@ DEBIAN_FRONTEND=noninteractive dpkg --configure -a
 """
 
 
-def packages(roles: set[str], tls: str = "self-signed") -> list[str]:
-    """The Debian packages of `roles`; an ACME proxy also gets certbot."""
+def packages(roles: set[str], tls: str = "self-signed", workers: bool = False) -> list[str]:
+    """The Debian packages of `roles`; an ACME proxy also gets certbot, a Synapse host with workers Redis."""
     extra = set(nginx.ACME_PACKAGES) if "proxy" in roles and tls == "acme" else set()
+    extra |= set(redis.NEEDS.packages) if "synapse" in roles and workers else set()
     return sorted({p for role in roles for p in ROLE_MODULES[role].NEEDS.packages} | extra)
 
 
-def snapshot_needs(roles: set[str], tls: str) -> host_state.Needs:
+def snapshot_needs(roles: set[str], tls: str, workers: bool = False) -> host_state.Needs:
     """What the snapshot reads on a host with `roles`: its roles' packages, and every role's paths, users and
     units (the same on every host, as before roles declared them)."""
-    every = [NEEDS, *(m.NEEDS for m in ROLE_MODULES.values())]
+    every = [NEEDS, *(m.NEEDS for m in ROLE_MODULES.values()), redis.NEEDS]
     return host_state.Needs(
         paths={path: depth for n in every for path, depth in n.paths.items()},
         users=tuple(dict.fromkeys(user for n in every for user in n.users)),
-        packages=tuple(packages(roles, tls)),
+        packages=tuple(packages(roles, tls, workers)),
         units=tuple(dict.fromkeys(unit for n in every for unit in n.units)),
     )
 
 
 @deploy("Host base")
-def prepare(roles: set[str], tls: str):
+def prepare(roles: set[str], tls: str, workers: bool):
     state = host_state.current()
     if state.apt_busy:
         remote.shell(name="Wait for an earlier apt run and finish what dpkg left undone", commands=[APT_RECOVER])
     host_state.directory("matrix-deploy state directory", STATE, "root", "root", "700")
-    wanted = packages(roles, tls)
+    wanted = packages(roles, tls, workers)
     if state.apt_busy or not state.packages_installed(wanted):
         apt.packages(name="Packages for this host's roles", packages=wanted, update=True, cache_time=3600)

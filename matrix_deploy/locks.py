@@ -21,8 +21,9 @@ PYTHON = "3.11"
 
 
 def requirements(version: str) -> list[str]:
-    """What the lock is resolved from: the oidc extra brings authlib, which msc3861 mode needs."""
-    return [f"matrix-synapse[oidc]=={version}", "psycopg2-binary>=2.9,<3"]
+    """What the lock is resolved from: the oidc extra brings authlib, which msc3861 mode needs; the redis
+    extra, what workers talk to each other through (synapse_workers)."""
+    return [f"matrix-synapse[oidc,redis]=={version}", "psycopg2-binary>=2.9,<3"]
 
 
 def path(version: str) -> Path:

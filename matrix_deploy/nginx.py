@@ -7,7 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from . import host_state, remote, restarts
+from . import host_state, remote, restarts, synapse_workers
 from .config_files import install_checked
 from .inventory import Deployment
 from .paths import ACME_LIVE, ACME_WEBROOT, CERTBOT_DROP_IN, NGINX_SITE, NGINX_TLS, STATE
@@ -37,6 +37,7 @@ ACME_PACKAGES = ("certbot",)
 
 def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"]) -> str:
     s, p = d.settings, d.settings.placement
+    ws = synapse_workers.workers(s.synapse_workers, s.synapse_worker_port, s.synapse_metrics_port)
     names = [s.public_host] + ([s.matrix_server_name] if s.matrix_server_name != s.public_host else [])
     client = {
         "m.homeserver": {"base_url": s.matrix_public_url},
@@ -54,6 +55,8 @@ def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"
         certificate_key=CERTIFICATE_KEY,
         well_known_client=json.dumps(client, separators=(",", ":")),
         well_known_server=json.dumps({"m.server": f"{s.public_host}:443"}, separators=(",", ":")),
+        worker_upstreams=synapse_workers.upstreams(ws, lambda port: p.endpoint(proxy_host, p.synapse, port)),
+        worker_routes=synapse_workers.routes(ws),
     )
 
 

@@ -212,6 +212,32 @@ def extra_config(forbidden: dict[str, str], sections: dict[str, dict[str, str]] 
     return check
 
 
+def worker_counts(key, value, problems):
+    """A mapping of worker kind to count (synapse_workers.KINDS); kinds counted 0 are left out."""
+    from .synapse_workers import KINDS
+
+    if value is None or value == {}:
+        return {}
+    if not isinstance(value, dict):
+        return (
+            bad(
+                problems, key, value, f"a mapping of worker kinds ({', '.join(KINDS)}) to counts, like {{'generic': 2}}"
+            )
+            or {}
+        )
+    found = {}
+    for kind, count in value.items():
+        if kind not in KINDS:
+            problems.append(f"{key}.{kind}: unknown worker kind; expected one of {', '.join(KINDS)}")
+        elif isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 20:
+            problems.append(f"{key}.{kind} = {count!r}: expected a count from 0 to 20")
+        elif kind == "background" and count > 1:
+            problems.append(f"{key}.background = {count}: expected 0 or 1 (one instance runs background tasks)")
+        elif count:
+            found[kind] = count
+    return found
+
+
 def directory(key, value, problems):
     return (
         Path(value)
@@ -300,6 +326,25 @@ OPTIONS = (
         "with certificates from a staging CA or the lab's pair; empty: the system's CAs",
         certificates,
     ),
+    Option(
+        "synapse_workers", {},
+        "Synapse workers beside the main process: a mapping of kind to count (`generic`, `event_persister`, "
+        "`federation_sender`, `media_repository`, `pusher`, `background`; see Workers); `{}`: one process. With "
+        "workers, Redis runs on the Synapse host (loopback, password from the secrets store)",
+        worker_counts,
+    ),
+    Option(
+        "synapse_worker_port", 8100,
+        "the first worker's HTTP listener (health, what its kind serves, replication); the next workers' count up",
+        port,
+    ),
+    Option(
+        "synapse_metrics_port", 9100,
+        "Synapse's Prometheus metrics listener (main process), on the Synapse host's internal addresses only; "
+        "the workers' count up from the next port",
+        port,
+    ),
+    Option("redis_port", 6379, "Redis's port, on loopback (only with `synapse_workers`)", port),
     Option(
         "mas_version", "1.22.0", "MAS release, installed in `/opt/mas/<version>`, linked as `/opt/mas/current`",
         text(VERSION, "a release version like 1.2.3"),
@@ -441,7 +486,19 @@ REMOVED = {
     "postgres_version": "PostgreSQL's version follows each host's Debian release (15 on Debian 12, 17 on 13)",
 }
 # Names that look like settings: one of these prefixes that is no setting is reported as a likely typo.
-PREFIXES = ("acme_", "matrix_", "mas_", "synapse_", "postgres_", "tls_", "admin_", "auth_", "secrets_", "backup_")
+PREFIXES = (
+    "redis_",
+    "acme_",
+    "matrix_",
+    "mas_",
+    "synapse_",
+    "postgres_",
+    "tls_",
+    "admin_",
+    "auth_",
+    "secrets_",
+    "backup_",
+)
 
 
 def defaults() -> dict[str, Any]:

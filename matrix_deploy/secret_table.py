@@ -31,6 +31,10 @@ def _smtp_login(s: Settings) -> bool:
     return bool(s.mas_email and s.mas_email.username)
 
 
+def _workers(s: Settings) -> bool:
+    return bool(s.synapse_workers)
+
+
 def _never(s: Settings) -> bool:
     return False
 
@@ -64,6 +68,10 @@ TABLE = (
     SecretFile("synapse", f"{SYNAPSE_SECRETS}/mas_secret", "matrix_shared_secret", _always, SYNAPSE_USER),
     SecretFile("synapse", f"{SYNAPSE_SECRETS}/pgpass", "synapse_db_password", _always, SYNAPSE_USER),
     SecretFile("synapse", f"{SYNAPSE_SECRETS}/mas_client_secret", "msc3861_client_secret", _msc3861, SYNAPSE_USER),
+    # Workers only: Redis's password (redis.password_path) and the replication secret between processes.
+    SecretFile("synapse", f"{SYNAPSE_SECRETS}/redis_password", "redis_password", _workers, SYNAPSE_USER),
+    SecretFile("synapse", f"{SYNAPSE_SECRETS}/worker_replication_secret", "synapse_worker_replication_secret",
+               _workers, SYNAPSE_USER),
     # The deploy's own credentials for MAS's admin API: root only, in the deploy's 0700 state directory
     # (not in /etc/mas/secrets, which the mas group can traverse).
     SecretFile("mas-admin", f"{STATE}/mas-admin-api.curl", "mas_admin_client_secret", _admin),

@@ -62,6 +62,9 @@ GENERATORS = {
     "mas_admin_client_secret": _password,
     # msc3861 mode: the client secret of MAS's client for Synapse
     "msc3861_client_secret": _password,
+    # synapse_workers: Redis's password, and the secret of replication requests between Synapse's processes
+    "redis_password": _password,
+    "synapse_worker_replication_secret": _password,
 }
 # Secrets only the operator can put in the store (another service issued them): never generated.
 OPERATOR_SUPPLIED = {
@@ -104,6 +107,8 @@ MIN_LENGTH = {
     "admin_password": 12,
     "mas_admin_client_secret": 32,
     "msc3861_client_secret": 32,
+    "redis_password": 32,
+    "synapse_worker_replication_secret": 32,
 }
 
 

@@ -120,6 +120,10 @@ class Settings:
     synapse_port: int
     synapse_extra_config: dict[str, Any] = field(hash=False)
     synapse_federation_ca_certificates: tuple[Path, ...]
+    synapse_workers: dict[str, int] = field(hash=False)  # kind -> count (synapse_workers.KINDS)
+    synapse_worker_port: int
+    synapse_metrics_port: int
+    redis_port: int
     mas_version: str
     mas_release_url: str | None  # with the version filled in; None when mas_release_file is set
     mas_release_file: Path | None
@@ -282,12 +286,18 @@ def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> No
 
     # Each service's port is its own, and none is nginx's.
     seen: dict[int, str] = {443: "nginx (https)", 80: "nginx (http)"}
-    for key in ("synapse_port", "mas_port", "mas_health_port", "postgres_port"):
+    # The workers' listeners count up from synapse_worker_port and synapse_metrics_port + 1: ranges.
+    workers = sum((v["synapse_workers"] or {}).values())
+    spans = {"synapse_worker_port": workers, "synapse_metrics_port": 1 + workers}
+    for key in ("synapse_port", "mas_port", "mas_health_port", "postgres_port", "synapse_worker_port",
+                "synapse_metrics_port", "redis_port"):  # fmt: skip
         port = v[key]
-        if port in seen:
-            problems.append(f"{key} = {port}: already used by {seen[port]}; expected a port of its own")
-        elif port:
-            seen[port] = key
+        for n in range(spans.get(key, 1) if port else 0):
+            if port + n in seen:
+                what = f" (its ports run up to {port + spans[key] - 1}): {port + n} is" if n else ":"
+                problems.append(f"{key} = {port}{what} already used by {seen[port + n]}; expected a port of its own")
+                break
+            seen[port + n] = key
 
     # tls = "files" takes both files; the other modes none.
     given = [k for k in ("tls_certificate", "tls_certificate_key") if data.get(k) is not None]

@@ -4,7 +4,7 @@ import shlex
 
 from pyinfra.api import deploy
 
-from . import auth_mode, host_state, locks, remote, restarts, secret_table
+from . import auth_mode, host_state, locks, redis, remote, restarts, secret_table, synapse_workers
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -25,7 +25,13 @@ from .yaml_config import deep_merge, dump
 
 # What this role reads through the host's snapshot (curl: health checks; postgresql-client: dumps before migrations).
 NEEDS = host_state.Needs(
-    paths={SYNAPSE_HOME: 2, SYNAPSE_ETC: 2, SYNAPSE_DATA: 0, "/etc/systemd/system/synapse.service": 0},
+    paths={
+        SYNAPSE_HOME: 2,
+        SYNAPSE_ETC: 2,
+        SYNAPSE_DATA: 0,
+        "/etc/systemd/system/synapse.service": 0,
+        "/etc/systemd/system/synapse-worker@.service": 0,
+    },  # fmt: skip
     users=(SYNAPSE_USER,),
     packages=("python3-venv", "curl", "postgresql-client"),
 )
@@ -46,6 +52,9 @@ def secret_contents(d: Deployment) -> dict[str, str]:
     }
     if f"{SYNAPSE_SECRETS}/mas_client_secret" in wanted:
         contents["mas_client_secret"] = d.secrets["msc3861_client_secret"] + "\n"
+    if s.synapse_workers:
+        contents["redis_password"] = d.secrets["redis_password"] + "\n"
+        contents["worker_replication_secret"] = d.secrets["synapse_worker_replication_secret"] + "\n"
     assert set(wanted) == {f"{SYNAPSE_SECRETS}/{name}" for name in contents}, "secret_table.py and Synapse disagree"
     return contents
 
@@ -56,6 +65,7 @@ def config(d: Deployment, own_addresses=None) -> dict:
     `own_addresses`: this host's addresses for its internal address (host_state.bind_address).
     """
     s, p = d.settings, d.settings.placement
+    ws = workers(d)
     base = {
         "server_name": s.matrix_server_name,
         "public_baseurl": s.matrix_public_url,
@@ -67,9 +77,17 @@ def config(d: Deployment, own_addresses=None) -> dict:
                 "type": "http",
                 "tls": False,
                 "x_forwarded": True,
-                "resources": [{"names": ["client", "federation"], "compress": False}],
-            }
+                # Workers ask the main process over replication (authenticated by the replication secret).
+                "resources": [{"names": ["client", "federation", *(["replication"] if ws else [])], "compress": False}],
+            },
+            # Prometheus, on the internal addresses only: nginx never proxies it.
+            {
+                "port": s.synapse_metrics_port,
+                "type": "metrics",
+                "bind_addresses": p.listen(p.synapse, [p.mas, *p.proxy], own_addresses),
+            },
         ],
+        "enable_metrics": True,
         "database": {
             "name": "psycopg2",
             "args": {
@@ -121,9 +139,16 @@ def config(d: Deployment, own_addresses=None) -> dict:
                 "account_management_url": f"{s.mas_public_url}account/",
             }
         }
+    if ws:
+        base |= synapse_workers.shared_config(ws, s.synapse_port, s.redis_port, SYNAPSE_SECRETS)
     if s.synapse_federation_ca_certificates:
         base["federation_custom_ca_list"] = [path for path, _ in federation_cas(d)]
     return deep_merge(base, s.synapse_extra_config)
+
+
+def workers(d: Deployment) -> list[synapse_workers.Worker]:
+    s = d.settings
+    return synapse_workers.workers(s.synapse_workers, s.synapse_worker_port, s.synapse_metrics_port)
 
 
 def federation_cas(d: Deployment) -> list[tuple[str, str]]:
@@ -210,6 +235,7 @@ def install(d: Deployment):
             recheck=list(changes),
         )
     )
+    shared = list(changes)  # what every Synapse process reads, workers included
     changes.append(
         unit(
             "Synapse",
@@ -228,4 +254,40 @@ def install(d: Deployment):
         d, "synapse", "synapse", p.reach(p.synapse, p.db), f"PGPASSFILE={SYNAPSE_SECRETS}/pgpass", venv
     )
     restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked)
+    # Then the workers, one at a time, each healthy before the next: the others keep serving meanwhile.
+    _workers(d, shared)
     auth_mode.record(d)
+
+
+def _workers(d: Deployment, shared: list) -> None:
+    """Each worker's config and unit, Redis, and no unit or config of a worker no longer wanted."""
+    s, p, state = d.settings, d.settings.placement, host_state.current()
+    ws = workers(d)
+    bind = p.listen(p.synapse, list(p.proxy), state.bind_address)
+    for path in state.below(synapse_workers.WORKERS_DIR):
+        name = path.rsplit("/", 1)[1].removesuffix(".yaml")
+        if path.endswith(".yaml") and name not in {w.name for w in ws}:
+            remote.shell(
+                name=f"No Synapse worker {name}",
+                commands=[f"systemctl disable --now --quiet {shlex.quote(f'synapse-worker@{name}')} || true",
+                          f"rm -f {shlex.quote(path)} {shlex.quote(path)}.candidate"
+                          f" {restarts.MARKERS}/{shlex.quote(f'synapse-worker-{name}')}"],
+            )  # fmt: skip
+    if not ws:
+        return
+    shared = [*shared, *redis.install(d)]
+    host_state.directory("Synapse workers' configs", synapse_workers.WORKERS_DIR, "root", SYNAPSE_USER, "750")
+    template = unit(
+        "Synapse worker", "synapse-worker@.service", "synapse/worker.service.j2", service_user=SYNAPSE_USER,
+        current=SYNAPSE_CURRENT, config=SYNAPSE_CONFIG, workers=synapse_workers.WORKERS_DIR, data=SYNAPSE_DATA,
+    )  # fmt: skip
+    python = f"{SYNAPSE_HOME}/{s.synapse_version}/bin/python"
+    for w in ws:
+        config = install_checked(
+            w.config_path,
+            dump(synapse_workers.worker_config(w, bind, f"{SYNAPSE_ETC}/log.yaml")),
+            check=f"runuser -u {SYNAPSE_USER} -- {python} -m synapse.config -c {SYNAPSE_CONFIG} -c {w.config_path}",
+            user="root", group=SYNAPSE_USER, mode="640", service=f"Synapse worker {w.name}", recheck=list(shared),
+        )  # fmt: skip
+        marked = restarts.mark(f"synapse-worker-{w.name}", [*shared, template, config])
+        restarts.restart(f"synapse-worker-{w.name}", w.unit, f"curl -fsS http://127.0.0.1:{w.port}/health", marked)

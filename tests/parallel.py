@@ -12,7 +12,7 @@ import threading
 
 GROUPS = [
     ["tests/test_e2e.py", "tests/test_split.py", "tests/test_federation.py"],
-    ["tests/test_msc3861.py", "tests/test_resilience.py", "tests/test_lab.py"],
+    ["tests/test_msc3861.py", "tests/test_resilience.py", "tests/test_lab.py", "tests/test_workers.py"],
 ]
 
 

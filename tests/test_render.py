@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from matrix_deploy import locks, mas, nginx, synapse
+from matrix_deploy import locks, mas, nginx, synapse, synapse_workers
 from matrix_deploy import secrets as secrets_store
 from matrix_deploy.inventory import Deployment, wanted_secrets
 from matrix_deploy.paths import SYNAPSE_DATA, SYNAPSE_ETC
@@ -207,3 +207,63 @@ def test_well_known_documents_are_json(deployment):
     assert client["m.homeserver"]["base_url"] == "https://matrix.example.org/"
     assert client["org.matrix.msc2965.authentication"]["issuer"] == "https://auth.example.org/"
     assert server == {"m.server": "matrix.example.org:443"}
+
+
+ALL_KINDS = {"generic": 2, "event_persister": 1, "federation_sender": 1, "media_repository": 1, "pusher": 1,
+             "background": 1}  # fmt: skip
+
+
+def _with_workers(tmp_path, counts=ALL_KINDS) -> Deployment:
+    settings = make_settings(secrets_dir=str(tmp_path / "secrets"), synapse_workers=counts)
+    store = secrets_store.store_path(settings.secrets_dir, Path("test.py"))
+    return Deployment(Path("test.py"), settings, secrets_store.load(store, wanted_secrets(settings)), store)
+
+
+def test_worker_configs_are_accepted_by_synapses_checker(synapse_python, tmp_path):
+    d = _with_workers(tmp_path)
+    checks = tmp_path / "check"
+    checks.mkdir()
+    assert _synapse_check(synapse_python, d, checks).returncode == 0
+    (checks / "etc/workers").mkdir()
+    for w in synapse.workers(d):
+        path = checks / f"etc/workers/{w.name}.yaml"
+        text = yaml.safe_dump(synapse_workers.worker_config(w, ["127.0.0.1"], f"{SYNAPSE_ETC}/log.yaml"))
+        path.write_text(text.replace(SYNAPSE_ETC, str(checks / "etc")))
+        result = subprocess.run([synapse_python, "-m", "synapse.config", "-c", checks / "etc/homeserver.yaml", "-c", path],
+                                capture_output=True, text=True)  # fmt: skip
+        assert result.returncode == 0, (w.name, result.stderr)
+    shared = synapse.config(d)
+    assert shared["stream_writers"] == {"events": ["event_persister-1"]}
+    assert set(shared["instance_map"]) == {"main", *(w.name for w in synapse.workers(d))}
+    assert "replication" in shared["listeners"][0]["resources"][0]["names"]
+
+
+def test_no_workers_no_redis_and_no_replication(deployment):
+    config = synapse.config(deployment)
+    assert not {"redis", "instance_map", "worker_replication_secret_path"} & set(config)
+    assert config["listeners"][0]["resources"][0]["names"] == ["client", "federation"]
+    assert "matrix_synapse_generic" not in nginx.render_site(deployment, "hs1")
+
+
+def test_nginx_sends_each_path_to_the_process_that_serves_it(tmp_path):
+    site = nginx.render_site(_with_workers(tmp_path), "hs1")
+    locations = re.findall(r"location ~ (\S+) \{\s*proxy_pass http://(\w+);", site)
+
+    def served_by(path):
+        return next(upstream for pattern, upstream in locations if re.search(pattern, path))
+
+    cases = {
+        "/_matrix/client/v3/login": "matrix_mas",  # the compatibility layer comes before the workers
+        "/_matrix/client/v3/sync": "matrix_synapse_sync",
+        "/_matrix/client/versions": "matrix_synapse_generic",
+        "/_matrix/client/v3/rooms/!r:x/send/m.room.message/1": "matrix_synapse_generic",
+        "/_matrix/client/v3/rooms/!r:x/messages": "matrix_synapse",  # pagination stays with the main process
+        "/_matrix/federation/v1/send/123": "matrix_synapse_federation_in",
+        "/_matrix/client/v1/media/download/x/y": "matrix_synapse_media",
+        "/_synapse/client/pick_idp": "matrix_synapse",
+    }
+    assert {path: served_by(path) for path in cases} == cases
+    assert (
+        "upstream matrix_synapse_generic {  server 127.0.0.1:8100 max_fails=0; server 127.0.0.1:8101 max_fails=0;"
+        in site
+    )
