@@ -71,8 +71,9 @@ def restart(
     link = ""
     if switch:
         path, target = switch
-        # Atomically: a new link beside the old one, renamed over it.
-        link = f"ln -sfn {target} {path}.switch && mv -Tf {path}.switch {path}"
+        # Atomically (a new link beside the old one, renamed over it), and only when it points elsewhere: the
+        # link's change time then tells when the switch happened.
+        link = f'[ "$(readlink {path})" = {target} ] || {{ ln -sfn {target} {path}.switch && mv -Tf {path}.switch {path}; }}'
     script = f"""
 set -e
 systemctl daemon-reload
