@@ -8,14 +8,21 @@ from . import remote, restarts
 from .inventory import Deployment
 
 
-def dump_before_migration(d: Deployment, service: str, database: str, db_host: str, credentials: str, changes: list):
-    """Dump `database` into the backup directory when any of `changes` changed; keep the newest few.
+def dump_before_migration(
+    d: Deployment, service: str, database: str, db_host: str, credentials: str, changes: list, switching: bool = False
+):
+    """Dump `database` into the backup directory when any of `changes` changed, or always when `switching` (the
+    host's snapshot shows a version switch is due); keep the newest few.
 
     `credentials` is a shell prefix that sets PGPASSFILE or PGPASSWORD from a file, never a value.
     """
     s = d.settings
     directory = s.backup_dir
-    condition = restarts.due(f"{service}-backup", restarts.mark(f"{service}-backup", changes, "needs a database dump"))
+    due = "needs a database dump"
+    marked = (
+        restarts.mark_now(f"{service}-backup", due) if switching else restarts.mark(f"{service}-backup", changes, due)
+    )
+    condition = restarts.due(f"{service}-backup", marked)
     if condition is None:
         return None
     return remote.shell(

@@ -108,13 +108,15 @@ def render_config(d: Deployment, net=None) -> str:
 
 
 def _release(d: Deployment):
-    """Put the release tarball on the host and unpack it into /opt/mas/<version> once, sha256 checked."""
+    """Put the release tarball on the host and unpack it into /opt/mas/<version> once, sha256 checked.
+
+    Beside the running release: the current link moves to it only at the restart (restarts.restart's switch).
+    """
     release = d.settings.mas_release
     archive = f"{STATE}/downloads/{release.archive_name}"
     target = f"{MAS_HOME}/{release.version}"
-    link = host_state.link(f"MAS {release.version} is the current release", MAS_CURRENT, target)
     if host_state.current().is_file(f"{target}/.release-sha256", release.sha256 + "\n"):
-        return [link]
+        return []
     host_state.directory("MAS download directory", f"{STATE}/downloads", mode="700")
     if release.file:
         files.put(name=f"Upload MAS {release.version} release", src=str(release.file), dest=archive, mode="600")
@@ -142,7 +144,7 @@ mv {target}.partial {target}
 """
         ],
     )
-    return [unpack, link]
+    return [unpack]
 
 
 def named_files(value, where: str = "") -> list[tuple[str, str]]:
@@ -161,7 +163,7 @@ def named_files(value, where: str = "") -> list[tuple[str, str]]:
     return found
 
 
-def gate(config: dict) -> str:
+def gate(config: dict, release_dir: str) -> str:
     """What a MAS config must pass before it goes live: what MAS 1.22.0 checks at start, before it is live.
 
     `mas-cli config check` only parses (it opens no file: crates/cli/src/commands/config.rs), so also:
@@ -169,13 +171,14 @@ def gate(config: dict) -> str:
     readable by MAS's user (MAS reads client and provider secrets at `config sync`, keys at `server`
     start, the SMTP password with the mailer: a missing or unreadable one stops MAS then), and
     `config sync --dry-run` against the candidate, which builds MAS's encrypter from `encryption_file`
-    (MAS's own check of the key) and connects to the database with the candidate's settings. The
+    (MAS's own check of the key) and connects to the database with the candidate's settings. Run by the
+    release in `release_dir`, the one about to start, while the running one keeps serving. The
     signing keys' and encryption key's contents come from the secrets store, checked before any
     connection (secrets.py), as no mas-cli command loads keys without starting the server.
     """
     run = f"runuser -u {MAS_USER} --"
     steps = [
-        f"cd {MAS_CURRENT}",
+        f"cd {release_dir}",
         f"{run} ./mas-cli config check --config {MAS_CONFIG}",
         f"{run} ./mas-cli templates check --config {MAS_CONFIG}",
     ]
@@ -215,7 +218,13 @@ def install(d: Deployment):
     host_state.directory("MAS config directory", MAS_ETC, "root", MAS_USER, "750")
     host_state.directory("MAS secrets directory", MAS_SECRETS, "root", MAS_USER, "750")
     release = _release(d)
-    changes = list(release)
+    release_dir = f"{MAS_HOME}/{d.settings.mas_version}"
+    # A release to switch to is a restart due before anything else happens: a run that dies before the
+    # restart still switches and restarts next time.
+    switch = None
+    if not host_state.current().is_link(MAS_CURRENT, release_dir):
+        switch = restarts.mark_now("mas", f"switches to MAS {d.settings.mas_version}")
+    changes = [*release, switch]
     for path, content in secret_files(d).items():
         changes.append(
             host_state.secret(f"MAS secret {path.rsplit('/', 1)[1]}", path, content, user=MAS_USER, group=MAS_USER)
@@ -229,13 +238,19 @@ def install(d: Deployment):
     release_marked = restarts.mark("mas", release)
     # Before the gate: its `config sync --dry-run` runs the new release's database migrations (config.rs).
     dump_before_migration(
-        d, "mas", "mas", p.reach(p.mas, p.db), f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"', release
+        d,
+        "mas",
+        "mas",
+        p.reach(p.mas, p.db),
+        f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"',
+        release,
+        switch is not None,
     )
     changes.append(
         install_checked(
             MAS_CONFIG,
             render_config(d, host_state.current()),
-            check=gate(config(d, host_state.current())),
+            check=gate(config(d, host_state.current()), release_dir),
             user="root",
             group=MAS_USER,
             mode="640",
@@ -256,8 +271,9 @@ def install(d: Deployment):
     )
     for path in secret_table.stale(d.settings, "mas-admin", []):
         host_state.absent(f"No stale MAS admin API file {path.rsplit('/', 1)[1]}", path)
-    marked = [release_marked, restarts.mark("mas", changes)]
-    cli = f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli"
+    marked = [switch, release_marked, restarts.mark("mas", changes)]
+    # The new release migrates and syncs while the old one serves; the switch is the restart alone.
+    cli = f"cd {release_dir} && runuser -u {MAS_USER} -- ./mas-cli"
     sync = f"{cli} config sync --config {MAS_CONFIG}"
     if auth_mode.migrating_to_native(d):
         sync = prune_without_providers(cli)
@@ -267,7 +283,8 @@ def install(d: Deployment):
             commands=[f"{cli} database migrate --config {MAS_CONFIG}", sync],
             _if=migrate,
         )
-    restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_health_port}/health", marked)
+    restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_health_port}/health", marked,
+                     switch=(MAS_CURRENT, release_dir))  # fmt: skip
     auth_mode.record(d)
 
 

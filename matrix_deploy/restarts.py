@@ -37,6 +37,13 @@ def mark(service: str, changes: list, due: str = "must restart"):
     )
 
 
+def mark_now(service: str, due: str):
+    """Record that `service` must restart, unconditionally: for what the host's snapshot already shows is due
+    (a version link to switch), before anything else of the stage happens."""
+    return files.file(name=f"Record that {service} {due}", path=f"{MARKERS}/{service}", present=True, touch=False,
+                      create_remote_dir=True)  # fmt: skip
+
+
 def due(service: str, marked):
     """A condition for `_if`: a restart of `service` is pending (from this run or an interrupted one).
 
@@ -50,21 +57,32 @@ def due(service: str, marked):
     return lambda: pending or any(m.did_change() for m in marks)
 
 
-def restart(service: str, unit: str, ready: str, marked, action: str = "restart"):
+def restart(
+    service: str, unit: str, ready: str, marked, action: str = "restart", switch: tuple[str, str] | None = None
+):
     """Restart `unit` if a restart is pending, wait until `ready` succeeds, then clear the marker.
 
-    `ready` is a shell command retried for up to 90 s; on failure the unit's journal is shown and
-    the deploy stops here, so later services are not touched.
+    `switch` = (link, target): the link the unit runs from is pointed at the new version only here, right
+    before the restart, so the old version serves from its own files until then (nothing of the new one
+    is loaded by the old process). `ready` is a shell command polled every 0.1 s for up to 90 s; on failure
+    the unit's journal is shown and the deploy stops here, so later services are not touched.
     """
     marker = f"{MARKERS}/{service}"
+    link = ""
+    if switch:
+        path, target = switch
+        # Atomically (a new link beside the old one, renamed over it), and only when it points elsewhere: the
+        # link's change time then tells when the switch happened.
+        link = f'[ "$(readlink {path})" = {target} ] || {{ ln -sfn {target} {path}.switch && mv -Tf {path}.switch {path}; }}'
     script = f"""
 set -e
 systemctl daemon-reload
 systemctl enable --quiet {unit}
+{link}
 systemctl {action} {unit}
-for i in $(seq 90); do
+for i in $(seq 900); do
     if {ready} >/dev/null 2>&1; then rm -f {marker}; exit 0; fi
-    sleep 1
+    sleep 0.1
 done
 echo "{service} did not become healthy after {action}: {ready}" >&2
 journalctl -u {unit} -n 40 --no-pager >&2 || true

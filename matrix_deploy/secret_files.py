@@ -30,9 +30,9 @@ def secret_file(path: str, content: str, user: str, group: str, mode: str = "400
         staged = f"{path}.upload"
         temp = f"{upload_dir}/{hashlib.sha1(path.encode()).hexdigest()}" if upload_dir else None
         yield FileUploadCommand(BytesIO(data), staged, remote_temp_filename=temp)
-        yield StringCommand("chown", f"{user}:{group}", QuoteString(staged))
-        yield StringCommand("chmod", mode, QuoteString(staged))
-        yield StringCommand("mv", "-f", QuoteString(staged), QuoteString(path))
+        # One command (one round trip): owner and mode first, then renamed into place.
+        yield StringCommand("chown", f"{user}:{group}", QuoteString(staged), "&&", "chmod", mode, QuoteString(staged),
+                            "&&", "mv", "-f", QuoteString(staged), QuoteString(path))  # fmt: skip
         return
     owner_ok = remote["user"] == user and remote["group"] == group
     if not owner_ok:

@@ -164,16 +164,18 @@ def render_config(d: Deployment, own_addresses=None) -> str:
 
 
 def _virtualenv(version: str):
-    """Install Synapse into /opt/synapse/<version> from its lock, once; a half-done or outdated install is redone."""
+    """Install Synapse into /opt/synapse/<version> from its lock, once; a half-done or outdated install is redone.
+
+    Beside the running version: the current link moves to it only at the restart (restarts.restart's switch).
+    """
     venv = f"{SYNAPSE_HOME}/{version}"
     lock_text = locks.path(version).read_text()
     lock_file = f"{SYNAPSE_HOME}/{version}.lock"
     # .complete holds the lock's digest: a regenerated lock rebuilds the virtualenv.
     complete = host_state.sha1(lock_text) + "\n"
     lock = host_state.put(f"Synapse {version} lock", lock_file, lock_text, "root", "root", "644")
-    installed = None
     if lock is not None or not host_state.current().is_file(f"{venv}/.complete", complete):
-        installed = remote.shell(
+        return remote.shell(
             name=f"Install Synapse {version} into {venv}",
             commands=[
                 f"rm -rf {venv} && python3 -m venv {venv}"
@@ -182,8 +184,7 @@ def _virtualenv(version: str):
                 f" && printf %s {shlex.quote(complete)} > {venv}/.complete"
             ],
         )
-    link = host_state.link(f"Synapse {version} is the current version", SYNAPSE_CURRENT, venv)
-    return [op for op in (installed, link) if op is not None]
+    return None
 
 
 @deploy("Synapse")
@@ -194,8 +195,14 @@ def install(d: Deployment):
     host_state.directory("Synapse data", SYNAPSE_DATA, SYNAPSE_USER, SYNAPSE_USER, "750")
     host_state.directory("Synapse config directory", SYNAPSE_ETC, "root", SYNAPSE_USER, "750")
     host_state.directory("Synapse secrets directory", SYNAPSE_SECRETS, "root", SYNAPSE_USER, "750")
-    venv = _virtualenv(s.synapse_version)
-    changes = list(venv)
+    venv = f"{SYNAPSE_HOME}/{s.synapse_version}"
+    installed = _virtualenv(s.synapse_version)
+    # A version to switch to is a restart due before anything else happens: a run that dies before the
+    # restart still switches and restarts next time.
+    switch = None
+    if not host_state.current().is_link(SYNAPSE_CURRENT, venv):
+        switch = restarts.mark_now("synapse", f"switches to Synapse {s.synapse_version}")
+    changes = [installed, switch]
     for name, content in secret_contents(d).items():
         changes.append(
             host_state.secret(
@@ -226,7 +233,7 @@ def install(d: Deployment):
         install_checked(
             SYNAPSE_CONFIG,
             render_config(d, host_state.current().bind_address),
-            check=f"runuser -u {SYNAPSE_USER} -- {SYNAPSE_HOME}/{s.synapse_version}/bin/python -m synapse.config -c {SYNAPSE_CONFIG}",
+            check=f"runuser -u {SYNAPSE_USER} -- {venv}/bin/python -m synapse.config -c {SYNAPSE_CONFIG}",
             user="root",
             group=SYNAPSE_USER,
             mode="640",
@@ -235,6 +242,9 @@ def install(d: Deployment):
             recheck=list(changes),
         )
     )
+    if s.synapse_workers:
+        # Redis with its password before any Synapse process that wants it (re)starts.
+        changes += redis.install(d)
     shared = list(changes)  # what every Synapse process reads, workers included
     changes.append(
         unit(
@@ -247,13 +257,21 @@ def install(d: Deployment):
             data=SYNAPSE_DATA,
         )
     )
-    marked = restarts.mark("synapse", changes)
+    marked = [switch, restarts.mark("synapse", changes)]
     p = s.placement
-    # Synapse migrates its database when it starts on a new version.
+    # Synapse migrates its database when it starts on a new version: dumped while the old version serves.
     dump_before_migration(
-        d, "synapse", "synapse", p.reach(p.synapse, p.db), f"PGPASSFILE={SYNAPSE_SECRETS}/pgpass", venv
+        d,
+        "synapse",
+        "synapse",
+        p.reach(p.synapse, p.db),
+        f"PGPASSFILE={SYNAPSE_SECRETS}/pgpass",
+        [installed],
+        switch is not None,
     )
-    restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked)
+    # The old version serves until here: the stop and the new version's start are the only downtime.
+    restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked,
+                     switch=(SYNAPSE_CURRENT, venv))  # fmt: skip
     # Then the workers, one at a time, each healthy before the next: the others keep serving meanwhile.
     _workers(d, shared)
     auth_mode.record(d)
@@ -275,7 +293,6 @@ def _workers(d: Deployment, shared: list) -> None:
             )  # fmt: skip
     if not ws:
         return
-    shared = [*shared, *redis.install(d)]
     host_state.directory("Synapse workers' configs", synapse_workers.WORKERS_DIR, "root", SYNAPSE_USER, "750")
     template = unit(
         "Synapse worker", "synapse-worker@.service", "synapse/worker.service.j2", service_user=SYNAPSE_USER,

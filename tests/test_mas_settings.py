@@ -161,7 +161,7 @@ def test_the_mas_gate_reads_every_file_mas_would_read_later(tmp_path):
         "upstream_oauth2.providers[0].client_secret_file": f"/etc/mas/secrets/upstream_{PROVIDER_ID}_client_secret",
         "clients[0].client_secret_file": "/etc/mas/secrets/admin_client_secret",
     }
-    gate = mas.gate(mas.config(d))
+    gate = mas.gate(mas.config(d), "/opt/mas/1.22.0")
     steps = gate.split(" && ")
     assert steps[1].endswith("./mas-cli config check --config /etc/mas/config.yaml")
     assert steps[2].endswith("./mas-cli templates check --config /etc/mas/config.yaml")

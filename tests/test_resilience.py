@@ -217,9 +217,14 @@ def test_upgrade_dumps_hold_the_user_and_the_room_and_were_taken_before_the_rest
     assert re.search(r"\badmin\b", sh(host, f"pg_restore --data-only --table=users -f - {mas_dump}")), (
         "no MAS user in the dump"
     )
-    for dump, unit in ((synapse_dump, "synapse"), (mas_dump, "mas")):
+    for dump, unit, link in ((synapse_dump, "synapse", "/opt/synapse/current"), (mas_dump, "mas", "/opt/mas/current")):
         written = int(sh(host, f"stat -c %Y {dump}"))
         assert written <= epoch_started(host, unit), f"{dump} was written after {unit} restarted"
+        # The old version served until the switch: the current link moved after the dump, at the restart.
+        switched = int(sh(host, f"stat -c %Z {link}"))
+        assert written <= switched <= epoch_started(host, unit), (
+            f"{link} switched before the dump or after {unit} started"
+        )
 
 
 def test_upgrade_killed_during_its_pg_dump_and_rerun_at_once_converges_and_prunes_old_dumps(host, room, upgrade):
