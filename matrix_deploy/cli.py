@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = ["matrix-deploy lab", *argv[1:]]
         return lab_main()
     print("usage: matrix-deploy verify INVENTORY [--connect ADDRESS] [--ca-file PEM]\n"
-          "       matrix-deploy lab up|down|status|welcome ...", file=sys.stderr)  # fmt: skip
+          "       matrix-deploy lab up|deploy|down|status|welcome ...", file=sys.stderr)  # fmt: skip
     return 2
 
 
