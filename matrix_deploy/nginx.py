@@ -37,7 +37,7 @@ ACME_PACKAGES = ("certbot",)
 
 def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"]) -> str:
     s, p = d.settings, d.settings.placement
-    ws = synapse_workers.workers(s.synapse_workers, s.synapse_worker_port, s.synapse_metrics_port)
+    ws = synapse_workers.workers(s)
     names = [s.public_host] + ([s.matrix_server_name] if s.matrix_server_name != s.public_host else [])
     client = {
         "m.homeserver": {"base_url": s.matrix_public_url},

@@ -65,7 +65,7 @@ def config(d: Deployment, own_addresses=None) -> dict:
     `own_addresses`: this host's addresses for its internal address (host_state.bind_address).
     """
     s, p = d.settings, d.settings.placement
-    ws = workers(d)
+    ws = synapse_workers.workers(s)
     base = {
         "server_name": s.matrix_server_name,
         "public_baseurl": s.matrix_public_url,
@@ -146,11 +146,6 @@ def config(d: Deployment, own_addresses=None) -> dict:
     return deep_merge(base, s.synapse_extra_config)
 
 
-def workers(d: Deployment) -> list[synapse_workers.Worker]:
-    s = d.settings
-    return synapse_workers.workers(s.synapse_workers, s.synapse_worker_port, s.synapse_metrics_port)
-
-
 def federation_cas(d: Deployment) -> list[tuple[str, str]]:
     """(path on the host, content) of each CA certificate Synapse trusts for federation."""
     return [
@@ -209,13 +204,13 @@ def install(d: Deployment):
                 f"Synapse secret {name}", f"{SYNAPSE_SECRETS}/{name}", content, user=SYNAPSE_USER, group=SYNAPSE_USER
             )
         )
-    cas = federation_cas(d)
+    cas = dict(federation_cas(d))
     if cas:
         host_state.directory("Synapse federation CAs", SYNAPSE_FEDERATION_CA, "root", SYNAPSE_USER, "750")
-    for path, content in cas:
+    for path, content in cas.items():
         changes.append(host_state.put("Synapse federation CA", path, content, "root", SYNAPSE_USER, "640"))
     for path in host_state.current().below(SYNAPSE_FEDERATION_CA):
-        if path not in dict(cas):
+        if path not in cas:
             changes.append(host_state.absent(f"No stale federation CA {path}", path))
     for path in secret_table.stale(s, "synapse", []):
         changes.append(host_state.absent(f"No stale Synapse secret {path.rsplit('/', 1)[1]}", path))
@@ -273,18 +268,19 @@ def install(d: Deployment):
     restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked,
                      switch=(SYNAPSE_CURRENT, venv))  # fmt: skip
     # Then the workers, one at a time, each healthy before the next: the others keep serving meanwhile.
-    _workers(d, shared)
+    _workers(d, shared, venv)
     auth_mode.record(d)
 
 
-def _workers(d: Deployment, shared: list) -> None:
-    """Each worker's config and unit, Redis, and no unit or config of a worker no longer wanted."""
+def _workers(d: Deployment, shared: list, venv: str) -> None:
+    """Each worker's config and unit (run from `venv`'s Synapse), and no unit or config of a worker no longer wanted."""
     s, p, state = d.settings, d.settings.placement, host_state.current()
-    ws = workers(d)
+    ws = synapse_workers.workers(s)
+    wanted = {w.name for w in ws}
     bind = p.listen(p.synapse, list(p.proxy), state.bind_address)
     for path in state.below(synapse_workers.WORKERS_DIR):
         name = path.rsplit("/", 1)[1].removesuffix(".yaml")
-        if path.endswith(".yaml") and name not in {w.name for w in ws}:
+        if path.endswith(".yaml") and name not in wanted:
             remote.shell(
                 name=f"No Synapse worker {name}",
                 commands=[f"systemctl disable --now --quiet {shlex.quote(f'synapse-worker@{name}')} || true",
@@ -298,12 +294,11 @@ def _workers(d: Deployment, shared: list) -> None:
         "Synapse worker", "synapse-worker@.service", "synapse/worker.service.j2", service_user=SYNAPSE_USER,
         current=SYNAPSE_CURRENT, config=SYNAPSE_CONFIG, workers=synapse_workers.WORKERS_DIR, data=SYNAPSE_DATA,
     )  # fmt: skip
-    python = f"{SYNAPSE_HOME}/{s.synapse_version}/bin/python"
     for w in ws:
         config = install_checked(
             w.config_path,
             dump(synapse_workers.worker_config(w, bind, f"{SYNAPSE_ETC}/log.yaml")),
-            check=f"runuser -u {SYNAPSE_USER} -- {python} -m synapse.config -c {SYNAPSE_CONFIG} -c {w.config_path}",
+            check=f"runuser -u {SYNAPSE_USER} -- {venv}/bin/python -m synapse.config -c {SYNAPSE_CONFIG} -c {w.config_path}",
             user="root", group=SYNAPSE_USER, mode="640", service=f"Synapse worker {w.name}", recheck=list(shared),
         )  # fmt: skip
         marked = restarts.mark(f"synapse-worker-{w.name}", [*shared, template, config])

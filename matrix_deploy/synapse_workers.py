@@ -77,11 +77,13 @@ class Worker:
         return [*served, "replication"]
 
 
-def workers(counts: dict[str, int], first_port: int, metrics_port: int) -> list[Worker]:
-    """The workers `counts` asks for, in KINDS order, on consecutive ports from `first_port` (HTTP) and
-    from `metrics_port` + 1 (metrics; `metrics_port` is the main process's)."""
-    wanted = [(kind, i) for kind in KINDS for i in range(1, counts.get(kind, 0) + 1)]
-    return [Worker(kind, i, first_port + n, metrics_port + 1 + n) for n, (kind, i) in enumerate(wanted)]
+def workers(s) -> list[Worker]:
+    """The workers the settings `s` ask for (synapse_workers), in KINDS order, on consecutive ports from
+    synapse_worker_port (HTTP) and from synapse_metrics_port + 1 (metrics; that port is the main process's)."""
+    wanted = [(kind, i) for kind in KINDS for i in range(1, s.synapse_workers.get(kind, 0) + 1)]
+    return [
+        Worker(kind, i, s.synapse_worker_port + n, s.synapse_metrics_port + 1 + n) for n, (kind, i) in enumerate(wanted)
+    ]
 
 
 def shared_config(ws: list[Worker], main_port: int, redis_port: int, secrets_dir: str) -> dict:

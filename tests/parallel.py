@@ -6,9 +6,9 @@ unit tests, then this: two groups of lab modules of about equal length, on MATRI
 """
 
 import os
-import subprocess
 import sys
-import threading
+
+from matrix_deploy.lab.system import side_by_side
 
 GROUPS = [
     ["tests/test_e2e.py", "tests/test_split.py", "tests/test_federation.py"],
@@ -17,19 +17,11 @@ GROUPS = [
 
 
 def main() -> int:
-    procs = []
-    for index, files in enumerate(GROUPS):
-        env = {**os.environ, "MATRIX_DEPLOY_LAB_INDEX": str(index)}
-        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *files], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        thread = threading.Thread(target=lambda p=proc, i=index: [print(f"[lab{i}] {line}", end="", flush=True)
-                                                                   for line in p.stdout], daemon=True)  # fmt: skip
-        thread.start()
-        procs.append((proc, thread))
-    codes = []
-    for proc, thread in procs:
-        codes.append(proc.wait())
-        thread.join()
+    codes = side_by_side(
+        [(f"[lab{index}] ", [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *files],
+          {**os.environ, "MATRIX_DEPLOY_LAB_INDEX": str(index)})
+         for index, files in enumerate(GROUPS)]
+    )  # fmt: skip
     print(f"lab test groups: exit statuses {codes}")
     return 0 if all(c == 0 for c in codes) else 1
 

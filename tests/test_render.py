@@ -225,7 +225,7 @@ def test_worker_configs_are_accepted_by_synapses_checker(synapse_python, tmp_pat
     checks.mkdir()
     assert _synapse_check(synapse_python, d, checks).returncode == 0
     (checks / "etc/workers").mkdir()
-    for w in synapse.workers(d):
+    for w in synapse_workers.workers(d.settings):
         path = checks / f"etc/workers/{w.name}.yaml"
         text = yaml.safe_dump(synapse_workers.worker_config(w, ["127.0.0.1"], f"{SYNAPSE_ETC}/log.yaml"))
         path.write_text(text.replace(SYNAPSE_ETC, str(checks / "etc")))
@@ -234,7 +234,7 @@ def test_worker_configs_are_accepted_by_synapses_checker(synapse_python, tmp_pat
         assert result.returncode == 0, (w.name, result.stderr)
     shared = synapse.config(d)
     assert shared["stream_writers"] == {"events": ["event_persister-1"]}
-    assert set(shared["instance_map"]) == {"main", *(w.name for w in synapse.workers(d))}
+    assert set(shared["instance_map"]) == {"main", *(w.name for w in synapse_workers.workers(d.settings))}
     assert "replication" in shared["listeners"][0]["resources"][0]["names"]
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from matrix_deploy import lab, synapse
+from matrix_deploy import lab, synapse_workers
 from matrix_deploy.inventory import build
 from tests.lab_release import prepare as prepare_release
 from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, sh, ssh
@@ -53,7 +53,7 @@ def served(host, port: int, servlet: str) -> float:
 
 def test_clients_are_served_by_the_workers_the_routing_names(stack):
     host, deployment = stack
-    ws = {w.name: w for w in synapse.workers(deployment)}
+    ws = {w.name: w for w in synapse_workers.workers(deployment.settings)}
     token = login(host, deployment)
     status, room = fetch(host, "POST", "/_matrix/client/v3/createRoom", {"name": "workers"}, token=token)
     assert status == 200, room
@@ -83,7 +83,9 @@ def test_redis_is_on_loopback_and_wants_the_password(stack):
 
 def test_metrics_are_internal_only(stack):
     host, deployment = stack
-    ports = [deployment.settings.synapse_metrics_port] + [w.metrics_port for w in synapse.workers(deployment)]
+    ports = [deployment.settings.synapse_metrics_port] + [
+        w.metrics_port for w in synapse_workers.workers(deployment.settings)
+    ]
     for port in ports:
         assert sh(host, f"curl -fsS -o /dev/null -w '%{{http_code}}' http://127.0.0.1:{port}/_synapse/metrics") == "200"
         bound = sh(host, f"ss -Hltn 'sport = :{port}' | awk '{{print $4}}'").split()
@@ -103,7 +105,7 @@ def test_a_synapse_change_restarts_each_instance_in_turn_while_workers_keep_serv
     while a changed Synapse setting restarts the main process, then each worker, one at a time."""
     host, deployment = stack
     token = login(host, deployment)
-    units = ["synapse"] + [w.unit for w in synapse.workers(deployment)]
+    units = ["synapse"] + [w.unit for w in synapse_workers.workers(deployment.settings)]
 
     def started(unit):
         return int(sh(host, f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}").strip())

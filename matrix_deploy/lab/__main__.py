@@ -4,11 +4,10 @@
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
 
 from . import LAB_DIR, LAYOUTS, LOGINS, PROJECT_DIR, SITES, LabError, down, image, leftovers, read_hosts, up
+from .system import side_by_side
 
 
 def _sites() -> dict[str, str]:
@@ -19,24 +18,16 @@ def _sites() -> dict[str, str]:
 
 def deploy() -> int:
     """The real deploy (pyinfra) of every site of the lab, side by side; each output line names its site."""
-    procs = []
-    for site, inventory in _sites().items():
-        proc = subprocess.Popen([sys.executable, "-m", "pyinfra", "-y", inventory, "deploy.py"], cwd=PROJECT_DIR,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        prefix = f"[{site}] " if len(SITES) > 1 and len(_sites()) > 1 else ""
-        thread = threading.Thread(
-            target=lambda p=proc, x=prefix: [print(x + line, end="", flush=True) for line in p.stdout]
-        )
-        thread.start()
-        procs.append((site, proc, thread))
-    failed = []
-    for site, proc, thread in procs:
-        if proc.wait() != 0:
-            failed.append(site)
-        thread.join()
+    sites = _sites()
+    codes = side_by_side(
+        [(f"[{site}] " if len(sites) > 1 else "", [sys.executable, "-m", "pyinfra", "-y", inventory, "deploy.py"], None)
+         for site, inventory in sites.items()],
+        cwd=PROJECT_DIR,
+    )  # fmt: skip
+    failed = [site for site, code in zip(sites, codes, strict=True) if code != 0]
     if failed:
         print(f"lab: the deploy of {', '.join(failed)} failed", file=sys.stderr)
-    return 1 if failed or not procs else 0
+    return 1 if failed or not sites else 0
 
 
 def welcome() -> None:

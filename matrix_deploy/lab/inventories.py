@@ -13,7 +13,8 @@ from . import LAB_DIR, SITES, acme, network, read_hosts
 
 def groups(site: str, inventory: str) -> dict[str, list]:
     """The role groups (db, mas, synapse, proxy) of the lab's hosts of `site`, with the lab's settings."""
-    hosts = [h for h in read_hosts() if h.site == site]
+    every = read_hosts()
+    hosts = [h for h in every if h.site == site]
     if not hosts:
         raise SystemExit(
             f"{inventory}: no lab host of {site} is up; run `make lab-up`"
@@ -36,7 +37,7 @@ def groups(site: str, inventory: str) -> dict[str, list]:
         "acme_directory_url": acme.DIRECTORY,
         "acme_directory_ca": str(LAB_DIR / "acme-directory-ca.pem"),
     }
-    if len({h.site for h in read_hosts()}) > 1:
+    if len({h.site for h in every}) > 1:
         # Homeservers that federate in private: they trust the lab's ACME root for federation (instead of the
         # system's CAs), may reach each other's private addresses (Synapse blocks private ranges by default),
         # and fetch each other's keys directly (no matrix.org notary here).

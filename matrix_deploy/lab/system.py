@@ -4,6 +4,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,3 +75,21 @@ def require_disk(path: Path, hosts: int) -> None:
             f"not enough disk under {path}: {free // 1024**2} MB free, the lab needs "
             f"{needed // 1024**2} MB for {hosts} host(s); free some space or set MATRIX_DEPLOY_LAB_STATE"
         )
+
+
+def side_by_side(commands: list[tuple[str, list[str], dict | None]], cwd=None) -> list[int]:
+    """Run each (prefix, argv, env) at once, every output line printed with its prefix; their exit statuses."""
+    running = []
+    for prefix, argv, env in commands:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        thread = threading.Thread(
+            target=lambda p=proc, x=prefix: [print(x + line, end="", flush=True) for line in p.stdout]
+        )
+        thread.start()
+        running.append((proc, thread))
+    codes = []
+    for proc, thread in running:
+        codes.append(proc.wait())
+        thread.join()
+    return codes
