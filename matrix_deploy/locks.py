@@ -22,8 +22,9 @@ PYTHON = "3.11"
 
 def requirements(version: str) -> list[str]:
     """What the lock is resolved from: the oidc extra brings authlib, which msc3861 mode needs; the redis
-    extra, what workers talk to each other through (synapse_workers)."""
-    return [f"matrix-synapse[oidc,redis]=={version}", "psycopg2-binary>=2.9,<3"]
+    extra, what workers talk to each other through (synapse_workers). txredisapi 1.6.0 breaks Synapse's Redis
+    connection (`startedConnecting`): newer Synapse caps it below 1.6.0 itself, older ones do not."""
+    return [f"matrix-synapse[oidc,redis]=={version}", "psycopg2-binary>=2.9,<3", "txredisapi<1.6.0"]
 
 
 def path(version: str) -> Path:

@@ -267,3 +267,11 @@ def test_nginx_sends_each_path_to_the_process_that_serves_it(tmp_path):
         "upstream matrix_synapse_generic {  server 127.0.0.1:8100 max_fails=0; server 127.0.0.1:8101 max_fails=0;"
         in site
     )
+
+
+@pytest.mark.parametrize("version", locks.versions())
+def test_every_lock_has_a_txredisapi_synapse_can_use(version):
+    """txredisapi 1.6.0 breaks Synapse's Redis connection (workers' main process dies at start: seen with 1.156.0
+    on Debian 12); Synapse >= 1.163 caps it itself, older locks get the cap from locks.requirements()."""
+    pinned = locks.pins(locks.path(version).read_text())
+    assert tuple(int(p) for p in pinned["txredisapi"].split(".")) < (1, 6, 0), pinned["txredisapi"]
