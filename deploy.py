@@ -16,10 +16,11 @@ from matrix_deploy.stages import done
 deployment = current()
 settings = deployment.settings
 roles = settings.placement.roles_of(host.name)
+redis = settings.has_workers and host.name == settings.placement.synapse_main  # Redis beside the main process
 
 # One look at the host (after taking its run lock); operations are only added for what is not already as wanted.
 state = host_state.read(
-    base.snapshot_needs(roles, settings.tls, bool(settings.synapse_workers)),
+    base.snapshot_needs(roles, settings.tls, redis),
     apt_busy=base.APT_BUSY,
     resolve=settings.placement.addresses.values(),
 )
@@ -31,7 +32,7 @@ if release is None:
     )
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
-base.prepare(roles, settings.tls, bool(settings.synapse_workers))
+base.prepare(roles, settings.tls, redis)
 done("Host base")
 if "db" in roles:
     postgres.install(deployment, release)
@@ -45,5 +46,5 @@ done("Synapse")
 if "proxy" in roles:
     nginx.install(deployment, release)
 done("nginx")
-if "mas" in roles and settings.admin_user:
+if host.name == settings.placement.mas_primary and settings.admin_user:
     mas.admin_user(deployment)

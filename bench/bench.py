@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from downtime import Poller, introspection, login, whoami  # noqa: E402  (bench/ beside this script)
+import scale  # noqa: E402  (bench/ beside this script)
+from downtime import Poller, introspection, login, whoami  # noqa: E402
 
 from matrix_deploy import (  # noqa: E402
     base,
@@ -113,6 +114,7 @@ def main() -> None:
         lab.down(log=lambda *_: None)
 
     noop_median, trivial_median = statistics.median(noop_times), statistics.median(trivial_times)
+    scale_rows = scale.measure(run, OLD, fresh_time, noop_median, REPEAT)
     rows = [
         ("fresh install: deploy / floor", f"{fresh_time:.0f} s / {floor_time:.0f} s = {fresh_time / floor_time:.2f}x",
          "<= 1.15x", fresh_time <= 1.15 * floor_time),
@@ -130,6 +132,7 @@ def main() -> None:
          f" run {mas_upgrade_time:.0f} s)", "< 2 s", mas_upgrade.downtime() < 2),
         ("no-op re-run: commands sent to the host", str(commands), "(watch for regressions)", None),
         ("peak memory of a deploy process (operator side)", f"{peak_mb:.0f} MB", "", None),
+        *scale_rows,
     ]  # fmt: skip
     print(
         f"\nmatrix-deploy bench, {date.today()}, {platform.node()} ({platform.machine()}, {__import__('os').cpu_count()} cores)\n"

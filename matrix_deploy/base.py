@@ -35,21 +35,21 @@ if {OURS_LEFT}; then rm -f {POLICY_RC}; fi
 """
 
 
-def packages(roles: set[str], tls: str = "self-signed", workers: bool = False) -> list[str]:
-    """The Debian packages of `roles`; an ACME proxy also gets certbot, a Synapse host with workers Redis."""
+def packages(roles: set[str], tls: str = "self-signed", redis_here: bool = False) -> list[str]:
+    """The Debian packages of `roles`; an ACME proxy also gets certbot, the main Synapse host with workers Redis."""
     extra = set(nginx.ACME_PACKAGES) if "proxy" in roles and tls == "acme" else set()
-    extra |= set(redis.NEEDS.packages) if "synapse" in roles and workers else set()
+    extra |= set(redis.NEEDS.packages) if redis_here else set()
     return sorted({p for role in roles for p in ROLE_MODULES[role].NEEDS.packages} | extra)
 
 
-def snapshot_needs(roles: set[str], tls: str, workers: bool = False) -> host_state.Needs:
+def snapshot_needs(roles: set[str], tls: str, redis_here: bool = False) -> host_state.Needs:
     """What the snapshot reads on a host with `roles`: its roles' packages, and every role's paths, users and
     units (the same on every host, as before roles declared them)."""
     every = [NEEDS, *(m.NEEDS for m in ROLE_MODULES.values()), redis.NEEDS]
     return host_state.Needs(
         paths={path: depth for n in every for path, depth in n.paths.items()},
         users=tuple(dict.fromkeys(user for n in every for user in n.users)),
-        packages=tuple(packages(roles, tls, workers)),
+        packages=tuple(packages(roles, tls, redis_here)),
         units=tuple(dict.fromkeys(unit for n in every for unit in n.units)),
     )
 
@@ -82,12 +82,12 @@ apt-get install {options} {" ".join(wanted)} >/dev/null
 
 
 @deploy("Host base")
-def prepare(roles: set[str], tls: str, workers: bool):
+def prepare(roles: set[str], tls: str, redis_here: bool):
     state = host_state.current()
     if state.apt_busy:
         remote.shell(name="Wait for an earlier apt run and finish what dpkg left undone", commands=[APT_RECOVER])
     host_state.directory("matrix-deploy state directory", STATE, "root", "root", "700")
-    wanted = packages(roles, tls, workers)
+    wanted = packages(roles, tls, redis_here)
     if state.apt_busy or not state.packages_installed(wanted):
         # Held back only where the package is new: an installed cluster restarted by an upgrade must come back.
         hold = "postgresql" in wanted and not state.packages_installed(["postgresql"])

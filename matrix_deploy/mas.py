@@ -3,10 +3,11 @@
 import json
 import shlex
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from . import auth_mode, host_state, mas_settings, remote, restarts, secret_table
+from . import auth_mode, host_state, mas_settings, remote, restarts, secret_table, stages
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -38,15 +39,17 @@ def _secret_path(name: str) -> str:
     return secret_table.upstream_secret_path(name)
 
 
-def config(d: Deployment, net=None) -> dict:
-    """MAS's config.yaml: secrets by file, Synapse and PostgreSQL by their internal addresses.
+def config(d: Deployment, here: str | None = None, net=None) -> dict:
+    """The config.yaml of the MAS instance on host `here` (default: the first): secrets by file, Synapse's main
+    process and PostgreSQL by their internal addresses.
 
     `net` resolves internal addresses as the MAS host does (host_state.current()); IP addresses only without it.
     """
     s, p = d.settings, d.settings.placement
-    listen = p.listen(p.mas, [p.synapse, *p.proxy], net and net.bind_address)
+    here = here or p.mas_primary
+    listen = p.listen(here, [*p.synapse, *p.proxy], net and net.bind_address)
     # MAS takes IP networks only: a proxy named by a host name is resolved here.
-    trusted = ["127.0.0.1/8", "::1/128", *p.networks([h for h in p.proxy if h != p.mas], net and net.resolve)]
+    trusted = ["127.0.0.1/8", "::1/128", *p.networks([h for h in p.proxy if h != here], net and net.resolve)]
     base = {
         "http": {
             "public_base": s.mas_public_url,
@@ -62,12 +65,20 @@ def config(d: Deployment, net=None) -> dict:
                     # Loopback only, never proxied: health checks, and the admin API that creates admin_user.
                     "name": "internal",
                     "resources": [{"name": r} for r in ("health", *(("oauth", "adminapi") if s.admin_user else ()))],
-                    "binds": [{"host": "127.0.0.1", "port": s.mas_health_port}],
+                    "binds": [{"host": "127.0.0.1", "port": s.mas_internal_port}],
                 },
+                # Prometheus, bound like the web listener (loopback, plus the internal address when other hosts
+                # reach MAS): nginx never proxies it.
+                {
+                    "name": "metrics",
+                    "resources": [{"name": "prometheus"}],
+                    "binds": [{"host": a, "port": s.mas_metrics_port} for a in listen],
+                },  # fmt: skip
             ],
         },
+        "telemetry": {"metrics": {"exporter": "prometheus"}},
         "database": {
-            "host": p.reach(p.mas, p.db),
+            "host": p.reach(here, p.db),
             "port": s.postgres_port,
             "username": "mas",
             "password_file": f"{MAS_SECRETS}/database_password",
@@ -83,7 +94,7 @@ def config(d: Deployment, net=None) -> dict:
         "matrix": {
             "kind": s.mas_homeserver_kind,
             "homeserver": s.matrix_server_name,
-            "endpoint": f"http://{p.endpoint(p.mas, p.synapse, s.synapse_port)}/",
+            "endpoint": f"http://{p.endpoint(here, p.synapse_main, s.synapse_port)}/",
             "secret_file": f"{MAS_SECRETS}/matrix_secret",
         },
         "passwords": {"enabled": True},
@@ -103,8 +114,8 @@ def config(d: Deployment, net=None) -> dict:
     return deep_merge(base, s.mas_extra_config)
 
 
-def render_config(d: Deployment, net=None) -> str:
-    return dump(config(d, net))
+def render_config(d: Deployment, here: str | None = None, net=None) -> str:
+    return dump(config(d, here, net))
 
 
 def _release(d: Deployment):
@@ -213,6 +224,10 @@ fi
 
 @deploy("matrix-authentication-service")
 def install(d: Deployment):
+    """Each MAS instance; the first runs the database migrations and config sync, once per change, before any
+    instance restarts; then they restart one at a time (stages.in_turn), each healthy first."""
+    p, here, state = d.settings.placement, host.name, host_state.current()
+    primary = here == p.mas_primary
     system_user("MAS", MAS_USER, MAS_HOME)
     host_state.directory("MAS home", MAS_HOME, "root", "root", "755")
     host_state.directory("MAS config directory", MAS_ETC, "root", MAS_USER, "750")
@@ -222,43 +237,45 @@ def install(d: Deployment):
     # A release to switch to is a restart due before anything else happens: a run that dies before the
     # restart still switches and restarts next time.
     switch = None
-    if not host_state.current().is_link(MAS_CURRENT, release_dir):
+    if not state.is_link(MAS_CURRENT, release_dir):
         switch = restarts.mark_now("mas", f"switches to MAS {d.settings.mas_version}")
     changes = [*release, switch]
     for path, content in secret_files(d).items():
         changes.append(
             host_state.secret(f"MAS secret {path.rsplit('/', 1)[1]}", path, content, user=MAS_USER, group=MAS_USER)
         )
-    present = [p for p in host_state.current().paths if p.startswith(MAS_SECRETS + "/")]
+    present = [path for path in state.paths if path.startswith(MAS_SECRETS + "/")]
     for path in secret_table.stale(d.settings, "mas", present):
         changes.append(host_state.absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path))
-    p = d.settings.placement
     # A new release is recorded as a due restart before the dump: a run killed during the dump still
     # restarts MAS on the new release next time (the dump and everything else may then find nothing to do).
     release_marked = restarts.mark("mas", release)
-    # Before the gate: its `config sync --dry-run` runs the new release's database migrations (config.rs).
-    dump_before_migration(
-        d,
-        "mas",
-        "mas",
-        p.reach(p.mas, p.db),
-        f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"',
-        release,
-        switch is not None,
-    )
-    changes.append(
-        install_checked(
-            MAS_CONFIG,
-            render_config(d, host_state.current()),
-            check=gate(config(d, host_state.current()), release_dir),
-            user="root",
-            group=MAS_USER,
-            mode="640",
-            service="MAS",
-            secrets=d.secrets.values.values(),
-            recheck=list(changes),
+    if primary:
+        # Before the gate: its `config sync --dry-run` runs the new release's database migrations (config.rs).
+        dump_before_migration(
+            d,
+            "mas",
+            "mas",
+            p.reach(here, p.db),
+            f'PGPASSWORD="$(cat {MAS_SECRETS}/database_password)"',
+            release,
+            switch is not None,
         )
-    )
+    # In turn: the first instance's gate migrates the database (config sync --dry-run), the others' find it done.
+    for _ in stages.in_turn("MAS config", list(p.mas), str):
+        changes.append(
+            install_checked(
+                MAS_CONFIG,
+                render_config(d, here, state),
+                check=gate(config(d, here, state), release_dir),
+                user="root",
+                group=MAS_USER,
+                mode="640",
+                service="MAS",
+                secrets=d.secrets.values.values(),
+                recheck=list(changes),
+            )
+        )
     changes.append(
         unit(
             "MAS",
@@ -272,19 +289,21 @@ def install(d: Deployment):
     for path in secret_table.stale(d.settings, "mas-admin", []):
         host_state.absent(f"No stale MAS admin API file {path.rsplit('/', 1)[1]}", path)
     marked = [switch, release_marked, restarts.mark("mas", changes)]
-    # The new release migrates and syncs while the old one serves; the switch is the restart alone.
+    # The new release migrates and syncs while the old one serves; the switch is the restart alone. Once, by
+    # the first instance's host: every instance starts with --no-migrate --no-sync (the unit).
     cli = f"cd {release_dir} && runuser -u {MAS_USER} -- ./mas-cli"
     sync = f"{cli} config sync --config {MAS_CONFIG}"
     if auth_mode.migrating_to_native(d):
         sync = prune_without_providers(cli)
-    if (migrate := restarts.due("mas", marked)) is not None:
+    if primary and (migrate := restarts.due("mas", marked)) is not None:
         remote.shell(
             name="MAS database migrations and config sync",
             commands=[f"{cli} database migrate --config {MAS_CONFIG}", sync],
             _if=migrate,
         )
-    restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_health_port}/health", marked,
-                     switch=(MAS_CURRENT, release_dir))  # fmt: skip
+    for _ in stages.in_turn("MAS instance", list(p.mas), str):
+        restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_internal_port}/health", marked,
+                         switch=(MAS_CURRENT, release_dir))  # fmt: skip
     auth_mode.record(d)
 
 
@@ -296,7 +315,7 @@ def admin_user(d: Deployment):
     variable, never on a command line (`mas-cli manage register-user` only takes `--password`).
     An existing user is left as it is.
     """
-    user, port = d.settings.admin_user, d.settings.mas_health_port
+    user, port = d.settings.admin_user, d.settings.mas_internal_port
     curl_config, password_body = ADMIN_API_CREDENTIALS, ADMIN_PASSWORD_BODY
     host_state.secret("MAS admin API client credentials", curl_config,
                       f'user = "{MAS_ADMIN_CLIENT_ID}:{d.secrets["mas_admin_client_secret"]}"\n', "root", "root")  # fmt: skip

@@ -2,6 +2,7 @@
 
 import json
 import shlex
+from functools import partial
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -45,8 +46,8 @@ def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"
     }
     return render(
         "nginx/matrix.conf.j2",
-        synapse_upstream=p.endpoint(proxy_host, p.synapse, s.synapse_port),
-        mas_upstream=p.endpoint(proxy_host, p.mas, s.mas_port),
+        synapse_upstream=p.endpoint(proxy_host, p.synapse_main, s.synapse_port),
+        mas_upstreams=[p.endpoint(proxy_host, m, s.mas_port) for m in p.mas],
         http2_directive=release.nginx_http2_directive,
         homeserver_names=names,
         mas_host=s.mas_public_host,
@@ -55,7 +56,7 @@ def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"
         certificate_key=CERTIFICATE_KEY,
         well_known_client=json.dumps(client, separators=(",", ":")),
         well_known_server=json.dumps({"m.server": f"{s.public_host}:443"}, separators=(",", ":")),
-        worker_upstreams=synapse_workers.upstreams(ws, lambda port: p.endpoint(proxy_host, p.synapse, port)),
+        worker_upstreams=synapse_workers.upstreams(ws, partial(p.endpoint, proxy_host)),
         worker_routes=synapse_workers.routes(ws),
     )
 

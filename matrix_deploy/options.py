@@ -328,10 +328,10 @@ OPTIONS = (
     ),
     Option(
         "synapse_workers", {},
-        "Synapse workers beside the main process: a mapping of kind to count (`generic`, `event_persister`, "
-        "`federation_sender`, `media_repository`, `pusher`, `background`; see Workers); `{}`: one process. With "
-        "workers, Redis runs on the Synapse host (loopback, password from the secrets store)",
-        worker_counts,
+        "this Synapse host's workers: a mapping of kind to count (`generic`, `event_persister`, `federation_sender`, "
+        "`media_repository`, `pusher`, `background`; see Workers); `{}`: none. The first host of the `synapse` "
+        "group runs the main process (and Redis, when any host has workers), every other one workers only",
+        worker_counts, per_host=True,
     ),
     Option(
         "synapse_worker_port", 8100,
@@ -366,9 +366,14 @@ OPTIONS = (
     ),
     Option("mas_port", 8080, "MAS's web listener (OAuth, compat login, pages), proxied by nginx", port),
     Option(
-        "mas_health_port", 8081,
+        "mas_internal_port", 8081,
         "MAS's internal listener (`/health`; with `admin_user` also the admin API and token endpoint), localhost "
         "only, never proxied",
+        port,
+    ),
+    Option(
+        "mas_metrics_port", 9300,
+        "MAS's Prometheus metrics listener (`/metrics`), on the MAS host's internal addresses only, never proxied",
         port,
     ),
     Option(
@@ -483,6 +488,7 @@ OPTIONS = (
 BY_NAME = {option.name: option for option in OPTIONS}
 # Settings that are gone, and why: an inventory that still sets one is told what to do instead.
 REMOVED = {
+    "mas_health_port": "renamed mas_internal_port (that listener also serves MAS's admin API)",
     "postgres_version": "PostgreSQL's version follows each host's Debian release (15 on Debian 12, 17 on 13)",
 }
 # Names that look like settings: one of these prefixes that is no setting is reported as a likely typo.

@@ -44,7 +44,9 @@ def hba_clients(d: Deployment, resolve=None) -> list[str]:
     `resolve` gives a host's addresses as the database host resolves its internal address.
     """
     p = d.settings.placement
-    return ["127.0.0.1/32", "::1/128"] + p.networks([h for h in (p.mas, p.synapse) if h != p.db], resolve)
+    return ["127.0.0.1/32", "::1/128"] + p.networks(
+        [h for h in dict.fromkeys((*p.mas, *p.synapse)) if h != p.db], resolve
+    )
 
 
 @deploy("PostgreSQL")
@@ -52,7 +54,8 @@ def install(d: Deployment, release: Release):
     s, state = d.settings, host_state.current()
     unit = postgres_unit(release.postgres)
     conf_dir = f"/etc/postgresql/{release.postgres}/main"
-    listen = s.placement.listen(s.placement.db, [s.placement.mas, s.placement.synapse], state.bind_address)
+    p = s.placement
+    listen = p.listen(p.db, [*p.mas, *p.synapse], state.bind_address)
     conf = host_state.put(
         "PostgreSQL listens where MAS and Synapse reach it",
         f"{conf_dir}/conf.d/matrix-deploy.conf",

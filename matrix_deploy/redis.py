@@ -1,5 +1,6 @@
-"""Redis for Synapse's workers (Debian's redis-server) on the Synapse host: loopback only, a password
-from the secrets store, started from our config, which reads Debian's and then sets what we need."""
+"""Redis for Synapse's workers (Debian's redis-server) beside Synapse's main process: on loopback, and on the
+host's internal address when workers run on other hosts; a password from the secrets store; started from our
+config, which reads Debian's and then sets what we need."""
 
 from . import host_state, restarts
 from .inventory import Deployment
@@ -15,12 +16,14 @@ READY = "redis-cli -p {port} ping 2>&1 | grep -q NOAUTH"
 
 def install(d: Deployment) -> list:
     """Redis's config and unit drop-in, restarted when they change; returns the operations that changed them."""
-    port = d.settings.redis_port
+    port, p = d.settings.redis_port, d.settings.placement
+    # -::1: IPv6 loopback where the host has it (the dash: not an error where it has not).
+    bind = " ".join([*p.listen(p.synapse_main, list(p.synapse), host_state.current().bind_address), "-::1"])
     config = host_state.secret(
         "Redis config (with its password)",
         CONFIG,
         "# Managed by matrix-deploy: Debian's config, then what Synapse's workers need.\n"
-        f"include /etc/redis/redis.conf\nbind 127.0.0.1 -::1\nprotected-mode yes\nport {port}\n"
+        f"include /etc/redis/redis.conf\nbind {bind}\nprotected-mode yes\nport {port}\n"
         f"requirepass {d.secrets['redis_password']}\n",
         user="root",
         group="redis",

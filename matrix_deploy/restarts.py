@@ -57,6 +57,14 @@ def due(service: str, marked):
     return lambda: pending or any(m.did_change() for m in marks)
 
 
+def _switch(path: str, target: str) -> str:
+    """Atomically (a new link beside the old one, renamed over it), and only when it points elsewhere: the
+    link's change time then tells when the switch happened."""
+    return (
+        f'[ "$(readlink {path})" = {target} ] || {{ ln -sfn {target} {path}.switch && mv -Tf {path}.switch {path}; }}'
+    )
+
+
 def restart(
     service: str, unit: str, ready: str, marked, action: str = "restart", switch: tuple[str, str] | None = None
 ):
@@ -68,12 +76,7 @@ def restart(
     the unit's journal is shown and the deploy stops here, so later services are not touched.
     """
     marker = f"{MARKERS}/{service}"
-    link = ""
-    if switch:
-        path, target = switch
-        # Atomically (a new link beside the old one, renamed over it), and only when it points elsewhere: the
-        # link's change time then tells when the switch happened.
-        link = f'[ "$(readlink {path})" = {target} ] || {{ ln -sfn {target} {path}.switch && mv -Tf {path}.switch {path}; }}'
+    link = _switch(*switch) if switch else ""
     script = f"""
 set -e
 systemctl daemon-reload
@@ -91,3 +94,12 @@ exit 1
     condition = due(service, marked)
     if condition is not None:
         return remote.shell(name=f"Restart {service} and wait until it is healthy", commands=[script], _if=condition)
+
+
+def switch(service: str, link: str, target: str):
+    """Point `link` at `target` and clear `service`'s marker, for a host that runs no process of `service`
+    itself but instances that follow it (Synapse's workers on a host of their own): no restart here."""
+    return remote.shell(
+        name=f"{service} switches to {target}",
+        commands=[f"{_switch(link, target)}\nrm -f {MARKERS}/{service}"],
+    )

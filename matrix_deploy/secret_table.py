@@ -32,7 +32,7 @@ def _smtp_login(s: Settings) -> bool:
 
 
 def _workers(s: Settings) -> bool:
-    return bool(s.synapse_workers)
+    return s.has_workers
 
 
 def _never(s: Settings) -> bool:

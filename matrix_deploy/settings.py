@@ -17,7 +17,7 @@ from . import locks, mas_settings
 from .options import BY_NAME, OPTIONS, PREFIXES, REMOVED, internal_address
 
 ROLES = ("db", "mas", "synapse", "proxy")
-SINGLE_INSTANCE_ROLES = ("db", "mas", "synapse")
+SINGLE_INSTANCE_ROLES = ("db",)
 # The first Synapse with the `matrix_authentication_service` section.
 NATIVE_MIN_SYNAPSE = (1, 136, 0)
 # The newest Synapse that still has `experimental_features.msc3861` (1.157.0 removed it).
@@ -62,13 +62,25 @@ class MasRelease:
 
 @dataclass(frozen=True)
 class Placement:
-    """Which inventory host runs each role, and how the others reach it."""
+    """Which inventory hosts run each role, and how the others reach them."""
 
     db: str
-    mas: str
-    synapse: str
+    mas: tuple[str, ...]  # MAS instances; the first runs MAS's migrations and config sync, once per change
+    synapse: tuple[str, ...]  # the first runs Synapse's main process, the others workers only
     proxy: tuple[str, ...]
     addresses: dict[str, str] = field(hash=False)
+
+    @property
+    def synapse_main(self) -> str:
+        return self.synapse[0]
+
+    @property
+    def mas_primary(self) -> str:
+        return self.mas[0]
+
+    def mas_for(self, client: str) -> str:
+        """The MAS instance `client` (a Synapse host) asks: its own host's, else the first."""
+        return client if client in self.mas else self.mas[0]
 
     def reach(self, client: str, server: str) -> str:
         """Address `client` uses to talk to `server`: loopback when they are the same host (a name is fine)."""
@@ -103,8 +115,9 @@ class Placement:
         return [network for *_, network in sorted(found)]
 
     def roles_of(self, host: str) -> set[str]:
-        roles = {r for r in SINGLE_INSTANCE_ROLES if getattr(self, r) == host}
-        return roles | ({"proxy"} if host in self.proxy else set())
+        return ({"db"} if self.db == host else set()) | {
+            r for r in ("mas", "synapse", "proxy") if host in getattr(self, r)
+        }
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,8 @@ class Settings:
     synapse_port: int
     synapse_extra_config: dict[str, Any] = field(hash=False)
     synapse_federation_ca_certificates: tuple[Path, ...]
-    synapse_workers: dict[str, int] = field(hash=False)  # kind -> count (synapse_workers.KINDS)
+    # Per Synapse host (synapse group order): worker kind -> count (synapse_workers.KINDS); {} for none.
+    synapse_workers: dict[str, dict[str, int]] = field(hash=False)
     synapse_worker_port: int
     synapse_metrics_port: int
     redis_port: int
@@ -129,7 +143,8 @@ class Settings:
     mas_release_file: Path | None
     mas_release_sha256: str
     mas_port: int
-    mas_health_port: int
+    mas_internal_port: int
+    mas_metrics_port: int
     mas_extra_config: dict[str, Any] = field(hash=False)
     postgres_port: int
     tls: str
@@ -168,6 +183,10 @@ class Settings:
             self.mas_email_smtp_username,
             self.mas_email_from,
         )
+
+    @property
+    def has_workers(self) -> bool:
+        return any(self.synapse_workers.values())
 
     @property
     def mas_homeserver_kind(self) -> str:
@@ -228,7 +247,38 @@ def _placement(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]], p
         internal_address(f"internal_address of host {name}", addresses[name], problems)
     if any(not chosen[r] or (r in SINGLE_INSTANCE_ROLES and len(chosen[r]) != 1) for r in ROLES):
         return None
-    return Placement(chosen["db"][0], chosen["mas"][0], chosen["synapse"][0], tuple(chosen["proxy"]), addresses)
+    return Placement(chosen["db"][0], tuple(chosen["mas"]), tuple(chosen["synapse"]), tuple(chosen["proxy"]), addresses)
+
+
+def _workers(hosts: dict[str, dict[str, Any]], placement: Placement | None, problems: list[str]) -> dict:
+    """Each Synapse host's workers (synapse_workers, per host), and the checks across hosts."""
+    if placement is None:
+        return {}
+    several = len(placement.synapse) > 1
+    found = {}
+    for name in placement.synapse:
+        key = f"host {name}: synapse_workers" if several else "synapse_workers"
+        found[name] = BY_NAME["synapse_workers"].check(key, hosts[name].get("synapse_workers"), problems)
+    with_kind = {
+        kind: [h for h, counts in found.items() if counts.get(kind)] for kind in ("background", "media_repository")
+    }
+    if len(with_kind["background"]) > 1:
+        problems.append(
+            f"synapse_workers: a background worker on hosts {', '.join(with_kind['background'])}; "
+            "expected one in the deployment (one instance runs Synapse's background tasks)"
+        )
+    if len(with_kind["media_repository"]) > 1:
+        problems.append(
+            f"synapse_workers: media_repository workers on hosts {', '.join(with_kind['media_repository'])}; "
+            "expected them on one host (they share the media store, a directory of that host)"
+        )
+    for name in placement.synapse[1:]:
+        if not found[name]:
+            problems.append(
+                f"host {name}: synapse_workers = {{}}: expected workers on it: only the first host of the synapse "
+                f"group ({placement.synapse_main}) runs Synapse's main process, the others run workers"
+            )
+    return found
 
 
 def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> None:
@@ -286,10 +336,10 @@ def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> No
 
     # Each service's port is its own, and none is nginx's.
     seen: dict[int, str] = {443: "nginx (https)", 80: "nginx (http)"}
-    # The workers' listeners count up from synapse_worker_port and synapse_metrics_port + 1: ranges.
-    workers = sum((v["synapse_workers"] or {}).values())
+    # The workers' listeners count up from synapse_worker_port and synapse_metrics_port + 1 on each host: ranges.
+    workers = max((sum(counts.values()) for counts in v["synapse_workers"].values()), default=0)
     spans = {"synapse_worker_port": workers, "synapse_metrics_port": 1 + workers}
-    for key in ("synapse_port", "mas_port", "mas_health_port", "postgres_port", "synapse_worker_port",
+    for key in ("synapse_port", "mas_port", "mas_internal_port", "mas_metrics_port", "postgres_port", "synapse_worker_port",
                 "synapse_metrics_port", "redis_port"):  # fmt: skip
         port = v[key]
         for n in range(spans.get(key, 1) if port else 0):
@@ -344,8 +394,9 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
             if problem not in problems:
                 problems.append(problem)
     v = {key: BY_NAME[key].check(key, first.get(key), problems) for key in DEPLOYMENT_WIDE}
-    together(v, first, problems)
     placement = _placement(hosts, groups, problems)
+    v["synapse_workers"] = _workers(hosts, placement, problems)
+    together(v, first, problems)
     if problems:
         raise SettingsError(problems)
     return Settings(**v, placement=placement)

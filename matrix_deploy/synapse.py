@@ -1,10 +1,12 @@
 """Synapse from PyPI in a per-version virtualenv, delegating authentication to MAS."""
 
 import shlex
+from functools import partial
 
+from pyinfra import host
 from pyinfra.api import deploy
 
-from . import auth_mode, host_state, locks, redis, remote, restarts, secret_table, synapse_workers
+from . import auth_mode, host_state, locks, redis, remote, restarts, secret_table, stages, synapse_workers
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -37,10 +39,10 @@ NEEDS = host_state.Needs(
 )
 
 
-def secret_contents(d: Deployment) -> dict[str, str]:
-    """Files in /etc/synapse/secrets this host has (secret_table.py) and what they hold."""
+def secret_contents(d: Deployment, here: str | None = None) -> dict[str, str]:
+    """Files in /etc/synapse/secrets the Synapse host `here` (default: the main process's) has and what they hold."""
     s, p = d.settings, d.settings.placement
-    db_host = p.reach(p.synapse, p.db).replace("\\", "\\\\").replace(":", "\\:")  # pgpass escapes : and \
+    db_host = p.reach(here or p.synapse_main, p.db).replace("\\", "\\\\").replace(":", "\\:")  # pgpass escapes : and \
     wanted = secret_table.files(s, "synapse")
     contents = {
         "signing.key": d.secrets["synapse_signing_key"],
@@ -52,20 +54,24 @@ def secret_contents(d: Deployment) -> dict[str, str]:
     }
     if f"{SYNAPSE_SECRETS}/mas_client_secret" in wanted:
         contents["mas_client_secret"] = d.secrets["msc3861_client_secret"] + "\n"
-    if s.synapse_workers:
+    if s.has_workers:
         contents["redis_password"] = d.secrets["redis_password"] + "\n"
         contents["worker_replication_secret"] = d.secrets["synapse_worker_replication_secret"] + "\n"
     assert set(wanted) == {f"{SYNAPSE_SECRETS}/{name}" for name in contents}, "secret_table.py and Synapse disagree"
     return contents
 
 
-def config(d: Deployment, own_addresses=None) -> dict:
-    """homeserver.yaml: MAS delegation, PostgreSQL, a listener for the proxy and MAS, secrets by path.
+def config(d: Deployment, here: str | None = None, own_addresses=None) -> dict:
+    """homeserver.yaml of the Synapse host `here` (default: the main process's): MAS delegation, PostgreSQL,
+    the main process's listeners (none on a host of workers only), secrets by path.
 
     `own_addresses`: this host's addresses for its internal address (host_state.bind_address).
     """
     s, p = d.settings, d.settings.placement
+    here = here or p.synapse_main
     ws = synapse_workers.workers(s)
+    # The main process is asked by MAS, the proxies and the other hosts' workers (replication).
+    bind = p.listen(here, [*p.mas, *p.proxy, *p.synapse], own_addresses) if here == p.synapse_main else None
     base = {
         "server_name": s.matrix_server_name,
         "public_baseurl": s.matrix_public_url,
@@ -73,7 +79,7 @@ def config(d: Deployment, own_addresses=None) -> dict:
         "listeners": [
             {
                 "port": s.synapse_port,
-                "bind_addresses": p.listen(p.synapse, [p.mas, *p.proxy], own_addresses),
+                "bind_addresses": bind,
                 "type": "http",
                 "tls": False,
                 "x_forwarded": True,
@@ -81,19 +87,17 @@ def config(d: Deployment, own_addresses=None) -> dict:
                 "resources": [{"names": ["client", "federation", *(["replication"] if ws else [])], "compress": False}],
             },
             # Prometheus, on the internal addresses only: nginx never proxies it.
-            {
-                "port": s.synapse_metrics_port,
-                "type": "metrics",
-                "bind_addresses": p.listen(p.synapse, [p.mas, *p.proxy], own_addresses),
-            },
-        ],
+            {"port": s.synapse_metrics_port, "type": "metrics", "bind_addresses": list(bind)},
+        ]
+        if bind
+        else [],
         "enable_metrics": True,
         "database": {
             "name": "psycopg2",
             "args": {
                 "user": "synapse",
                 "dbname": "synapse",
-                "host": p.reach(p.synapse, p.db),
+                "host": p.reach(here, p.db),
                 "port": s.postgres_port,
                 "passfile": f"{SYNAPSE_SECRETS}/pgpass",
                 "cp_min": 5,
@@ -110,7 +114,7 @@ def config(d: Deployment, own_addresses=None) -> dict:
         # Implied by delegation on recent Synapse; older ones need it said.
         "password_config": {"enabled": False},
     }
-    mas_internal = f"http://{p.endpoint(p.synapse, p.mas, s.mas_port)}/"
+    mas_internal = f"http://{p.endpoint(here, p.mas_for(here), s.mas_port)}/"
     if s.auth_mode == "native":
         base["matrix_authentication_service"] = {
             "enabled": True,
@@ -140,7 +144,9 @@ def config(d: Deployment, own_addresses=None) -> dict:
             }
         }
     if ws:
-        base |= synapse_workers.shared_config(ws, s.synapse_port, s.redis_port, SYNAPSE_SECRETS)
+        base |= synapse_workers.shared_config(
+            ws, partial(p.reach, here), p.synapse_main, s.synapse_port, s.redis_port, SYNAPSE_SECRETS
+        )
     if s.synapse_federation_ca_certificates:
         base["federation_custom_ca_list"] = [path for path, _ in federation_cas(d)]
     return deep_merge(base, s.synapse_extra_config)
@@ -154,8 +160,8 @@ def federation_cas(d: Deployment) -> list[tuple[str, str]]:
     ]
 
 
-def render_config(d: Deployment, own_addresses=None) -> str:
-    return dump(config(d, own_addresses))
+def render_config(d: Deployment, here: str | None = None, own_addresses=None) -> str:
+    return dump(config(d, here, own_addresses))
 
 
 def _virtualenv(version: str):
@@ -184,7 +190,10 @@ def _virtualenv(version: str):
 
 @deploy("Synapse")
 def install(d: Deployment):
-    s = d.settings
+    """On the first Synapse host the main process, then its workers; on the others their workers. The main
+    process restarts first, then every worker in turn across hosts (stages.in_turn), each healthy first."""
+    s, p, here = d.settings, d.settings.placement, host.name
+    main = here == p.synapse_main
     system_user("Synapse", SYNAPSE_USER, SYNAPSE_DATA)
     host_state.directory("Synapse home", SYNAPSE_HOME, "root", "root", "755")
     host_state.directory("Synapse data", SYNAPSE_DATA, SYNAPSE_USER, SYNAPSE_USER, "750")
@@ -198,7 +207,7 @@ def install(d: Deployment):
     if not host_state.current().is_link(SYNAPSE_CURRENT, venv):
         switch = restarts.mark_now("synapse", f"switches to Synapse {s.synapse_version}")
     changes = [installed, switch]
-    for name, content in secret_contents(d).items():
+    for name, content in secret_contents(d, here).items():
         changes.append(
             host_state.secret(
                 f"Synapse secret {name}", f"{SYNAPSE_SECRETS}/{name}", content, user=SYNAPSE_USER, group=SYNAPSE_USER
@@ -227,7 +236,7 @@ def install(d: Deployment):
     changes.append(
         install_checked(
             SYNAPSE_CONFIG,
-            render_config(d, host_state.current().bind_address),
+            render_config(d, here, host_state.current().bind_address),
             check=f"runuser -u {SYNAPSE_USER} -- {venv}/bin/python -m synapse.config -c {SYNAPSE_CONFIG}",
             user="root",
             group=SYNAPSE_USER,
@@ -237,47 +246,54 @@ def install(d: Deployment):
             recheck=list(changes),
         )
     )
-    if s.synapse_workers:
+    if main and s.has_workers:
         # Redis with its password before any Synapse process that wants it (re)starts.
         changes += redis.install(d)
     shared = list(changes)  # what every Synapse process reads, workers included
-    changes.append(
-        unit(
-            "Synapse",
-            "synapse.service",
-            "synapse/synapse.service.j2",
-            service_user=SYNAPSE_USER,
-            current=SYNAPSE_CURRENT,
-            config=SYNAPSE_CONFIG,
-            data=SYNAPSE_DATA,
+    if main:
+        changes.append(
+            unit(
+                "Synapse",
+                "synapse.service",
+                "synapse/synapse.service.j2",
+                service_user=SYNAPSE_USER,
+                current=SYNAPSE_CURRENT,
+                config=SYNAPSE_CONFIG,
+                data=SYNAPSE_DATA,
+            )
         )
-    )
-    marked = [switch, restarts.mark("synapse", changes)]
-    p = s.placement
-    # Synapse migrates its database when it starts on a new version: dumped while the old version serves.
-    dump_before_migration(
-        d,
-        "synapse",
-        "synapse",
-        p.reach(p.synapse, p.db),
-        f"PGPASSFILE={SYNAPSE_SECRETS}/pgpass",
-        [installed],
-        switch is not None,
-    )
-    # The old version serves until here: the stop and the new version's start are the only downtime.
-    restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked,
-                     switch=(SYNAPSE_CURRENT, venv))  # fmt: skip
-    # Then the workers, one at a time, each healthy before the next: the others keep serving meanwhile.
+        marked = [switch, restarts.mark("synapse", changes)]
+        # Synapse migrates its database when it starts on a new version: dumped while the old version serves.
+        dump_before_migration(
+            d,
+            "synapse",
+            "synapse",
+            p.reach(here, p.db),
+            f"PGPASSFILE={SYNAPSE_SECRETS}/pgpass",
+            [installed],
+            switch is not None,
+        )
+        # The old version serves until here: the stop and the new version's start are the only downtime.
+        restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked,
+                         switch=(SYNAPSE_CURRENT, venv))  # fmt: skip
+    stages.done("Synapse's main process")
+    if not main and switch is not None:
+        # Workers only: the new version's link once the main process runs it (and has migrated the database).
+        restarts.switch("synapse", SYNAPSE_CURRENT, venv)
+    # Then the workers, one at a time across hosts, each healthy before the next: the others keep serving.
     _workers(d, shared, venv)
     auth_mode.record(d)
 
 
 def _workers(d: Deployment, shared: list, venv: str) -> None:
-    """Each worker's config and unit (run from `venv`'s Synapse), and no unit or config of a worker no longer wanted."""
+    """This host's workers' configs and units (run from `venv`'s Synapse), restarted in turn with every other
+    host's, and no unit or config of a worker no longer wanted here."""
     s, p, state = d.settings, d.settings.placement, host_state.current()
-    ws = synapse_workers.workers(s)
+    every = synapse_workers.workers(s)
+    ws = [w for w in every if w.host == host.name]
     wanted = {w.name for w in ws}
-    bind = p.listen(p.synapse, list(p.proxy), state.bind_address)
+    # Asked by the proxies, the main process and the other hosts' workers (replication).
+    bind = p.listen(host.name, [*p.proxy, *p.synapse], state.bind_address)
     for path in state.below(synapse_workers.WORKERS_DIR):
         name = path.rsplit("/", 1)[1].removesuffix(".yaml")
         if path.endswith(".yaml") and name not in wanted:
@@ -294,7 +310,7 @@ def _workers(d: Deployment, shared: list, venv: str) -> None:
         "Synapse worker", "synapse-worker@.service", "synapse/worker.service.j2", service_user=SYNAPSE_USER,
         current=SYNAPSE_CURRENT, config=SYNAPSE_CONFIG, workers=synapse_workers.WORKERS_DIR, data=SYNAPSE_DATA,
     )  # fmt: skip
-    for w in ws:
+    for w in stages.in_turn("Synapse worker", every, lambda w: w.host):
         config = install_checked(
             w.config_path,
             dump(synapse_workers.worker_config(w, bind, f"{SYNAPSE_ETC}/log.yaml")),

@@ -1,10 +1,12 @@
-"""Synapse workers (Synapse's docs/workers.md): generic_worker processes beside the main process on the
-Synapse host, talking to each other through Redis (replication) and HTTP (`instance_map`), each its own
-hardened unit `synapse-worker@<name>`; nginx sends each endpoint to the kind of worker that serves it.
+"""Synapse workers (Synapse's docs/workers.md): generic_worker processes on the Synapse hosts (beside the main
+process on the first, alone on the others), talking to each other through Redis (replication, on the main
+process's host) and HTTP (`instance_map`), each its own hardened unit `synapse-worker@<name>`; nginx sends each
+endpoint to the kind of worker that serves it, over the instances on every host.
 
 `synapse_workers` maps a kind to a count. What each kind does and which paths nginx sends it:
 """
 
+from collections import Counter
 from dataclasses import dataclass
 
 from .paths import SYNAPSE_ETC
@@ -54,7 +56,8 @@ MEDIA_ROUTES = [r"^/_matrix/media/", r"^/_matrix/client/v1/media/", r"^/_matrix/
 @dataclass(frozen=True)
 class Worker:
     kind: str
-    index: int  # 1, 2... within its kind
+    index: int  # 1, 2... within its kind, across hosts
+    host: str  # the Synapse host (inventory name) it runs on
     port: int  # its HTTP listener: /health, what its kind serves, replication
     metrics_port: int
 
@@ -78,23 +81,31 @@ class Worker:
 
 
 def workers(s) -> list[Worker]:
-    """The workers the settings `s` ask for (synapse_workers), in KINDS order, on consecutive ports from
-    synapse_worker_port (HTTP) and from synapse_metrics_port + 1 (metrics; that port is the main process's)."""
-    wanted = [(kind, i) for kind in KINDS for i in range(1, s.synapse_workers.get(kind, 0) + 1)]
-    return [
-        Worker(kind, i, s.synapse_worker_port + n, s.synapse_metrics_port + 1 + n) for n, (kind, i) in enumerate(wanted)
-    ]
+    """Every worker the settings `s` ask for (synapse_workers), host by host in the synapse group's order, kinds
+    in KINDS order, numbered within a kind across hosts (generic-1, generic-2 on the next host...). On each host
+    the ports count up from synapse_worker_port (HTTP) and synapse_metrics_port + 1 (the main process's is
+    synapse_metrics_port)."""
+    found, numbered = [], Counter()
+    for host, counts in s.synapse_workers.items():
+        for n, kind in enumerate(k for k in KINDS for _ in range(counts.get(k, 0))):
+            numbered[kind] += 1
+            found.append(Worker(kind, numbered[kind], host, s.synapse_worker_port + n, s.synapse_metrics_port + 1 + n))
+    return found
 
 
-def shared_config(ws: list[Worker], main_port: int, redis_port: int, secrets_dir: str) -> dict:
-    """What homeserver.yaml (read by the main process and every worker) says about the workers."""
+def shared_config(ws: list[Worker], reach, main: str, main_port: int, redis_port: int, secrets_dir: str) -> dict:
+    """What homeserver.yaml (read by the main process and every worker) says about the workers.
+
+    `reach(host)` is the address this Synapse host uses for another (loopback for itself); Redis runs beside
+    the main process, on host `main`.
+    """
     names = {kind: [w.name for w in ws if w.kind == kind] for kind in KINDS}
     config = {
-        "redis": {"enabled": True, "host": "127.0.0.1", "port": redis_port, "password_path": f"{secrets_dir}/redis_password"},
+        "redis": {"enabled": True, "host": reach(main), "port": redis_port, "password_path": f"{secrets_dir}/redis_password"},
         "worker_replication_secret_path": f"{secrets_dir}/worker_replication_secret",
         "instance_map": {
-            "main": {"host": "127.0.0.1", "port": main_port},
-            **{w.name: {"host": "127.0.0.1", "port": w.port} for w in ws},
+            "main": {"host": reach(main), "port": main_port},
+            **{w.name: {"host": reach(w.host), "port": w.port} for w in ws},
         },
     }  # fmt: skip
     if names["event_persister"]:
@@ -144,11 +155,11 @@ def routes(ws: list[Worker]) -> list[tuple[str, str]]:
 def upstreams(ws: list[Worker], endpoint) -> dict[str, dict]:
     """nginx upstreams of the workers: name -> {balance: nginx directive or "", servers: [host:port]}.
 
-    `endpoint(port)` is how the proxy reaches the Synapse host on that port. Sync sticks to one worker per
+    `endpoint(host, port)` is how the proxy reaches that Synapse host on that port. Sync sticks to one worker per
     access token, inbound federation to one per sending server (both as Synapse's docs advise).
     """
-    generic = [endpoint(w.port) for w in ws if w.kind == "generic"]
-    media = [endpoint(w.port) for w in ws if w.kind == "media_repository"]
+    generic = [endpoint(w.host, w.port) for w in ws if w.kind == "generic"]
+    media = [endpoint(w.host, w.port) for w in ws if w.kind == "media_repository"]
     found = {}
     if generic:
         found["matrix_synapse_generic"] = {"balance": "", "servers": generic}

@@ -83,6 +83,17 @@ def test_control_a_good_split_layout_does_reach_its_hosts(tmp_path):
     assert connections >= 4, result.stderr
 
 
+SCALE = {"db": ["a"], "mas": ["a", "b"], "synapse": ["a", "b"], "proxy": ["a"]}
+
+
+def test_control_a_good_scale_layout_does_reach_its_hosts(tmp_path):
+    """Two MAS instances, two Synapse hosts: the main process and workers on one, workers on the other."""
+    hosts = {"a": {"internal_address": "10.0.0.1", "synapse_workers": {"event_persister": 1}},
+             "b": {"internal_address": "10.0.0.2", "synapse_workers": {"generic": 2}}}  # fmt: skip
+    result, connections = run(GOOD, tmp_path, hosts, SCALE)
+    assert connections >= 2, result.stderr
+
+
 # Every refused setting: (settings over GOOD, the message expected).
 BAD = [
     ({"matrix_server_name": None}, "matrix_server_name is not set: expected a DNS name"),
@@ -97,7 +108,7 @@ BAD = [
     ({"synapse_port": 0}, "synapse_port = 0: expected a TCP port number between 1 and 65535"),
     ({"mas_port": "8080"}, "mas_port = '8080': expected a TCP port number"),
     ({"mas_port": 8008}, "mas_port = 8008: already used by synapse_port; expected a port of its own"),
-    ({"mas_health_port": 8080}, "mas_health_port = 8080: already used by mas_port"),
+    ({"mas_internal_port": 8080}, "mas_internal_port = 8080: already used by mas_port"),
     ({"postgres_port": 443}, "postgres_port = 443: already used by nginx (https)"),
     ({"synapse_version": "1.120.0"}, "synapse_version = '1.120.0': expected 1.136.0 or newer"),
     ({"synapse_version": "1.135.0"}, "synapse_version = '1.135.0': expected 1.136.0 or newer with auth_mode 'native'"),
@@ -235,7 +246,7 @@ BAD_LAYOUTS = [
     ({"a": {}, "b": {}}, {"db": ["a", "b"], "mas": ["a"], "synapse": ["a"], "proxy": ["a"]},
      "role db: 2 hosts (a, b); expected exactly one host"),
     ({"a": {}}, {"db": ["a"], "synapse": ["a"], "proxy": ["a"]},
-     "role mas: no host is in the 'mas' group; expected exactly one host"),
+     "role mas: no host is in the 'mas' group; expected exactly one host or more"),
     ({"a": {}}, {"db": ["a"], "mas": ["a"], "synapse": ["a"]},
      "role proxy: no host is in the 'proxy' group; expected exactly one host or more"),
     ({"a": {"synapse_version": "1.163.2"}, "b": {"synapse_version": "1.162.0"}},
@@ -243,12 +254,22 @@ BAD_LAYOUTS = [
      "synapse_version differs between hosts a ('1.163.2') and b ('1.162.0'): expected one value"),
     ({"a": {"internal_address": "not an address!"}}, {"db": ["a"], "mas": ["a"], "synapse": ["a"], "proxy": ["a"]},
      "internal_address of host a = 'not an address!': expected an IP address or host name"),
+    ({"a": {"synapse_workers": {"generic": 1}}, "b": {}}, SCALE,
+     "host b: synapse_workers = {}: expected workers on it: only the first host of the synapse group (a) runs"),
+    ({"a": {"synapse_workers": {"background": 1}}, "b": {"synapse_workers": {"background": 1}}}, SCALE,
+     "synapse_workers: a background worker on hosts a, b; expected one in the deployment"),
+    ({"a": {"synapse_workers": {"media_repository": 1}}, "b": {"synapse_workers": {"media_repository": 1}}}, SCALE,
+     "synapse_workers: media_repository workers on hosts a, b; expected them on one host"),
+    ({"a": {}, "b": {"synapse_workers": {"generic": "two"}}}, SCALE,
+     "host b: synapse_workers.generic = 'two': expected a count from 0 to 20"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "hosts, groups, expected", BAD_LAYOUTS, ids=["two-db", "no-mas", "no-proxy", "differ", "address"]
-)
+    "hosts, groups, expected", BAD_LAYOUTS,
+    ids=["two-db", "no-mas", "no-proxy", "differ", "address", "idle-worker-host", "two-background", "media-split",
+         "worker-count"],
+)  # fmt: skip
 def test_bad_layout_stops_before_any_connection(hosts, groups, expected, tmp_path):
     assert_refused(*run(GOOD, tmp_path, hosts, groups), expected)
 

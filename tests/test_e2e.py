@@ -204,7 +204,7 @@ def test_internal_endpoints_are_not_reachable_from_outside(stack):
     for path in ("/_synapse/mas/is_localpart_available?localpart=x", "/_synapse/admin/v1/server_version", "/health"):
         assert fetch(host, "GET", path, token=token)[0] == 404, path
     assert fetch(host, "GET", "/health", vhost=s.mas_public_host)[0] == 404
-    for port in (s.synapse_port, s.mas_port, s.mas_health_port, s.postgres_port):
+    for port in (s.synapse_port, s.mas_port, s.mas_internal_port, s.postgres_port):
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((host.address, port), timeout=5).close()
 

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import re
 import secrets
 import subprocess
 import tarfile
@@ -596,8 +597,9 @@ class NoDatabase:
 
 config = {"http": {"public_base": "https://auth.example.org/", "listeners": []}, **json.loads(sys.argv[1])}
 app = server.App(config, NoDatabase(), SynapseConnection("example.org", "http://127.0.0.1:9/", "s"), bytes(32), None)
-resources = {"human": {"name": "human"}, "discovery": {"name": "discovery"}}
-handler = type("H", (server.Handler,), {"app": app, "resources": resources, "prefix": ""})
+names = json.loads(sys.argv[2]) if len(sys.argv) > 2 else ["human", "discovery"]
+handler = type("H", (server.Handler,), {"app": app, "resources": {n: {"name": n} for n in names}, "prefix": "",
+                                        "listener_name": "web"})
 listener = server._bind({"host": "127.0.0.1", "port": 0}, handler)
 print(listener.server_address[1], flush=True)
 listener.serve_forever()
@@ -631,3 +633,29 @@ def test_password_registration_answers_as_mas_does(mas_cli, enabled):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("exporter", ["prometheus", None], ids=["prometheus", "no-exporter"])
+def test_metrics_answer_as_mas_does(mas_cli, exporter):
+    """telemetry.rs: /metrics exports the http.server.duration histogram server.rs records per request, only
+    with telemetry.metrics.exporter = prometheus; else 500."""
+    extra = json.dumps({"telemetry": {"metrics": {"exporter": exporter}}} if exporter else {})
+    process = subprocess.Popen(["/usr/bin/python3", "-c", SERVE_HUMAN, extra, '["discovery", "prometheus"]'],
+                               env={"PYTHONPATH": str(mas_cli)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{process.stdout.readline().strip()}"
+        for _ in range(3):
+            assert _call(f"{base}/.well-known/openid-configuration")[0] == 200
+        status, text = _call(f"{base}/metrics")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    if exporter is None:
+        assert (status, text) == (500, "Prometheus exporter was not enabled in config")
+        return
+    assert status == 200
+    counted = re.search(r"^http_server_duration_count\{([^}]*)\} (\d+)$", text, re.M)
+    assert counted and counted.group(2) == "3", text
+    assert 'http_route="/.well-known/openid-configuration"' in counted.group(1)
+    assert 'mas_listener_name="web"' in counted.group(1) and 'http_response_status_code="200"' in counted.group(1)

@@ -84,14 +84,14 @@ def test_named_split_layout_renders_networks_for_mas_and_postgres(tmp_path):
     store = tmp_path / "s.yaml"
     d = Deployment(tmp_path / "i.py", s, secrets_store.load(store, wanted_secrets(s)), store)
     seen_on_mas = snapshot("N\tauth.internal\t10.0.0.2", "N\tpx1.internal\t10.0.0.7", "A\t10.0.0.2")
-    config = yaml.safe_load(mas.render_config(d, seen_on_mas))
+    config = yaml.safe_load(mas.render_config(d, net=seen_on_mas))
     assert config["http"]["trusted_proxies"] == ["127.0.0.1/8", "::1/128", "10.0.0.7/32", "fd00::4/128"]
     assert {b["host"] for b in config["http"]["listeners"][0]["binds"]} == {"127.0.0.1", "10.0.0.2"}
     assert config["matrix"]["endpoint"] == "http://hs.internal:8008/"
     seen_on_db = snapshot("N\tauth.internal\t10.0.0.2", "N\ths.internal\tfd00::3")
     assert postgres.hba_clients(d, seen_on_db.resolve) == ["127.0.0.1/32", "::1/128", "10.0.0.2/32", "fd00::3/128"]
     seen_on_synapse = snapshot("N\ths.internal\t10.0.0.3", "A\t10.0.0.3")
-    homeserver = synapse.config(d, seen_on_synapse.bind_address)
+    homeserver = synapse.config(d, own_addresses=seen_on_synapse.bind_address)
     assert homeserver["listeners"][0]["bind_addresses"] == ["127.0.0.1", "10.0.0.3"]
     assert synapse.secret_contents(d)["pgpass"].startswith("db.internal:5432:synapse:synapse:")
 

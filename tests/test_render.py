@@ -120,16 +120,17 @@ def test_msc3861_config_is_refused_by_a_synapse_that_removed_it(synapse_python, 
     assert "msc3861 was removed" in result.stderr + result.stdout
 
 
-def _synapse_check(python: Path, deployment, tmp_path: Path, extra: dict | None = None):
-    """Run `python -m synapse.config -c` on the rendered config, with its files moved under tmp_path."""
+def _synapse_check(python: Path, deployment, tmp_path: Path, extra: dict | None = None, here: str | None = None):
+    """Run `python -m synapse.config -c` on the rendered config (of Synapse host `here`), with its files moved
+    under tmp_path."""
     text = (
-        synapse.render_config(deployment)
+        synapse.render_config(deployment, here)
         .replace(SYNAPSE_ETC, str(tmp_path / "etc"))
         .replace(SYNAPSE_DATA, str(tmp_path / "data"))
     )
     config = yaml.safe_load(text) | (extra or {})
     (tmp_path / "etc/secrets").mkdir(parents=True)
-    for name, content in synapse.secret_contents(deployment).items():
+    for name, content in synapse.secret_contents(deployment, here).items():
         (tmp_path / "etc/secrets" / name).write_text(content)
     for ca, content in synapse.federation_cas(deployment):
         moved = Path(ca.replace(SYNAPSE_ETC, str(tmp_path / "etc")))
@@ -275,3 +276,57 @@ def test_every_lock_has_a_txredisapi_synapse_can_use(version):
     on Debian 12); Synapse >= 1.163 caps it itself, older locks get the cap from locks.requirements()."""
     pinned = locks.pins(locks.path(version).read_text())
     assert tuple(int(p) for p in pinned["txredisapi"].split(".")) < (1, 6, 0), pinned["txredisapi"]
+
+
+def _scale(tmp_path) -> Deployment:
+    """Two Synapse hosts (s1: main process and the event persister, s2: generic workers), MAS on both."""
+    hosts = {"s1": {"internal_address": "10.0.0.1", "synapse_workers": {"event_persister": 1}},
+             "s2": {"internal_address": "10.0.0.2", "synapse_workers": {"generic": 2}}}  # fmt: skip
+    groups = {"db": ["s1"], "mas": ["s1", "s2"], "synapse": ["s1", "s2"], "proxy": ["s1"]}
+    settings = make_settings(hosts=hosts, groups=groups, secrets_dir=str(tmp_path / "secrets"))
+    store = secrets_store.store_path(settings.secrets_dir, Path("test.py"))
+    return Deployment(Path("test.py"), settings, secrets_store.load(store, wanted_secrets(settings)), store)
+
+
+def test_a_host_of_workers_only_renders_configs_synapses_checker_accepts(synapse_python, tmp_path):
+    d = _scale(tmp_path)
+    checks = tmp_path / "check"
+    checks.mkdir()
+    assert _synapse_check(synapse_python, d, checks, here="s2").returncode == 0
+    (checks / "etc/workers").mkdir()
+    for w in synapse_workers.workers(d.settings):
+        if w.host == "s2":
+            path = checks / f"etc/workers/{w.name}.yaml"
+            text = yaml.safe_dump(
+                synapse_workers.worker_config(w, ["127.0.0.1", "10.0.0.2"], f"{SYNAPSE_ETC}/log.yaml")
+            )
+            path.write_text(text.replace(SYNAPSE_ETC, str(checks / "etc")))
+            result = subprocess.run([synapse_python, "-m", "synapse.config", "-c", checks / "etc/homeserver.yaml",
+                                     "-c", path], capture_output=True, text=True)  # fmt: skip
+            assert result.returncode == 0, (w.name, result.stderr)
+
+
+def test_each_host_reaches_the_others_by_their_internal_addresses(tmp_path):
+    d = _scale(tmp_path)
+    assert [(w.name, w.host, w.port) for w in synapse_workers.workers(d.settings)] == [
+        ("event_persister-1", "s1", 8100), ("generic-1", "s2", 8100), ("generic-2", "s2", 8101)]  # fmt: skip
+    main, workers_only = synapse.config(d, "s1"), synapse.config(d, "s2")
+    assert [listener["bind_addresses"] for listener in main["listeners"]] == [["127.0.0.1", "10.0.0.1"]] * 2
+    assert workers_only["listeners"] == []  # no main process there
+    assert main["instance_map"] == {"main": {"host": "127.0.0.1", "port": 8008},
+                                    "event_persister-1": {"host": "127.0.0.1", "port": 8100},
+                                    "generic-1": {"host": "10.0.0.2", "port": 8100},
+                                    "generic-2": {"host": "10.0.0.2", "port": 8101}}  # fmt: skip
+    assert workers_only["instance_map"]["main"] == {"host": "10.0.0.1", "port": 8008}
+    assert workers_only["instance_map"]["generic-1"] == {"host": "127.0.0.1", "port": 8100}
+    assert (main["redis"]["host"], workers_only["redis"]["host"]) == ("127.0.0.1", "10.0.0.1")
+    # Each Synapse host asks the MAS instance beside it; each MAS instance asks the main process.
+    assert workers_only["matrix_authentication_service"]["endpoint"] == "http://127.0.0.1:8080/"
+    assert mas.config(d, "s2")["matrix"]["endpoint"] == "http://10.0.0.1:8008/"
+    assert mas.config(d, "s2")["database"]["host"] == "10.0.0.1"
+    site = nginx.render_site(d, "s1")
+    assert "upstream matrix_mas { server 127.0.0.1:8080 max_fails=0; server 10.0.0.2:8080 max_fails=0;" in site
+    assert (
+        "upstream matrix_synapse_generic {  server 10.0.0.2:8100 max_fails=0; server 10.0.0.2:8101 max_fails=0;" in site
+    )
+    assert "upstream matrix_synapse { server 127.0.0.1:8008;" in site

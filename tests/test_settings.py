@@ -12,7 +12,8 @@ def test_defaults_with_a_server_name_give_a_single_host_deployment():
     assert s.auth_mode == "native"
     assert s.mas_release_url.endswith(f"/v{s.mas_version}/mas-cli-x86_64-linux.tar.gz")
     p = s.placement
-    assert (p.db, p.mas, p.synapse, p.proxy) == ("hs1", "hs1", "hs1", ("hs1",))
+    assert (p.db, p.mas, p.synapse, p.proxy) == ("hs1", ("hs1",), ("hs1",), ("hs1",))
+    assert (p.synapse_main, p.mas_primary, s.synapse_workers, s.has_workers) == ("hs1", "hs1", {"hs1": {}}, False)
     assert p.reach("hs1", "hs1") == "127.0.0.1"
     assert p.listen("hs1", ["hs1"]) == ["127.0.0.1"]
 

@@ -26,6 +26,14 @@ LAYOUTS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "split": [("lab-db", ("db",)), ("lab-mas", ("mas",)), ("lab-synapse", ("synapse",)), ("lab-proxy", ("proxy",))],
     # Two homeservers that federate: each host is a whole deployment of its own site (SITES).
     "pair": [("lab1", ROLES), ("peer1", ROLES)],
+    # Past one machine: two Synapse hosts (the main process and workers, workers only) and two MAS instances.
+    "scale": [("scale1", ROLES), ("scale2", ("mas", "synapse"))],
+}
+# What a layout's hosts get beside the lab's settings (matrix_deploy/lab/inventories.py). The workers are spread
+# so that the first host alone still serves clients: the event persister beside the main process.
+HOST_DATA: dict[str, dict] = {
+    "scale1": {"synapse_workers": {"generic": 1, "event_persister": 1}},
+    "scale2": {"synapse_workers": {"generic": 1, "federation_sender": 1}},
 }
 # The homeservers (server names) of the lab, each deployed by its own inventory; a layout's hosts belong to
 # the first, except the pair's second host. Their public names are the defaults: matrix.<site>, auth.<site>.

@@ -1,4 +1,4 @@
-"""Command line of the lab: `python -m matrix_deploy.lab up [--layout single|split|pair] [--debian 12|13]
+"""Command line of the lab: `python -m matrix_deploy.lab up [--layout single|split|pair|scale] [--debian 12|13]
 [--login sudo|root] | deploy | down | status | welcome`."""
 
 import argparse

@@ -8,7 +8,7 @@ product's normal local-file install path below.
 
 import json
 
-from . import LAB_DIR, SITES, acme, network, read_hosts
+from . import HOST_DATA, LAB_DIR, SITES, acme, network, read_hosts
 
 
 def groups(site: str, inventory: str) -> dict[str, list]:
@@ -46,8 +46,8 @@ def groups(site: str, inventory: str) -> dict[str, list]:
             "ip_range_whitelist": [f"{network.SUBNET}.0/24"],
             "trusted_key_servers": [],
         }
-    settings_file = LAB_DIR / "settings.json"  # per-run overrides the tests write
-    settings.update(json.loads(settings_file.read_text()) if settings_file.exists() else {})
+    settings_file = LAB_DIR / "settings.json"  # per-run overrides the tests write (for every host)
+    overrides = json.loads(settings_file.read_text()) if settings_file.exists() else {}
     ssh = {"ssh_known_hosts_file": "/dev/null", "ssh_strict_host_key_checking": "off"}
     # Hosts named by name, as in most inventories: other hosts reach each one by that name (internal_address
     # defaults to it), resolved on the hosts through their /etc/hosts; SSH goes to the address. The login is
@@ -63,6 +63,8 @@ def groups(site: str, inventory: str) -> dict[str, list]:
                     "ssh_key": h.ssh_key,
                     **ssh,
                     **settings,
+                    **HOST_DATA.get(h.name, {}),
+                    **overrides,
                 },
             )  # fmt: skip
             for h in hosts

@@ -12,7 +12,12 @@ What each resource answers (paths as in MAS 1.22.0's router, below the listener'
 - assets:    GET /assets/<file> from the resource's `path` (default ./share/assets/).
 - adminapi:  /api/admin/v1/users: GET by-username/{username}, POST (create), GET {id},
              POST {id}/set-password, POST {id}/set-admin; the rest of the admin API answers 501.
-- graphql, prometheus, connection-info: minimal answers.
+- prometheus: GET /metrics, as crates/cli/src/telemetry.rs: with `telemetry.metrics.exporter: prometheus`
+             200 (text/plain;version=1.0.0) with the `http.server.duration` histogram server.rs records for
+             every request, per listener name, method, route and status (as http_server_duration_count and
+             _sum; the stand-in's route templates are its own patterns, MAS's are axum's); without that
+             exporter 500 "Prometheus exporter was not enabled in config" (and a warning at start).
+- graphql, connection-info: minimal answers.
 Anything else is a 404 with a JSON body.
 
 The admin API is how a client listed in `policy.data.admin_clients` manages users, as in MAS:
@@ -205,6 +210,28 @@ class App:
         self.admin_clients = policy.admin_clients(config)
         # experimental.access_token_ttl, 5 minutes by default (crates/config/src/sections/experimental.rs)
         self.access_token_ttl = (config.get("experimental") or {}).get("access_token_ttl", 300)
+        # telemetry.rs init_meter: the Prometheus exporter only with metrics.exporter = prometheus (default none).
+        exporter = ((config.get("telemetry") or {}).get("metrics") or {}).get("exporter", "none")
+        self.durations = {} if exporter == "prometheus" else None  # labels -> [count, sum of milliseconds]
+        self.durations_lock = threading.Lock()
+
+    def record(self, labels: tuple, milliseconds: int) -> None:
+        """server.rs's DurationRecorderLayer("http.server.duration"): one request, with its labels."""
+        if self.durations is not None:
+            with self.durations_lock:
+                entry = self.durations.setdefault(labels, [0, 0])
+                entry[0] += 1
+                entry[1] += milliseconds
+
+    def prometheus_text(self) -> str:
+        lines = ["# TYPE http_server_duration histogram"]
+        with self.durations_lock:
+            for labels, (count, total) in sorted(self.durations.items()):
+                shown = ",".join(f'{key}="{value}"' for key, value in labels if value is not None)
+                lines.append(f'http_server_duration_bucket{{{shown},le="+Inf"}} {count}')
+                lines.append(f"http_server_duration_sum{{{shown}}} {total}")
+                lines.append(f"http_server_duration_count{{{shown}}} {count}")
+        return "\n".join(lines) + "\n"
 
     def discovery(self) -> dict:
         """crates/handlers/src/oauth2/discovery.rs: every URL under public_base, whatever address was asked."""
@@ -259,6 +286,7 @@ class Handler(BaseHTTPRequestHandler):
     app: App
     resources: dict
     prefix: str
+    listener_name: str | None = None
     ROUTES = [
         ("health", "GET", r"/health", "health"),
         ("prometheus", "GET", r"/metrics", "metrics"),
@@ -366,7 +394,7 @@ class Handler(BaseHTTPRequestHandler):
         self.dispatch()
 
     def dispatch(self) -> None:
-        started, self.status = time.monotonic(), 0
+        started, self.status, self.route = time.monotonic(), 0, "FALLBACK"
         path = urllib.parse.urlsplit(self.path).path
         logged_path = path
         try:
@@ -382,6 +410,7 @@ class Handler(BaseHTTPRequestHandler):
                 if route_method != method:
                     allowed.append(route_method)
                     continue
+                self.route = pattern.replace("[^/]+", "{param}").replace("\\", "")
                 return getattr(self, f"route_{name}")(match, self.resources[resource])
             if allowed:
                 raise Reply(405, {"errcode": "M_UNRECOGNIZED", "error": "Method not allowed"},
@@ -398,8 +427,12 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 self.close_connection = True
         finally:
-            took = f"{(time.monotonic() - started) * 1000:.1f}ms"
-            log.info("mas_http", f"{self.command} {logged_path} {self.status}", duration=took)
+            took = (time.monotonic() - started) * 1000
+            log.info("mas_http", f"{self.command} {logged_path} {self.status}", duration=f"{took:.1f}ms")
+            labels = (("http_request_method", self.command), ("http_response_status_code", self.status),
+                      ("http_route", self.route), ("mas_listener_name", self.listener_name),
+                      ("network_protocol_name", "http"), ("url_scheme", "http"))  # fmt: skip
+            self.app.record(labels, int(took))
 
     # ------------------------------------------------------------ health, discovery, keys
 
@@ -413,7 +446,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send(200, "ok", {"Content-Type": "text/plain; charset=utf-8"})
 
     def route_metrics(self, match, resource):
-        self.send(200, "# the MAS stand-in exports no metrics\n", {"Content-Type": "text/plain; version=0.0.4"})
+        if self.app.durations is None:
+            self.send(500, "Prometheus exporter was not enabled in config", {"Content-Type": "text/plain"})
+        else:
+            self.send(200, self.app.prometheus_text(), {"Content-Type": "text/plain;version=1.0.0"})
 
     def route_discovery(self, match, resource):
         self.send(200, self.app.discovery(), {"Access-Control-Allow-Origin": "*"})
@@ -1082,7 +1118,11 @@ def serve(config: dict, no_migrate: bool = False, no_sync: bool = False, no_work
     for listener in cfg.http(config).get("listeners") or []:
         resources = {r["name"]: r for r in listener["resources"]}
         prefix = (listener.get("prefix") or "").rstrip("/")
-        handler = type("ListenerHandler", (Handler,), {"app": app, "resources": resources, "prefix": prefix})
+        if "prometheus" in resources and app.durations is None:
+            log.warn(target, "A Prometheus resource was mounted on a listener, but the Prometheus exporter was not "
+                             "setup in the config")  # fmt: skip
+        handler = type("ListenerHandler", (Handler,), {"app": app, "resources": resources, "prefix": prefix,
+                                                       "listener_name": listener.get("name")})  # fmt: skip
         for bind in listener["binds"]:
             server = _bind(bind, handler)
             servers.append(server)
