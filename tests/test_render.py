@@ -220,19 +220,26 @@ def _with_workers(tmp_path, counts=ALL_KINDS) -> Deployment:
     return Deployment(Path("test.py"), settings, secrets_store.load(store, wanted_secrets(settings)), store)
 
 
-def test_worker_configs_are_accepted_by_synapses_checker(synapse_python, tmp_path):
-    d = _with_workers(tmp_path)
+def _check_workers(python: Path, d: Deployment, tmp_path: Path, here: str = "hs1") -> None:
+    """Synapse's checker on the homeserver.yaml of Synapse host `here` and each of its workers' configs."""
     checks = tmp_path / "check"
     checks.mkdir()
-    assert _synapse_check(synapse_python, d, checks).returncode == 0
+    assert _synapse_check(python, d, checks, here=here).returncode == 0
     (checks / "etc/workers").mkdir()
     for w in synapse_workers.workers(d.settings):
+        if w.host != here:
+            continue
         path = checks / f"etc/workers/{w.name}.yaml"
         text = yaml.safe_dump(synapse_workers.worker_config(w, ["127.0.0.1"], f"{SYNAPSE_ETC}/log.yaml"))
         path.write_text(text.replace(SYNAPSE_ETC, str(checks / "etc")))
-        result = subprocess.run([synapse_python, "-m", "synapse.config", "-c", checks / "etc/homeserver.yaml", "-c", path],
+        result = subprocess.run([python, "-m", "synapse.config", "-c", checks / "etc/homeserver.yaml", "-c", path],
                                 capture_output=True, text=True)  # fmt: skip
         assert result.returncode == 0, (w.name, result.stderr)
+
+
+def test_worker_configs_are_accepted_by_synapses_checker(synapse_python, tmp_path):
+    d = _with_workers(tmp_path)
+    _check_workers(synapse_python, d, tmp_path)
     shared = synapse.config(d)
     assert shared["stream_writers"] == {"events": ["event_persister-1"]}
     assert set(shared["instance_map"]) == {"main", *(w.name for w in synapse_workers.workers(d.settings))}
@@ -289,21 +296,7 @@ def _scale(tmp_path) -> Deployment:
 
 
 def test_a_host_of_workers_only_renders_configs_synapses_checker_accepts(synapse_python, tmp_path):
-    d = _scale(tmp_path)
-    checks = tmp_path / "check"
-    checks.mkdir()
-    assert _synapse_check(synapse_python, d, checks, here="s2").returncode == 0
-    (checks / "etc/workers").mkdir()
-    for w in synapse_workers.workers(d.settings):
-        if w.host == "s2":
-            path = checks / f"etc/workers/{w.name}.yaml"
-            text = yaml.safe_dump(
-                synapse_workers.worker_config(w, ["127.0.0.1", "10.0.0.2"], f"{SYNAPSE_ETC}/log.yaml")
-            )
-            path.write_text(text.replace(SYNAPSE_ETC, str(checks / "etc")))
-            result = subprocess.run([synapse_python, "-m", "synapse.config", "-c", checks / "etc/homeserver.yaml",
-                                     "-c", path], capture_output=True, text=True)  # fmt: skip
-            assert result.returncode == 0, (w.name, result.stderr)
+    _check_workers(synapse_python, _scale(tmp_path), tmp_path, here="s2")
 
 
 def test_each_host_reaches_the_others_by_their_internal_addresses(tmp_path):
