@@ -28,7 +28,7 @@ from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyi
 pytestmark = pytest.mark.lab
 
 # What each role's host may listen on beyond loopback (its internal address), besides sshd on 22.
-INTERNAL_PORTS = {"db": {5432}, "mas": {8080}, "synapse": {8008, 9100}, "proxy": {80, 443}}  # 9100: metrics
+INTERNAL_PORTS = {"db": {5432}, "mas": {8080, 9300}, "synapse": {8008, 9100}, "proxy": {80, 443}}  # 9100, 9300: metrics
 
 
 @pytest.fixture(scope="module")
