@@ -31,7 +31,7 @@ if release is None:
     )
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
-base.prepare(roles, settings.tls, bool(settings.synapse_workers))
+base.prepare(roles, settings.tls, bool(settings.synapse_workers), settings.synapse_version)
 done("Host base")
 if "db" in roles:
     postgres.install(deployment, release)
