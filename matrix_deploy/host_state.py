@@ -4,8 +4,9 @@ pyinfra asks the host one question per fact (a stat, a sha1, the user list, dpkg
 round trips for a run that changes nothing. The snapshot answers them all at once, when deploy.py
 starts, and the wrappers below only add an operation when the host is not already as wanted.
 Skipping is safe because a path found as wanted stays so for the rest of the run (only this run's own
-operation for that path would change it); whatever is not as wanted goes through pyinfra's operation,
-which looks again when it runs.
+operation for that path would change it). What is not as wanted gets an operation that changes it in one
+command (files and directories: without asking the host again what the snapshot already told), or
+pyinfra's own operation, which looks again when it runs (links, removals).
 
 The same command first takes the host's run lock (one run at a time, held as long as this run's SSH
 connection lives) and waits for any remote command a dead run left running (each holds the work

@@ -128,14 +128,11 @@ def host():
 
 @pytest.fixture(scope="module")
 def fresh_install(host):
-    """A fresh install killed while apt runs on the host and Synapse's pip install writes into its virtualenv
-    beside it (started in the background once python3-venv was in), then re-run at once: it must converge."""
+    """A fresh install killed while apt runs on the host and Synapse's pip install runs beside it in its virtualenv
+    (started in the background once python3-venv was in), then re-run at once: it must converge, and must not
+    clobber the virtualenv the dead run's pip goes on installing into."""
     use(host, OLD)
-    # Once pip writes into the virtualenv (more than the venv's own pip and setuptools installed): the moment
-    # a re-run's `rm -rf` of that directory would race with it.
-    writing = f"[ $(ls -d /opt/synapse/{OLD['synapse_version']}/lib/python3*/site-packages/*.dist-info | wc -l) -ge 5 ]"
-    killed = Killed(host, "Host base | Packages for this host's roles", APT, PIP,
-                    also=lambda: wait_on_host(host, writing, "pip installing"))  # fmt: skip
+    killed = Killed(host, "Host base | Packages for this host's roles", APT, PIP)
     killed_at = int(sh(host, "date +%s"))
     digest = store_digest()
     result = pyinfra()
