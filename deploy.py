@@ -32,7 +32,7 @@ if release is None:
     )
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
-base.prepare(roles, settings.tls, redis)
+base.prepare(roles, settings.tls, redis, settings.synapse_version)
 done("Host base")
 if "db" in roles:
     postgres.install(deployment, release)

@@ -5,6 +5,7 @@ by side in the same run (these machines are noisy); cheap runs are repeated and 
 """
 
 import json
+import os
 import platform
 import resource
 import statistics
@@ -66,16 +67,37 @@ def floor(host: lab.LabHost, release: dict, synapse_version: str) -> float:
     return time.monotonic() - started
 
 
-def main() -> None:
+def load() -> str:
+    """The machine's load (1, 5 and 15 minutes) and core count: ratios drift when other work shares the cores."""
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()) + f" on {os.cpu_count()} cores"
+
+
+def fresh_install() -> tuple[float, float, lab.LabHost]:
+    """The fresh install and its floor, one after the other on two fresh lab hosts: (deploy, floor, deploy's host)."""
     LAB_SETTINGS.unlink(missing_ok=True)
     lab.down()
-    hosts = lab.up(spec=[("bench1", lab.ROLES), ("bench2", ())])
-    deploy_host, floor_host = hosts
+    deploy_host, floor_host = lab.up(spec=[("bench1", lab.ROLES), ("bench2", ())])
+    print(f"bench: floor starts ({load()})", flush=True)
+    release = prepare_release(OLD["mas_version"])
+    floor_time = floor(floor_host, release, OLD["synapse_version"])
+    LAB_SETTINGS.write_text(json.dumps(OLD))
+    print(f"bench: fresh install starts ({load()})", flush=True)
+    fresh_time, _ = run()
+    print(f"bench: fresh install {fresh_time:.0f} s / floor {floor_time:.0f} s = {fresh_time / floor_time:.2f}x ({load()})",
+          flush=True)  # fmt: skip
+    return fresh_time, floor_time, deploy_host
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--fresh"]:  # the fresh install against its floor alone
+        try:
+            fresh_install()
+        finally:
+            LAB_SETTINGS.unlink(missing_ok=True)
+            lab.down(log=lambda *_: None)
+        return
     try:
-        release = prepare_release(OLD["mas_version"])
-        floor_time = floor(floor_host, release, OLD["synapse_version"])
-        LAB_SETTINGS.write_text(json.dumps(OLD))
-        fresh_time, _ = run()
+        fresh_time, floor_time, deploy_host = fresh_install()
 
         noop_times, noop = [], None
         for _ in range(REPEAT):
@@ -135,7 +157,7 @@ def main() -> None:
         *scale_rows,
     ]  # fmt: skip
     print(
-        f"\nmatrix-deploy bench, {date.today()}, {platform.node()} ({platform.machine()}, {__import__('os').cpu_count()} cores)\n"
+        f"\nmatrix-deploy bench, {date.today()}, {platform.node()} ({platform.machine()}, {os.cpu_count()} cores; {load()} at the end)\n"
     )
     print("| measure | result | target | met |\n|---|---|---|---|")
     for name, value, target, met in rows:

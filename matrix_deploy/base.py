@@ -17,6 +17,7 @@ APT_PROCESSES = "-xE 'apt|apt-get|dpkg|http|https' /proc/[0-9]*/comm"
 POLICY_RC = "/usr/sbin/policy-rc.d"
 POLICY_RC_MARK = "# matrix-deploy: PostgreSQL starts once its configuration is in place"
 POLICY_RC_SCRIPT = f'#!/bin/sh\n{POLICY_RC_MARK}\ncase "$1" in postgresql*) exit 101;; esac\nexit 0\n'
+VENV_PACKAGES = ["python3-venv"]  # what Synapse's virtualenv needs before it can start building
 APT_UPDATED = "/var/lib/apt/periodic/update-success-stamp"  # where pyinfra's apt.update(cache_time) looks too
 OURS_LEFT = f"grep -qxF {shlex.quote(POLICY_RC_MARK)} {POLICY_RC} 2>/dev/null"
 # Prints something when apt or dpkg still runs (a killed deploy's, the host's own upgrades), dpkg left work
@@ -82,13 +83,22 @@ apt-get install {options} {" ".join(wanted)} >/dev/null
 
 
 @deploy("Host base")
-def prepare(roles: set[str], tls: str, redis_here: bool):
+def prepare(roles: set[str], tls: str, redis_here: bool, synapse_version: str | None = None):
+    """`synapse_version`: on a Synapse host, the version whose virtualenv starts building here, in the background
+    (after python3-venv, before the other packages), while the later stages run; the Synapse stage waits for it."""
     state = host_state.current()
     if state.apt_busy:
         remote.shell(name="Wait for an earlier apt run and finish what dpkg left undone", commands=[APT_RECOVER])
     host_state.directory("matrix-deploy state directory", STATE, "root", "root", "700")
     wanted = packages(roles, tls, redis_here)
-    if state.apt_busy or not state.packages_installed(wanted):
+    missing = state.apt_busy or not state.packages_installed(wanted)
+    if "synapse" in roles and synapse_version:
+        if missing and not state.packages_installed(VENV_PACKAGES):
+            remote.shell(
+                name="Python's venv, for Synapse's virtualenv", commands=[install_script(VENV_PACKAGES, False)]
+            )
+        synapse.build_virtualenv(synapse_version)
+    if missing:
         # Held back only where the package is new: an installed cluster restarted by an upgrade must come back.
         hold = "postgresql" in wanted and not state.packages_installed(["postgresql"])
         remote.shell(name="Packages for this host's roles", commands=[install_script(wanted, hold)])

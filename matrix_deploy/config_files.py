@@ -1,29 +1,11 @@
 """Config files that only go live once their service's own checker accepts them."""
 
-import difflib
 import shlex
 
-from pyinfra import host, logger, state
-from pyinfra.facts.files import FileContents
+from pyinfra import state
 
 from . import host_state, remote
-
-
-def show_diff(path: str, content: str, secrets=()) -> None:
-    """With --diff: the change to the live `path` as a unified diff, any secret value masked.
-
-    The candidate is staged under another name, so pyinfra's own diff (of the candidate) would not
-    show what goes live. Rendered configs name secrets by file; the masking is a second line of defence.
-    """
-    live = host.get_fact(FileContents, path=path) or []
-    diff = difflib.unified_diff([line + "\n" for line in live], content.splitlines(keepends=True),
-                                fromfile=f"{path} (live)", tofile=f"{path} (new)")  # fmt: skip
-    masked = sorted((v for v in secrets if len(v) >= 8), key=len, reverse=True)
-    host.log(f"Will modify {path}", logger.info)
-    for line in diff:
-        for value in masked:
-            line = line.replace(value, "<secret>")
-        logger.info("  %s", line.rstrip("\n"))
+from .host_state import show_diff
 
 
 def install_checked(

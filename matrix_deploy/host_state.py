@@ -4,24 +4,27 @@ pyinfra asks the host one question per fact (a stat, a sha1, the user list, dpkg
 round trips for a run that changes nothing. The snapshot answers them all at once, when deploy.py
 starts, and the wrappers below only add an operation when the host is not already as wanted.
 Skipping is safe because a path found as wanted stays so for the rest of the run (only this run's own
-operation for that path would change it); whatever is not as wanted goes through pyinfra's operation,
-which looks again when it runs.
+operation for that path would change it). What is not as wanted gets an operation that changes it in one
+command (files and directories: without asking the host again what the snapshot already told), or
+pyinfra's own operation, which looks again when it runs (links, removals).
 
 The same command first takes the host's run lock (one run at a time, held as long as this run's SSH
 connection lives) and waits for any remote command a dead run left running (each holds the work
 lock), so what it reads is not changing under it.
 """
 
+import difflib
 import hashlib
 import os
 import shlex
 import socket
 from dataclasses import dataclass, field
-from io import StringIO
 
-from pyinfra import host
-from pyinfra.api import FactBase
+from pyinfra import host, logger
+from pyinfra import state as pyinfra_state
+from pyinfra.api import FactBase, StringCommand, operation
 from pyinfra.api.exceptions import DeployError
+from pyinfra.facts.files import FileContents
 from pyinfra.operations import files
 
 from .paths import RUN_LOCK, STATE, UPLOAD_DIR, WORK_LOCK
@@ -55,7 +58,7 @@ class HostState:
     os: tuple[str, str] = ("", "")  # ID and VERSION_ID from /etc/os-release
     resolved: dict[str, list[str]] = field(default_factory=dict)  # name -> addresses, as the host resolves it
     addresses: list[str] = field(default_factory=list)  # the host's own non-loopback addresses
-    upload_dir: str | None = None  # a directory only the sudo user can read (None when logged in as root)
+    upload_dir: str = ""  # a directory only the login user can read (the sudo user's, or root's)
     lock: tuple[str, str] | None = None  # (busy|leftover, details) when the run could not start
 
     def entry(self, path: str) -> Entry | None:
@@ -186,14 +189,16 @@ class Snapshot(FactBase):
             n = shlex.quote(name)
             lines.append(f"getent ahosts {n} | awk '{{print $1}}' | sort -u | sed 's/^/N\\t'{n}'\\t/'")
         lines.append("for a in $(hostname -I 2>/dev/null); do printf 'A\\t%s\\n' \"$a\"; done")
-        # With sudo: a directory only the login user can read, for pyinfra to stage secret uploads in
-        # (it would use /tmp, readable by every local user); emptied of what a killed run left.
-        up = shlex.quote(UPLOAD_DIR)
+        # A directory only the login user can read, for uploads (with sudo, pyinfra would stage them in /tmp,
+        # readable by every local user): the sudo user's, or root's in the state directory; emptied of what a
+        # killed run left.
+        up, own = shlex.quote(UPLOAD_DIR), shlex.quote(f"{STATE}/uploads")
         lines.append(
             'if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then'
-            ' home=$(getent passwd "$SUDO_USER" | cut -d: -f6);'
-            f' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$home/"{up}'
-            f' && find "$home/"{up} -mindepth 1 -delete && printf \'T\\t%s\\n\' "$home/"{up}; fi'
+            ' home=$(getent passwd "$SUDO_USER" | cut -d: -f6); uploads="$home/"' + up + ";"
+            ' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$uploads";'
+            f' else uploads={own}; install -d -m 700 "$uploads"; fi'
+            ' && find "$uploads" -mindepth 1 -delete && printf \'T\\t%s\\n\' "$uploads"'
         )
         return "\n".join(lines) + "\ntrue"
 
@@ -309,18 +314,49 @@ def current() -> HostState:
 # Operations added only when the host is not already as wanted (see the module docstring).
 
 
+@operation()
+def _directory(path: str, user=None, group=None, mode=None):
+    """A directory with its owner and mode, in one command (files.directory asks the host about it first)."""
+    p = shlex.quote(path)
+    command = f"mkdir -p {p}"
+    if user or group:
+        command += f" && chown {shlex.quote(user + ':' + group if user and group else user or ':' + group)} {p}"
+    if mode:
+        command += f" && chmod {mode} {p}"
+    yield StringCommand(command)
+
+
 def directory(name, path, user=None, group=None, mode=None):
     if not current().is_dir(path, user, group, mode):
-        return files.directory(name=name, path=path, user=user, group=group, mode=mode)
+        return _directory(name=name, path=path, user=user, group=group, mode=mode)
 
 
 def put(name, dest, content: str, user=None, group=None, mode=None, diff=True):
-    """A non-secret file with `content` (pyinfra shows its diff with --diff, unless `diff` is False)."""
+    """A non-secret file with `content`; with --diff its change is shown, unless `diff` is False (a candidate
+    whose change install_checked shows against the live file)."""
     if not current().is_file(dest, content, user, group, mode):
-        if not diff:  # uploaded without a diff: a candidate whose change install_checked shows against the live file
-            return secret_file(name=name, path=dest, content=content, user=user, group=group, mode=mode,
-                               upload_dir=current().upload_dir)  # fmt: skip
-        return files.put(name=name, src=StringIO(content), dest=dest, user=user, group=group, mode=mode)
+        if diff and pyinfra_state.config.DIFF:
+            show_diff(dest, content)
+        return secret_file(name=name, path=dest, content=content, user=user, group=group, mode=mode,
+                           upload_dir=current().upload_dir)  # fmt: skip
+
+
+def show_diff(path: str, content: str, secrets=()) -> None:
+    """With --diff: the change to the live `path` as a unified diff, any secret value masked.
+
+    Uploads here never show pyinfra's diff, and a candidate is staged under another name, so pyinfra's own
+    diff (of the candidate) would not show what goes live. Rendered configs name secrets by file; the masking
+    is a second line of defence.
+    """
+    live = host.get_fact(FileContents, path=path) or []
+    diff = difflib.unified_diff([line + "\n" for line in live], content.splitlines(keepends=True),
+                                fromfile=f"{path} (live)", tofile=f"{path} (new)")  # fmt: skip
+    masked = sorted((v for v in secrets if len(v) >= 8), key=len, reverse=True)
+    host.log(f"Will modify {path}", logger.info)
+    for line in diff:
+        for value in masked:
+            line = line.replace(value, "<secret>")
+        logger.info("  %s", line.rstrip("\n"))
 
 
 def secret(name, path, content: str, user, group, mode="400"):

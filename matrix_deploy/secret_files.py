@@ -1,43 +1,36 @@
-"""Secret files on hosts: uploaded over SFTP, never diffed, never on a command line, never readable by others.
+"""Files uploaded to hosts (secret or not): over SFTP, never diffed here, never on a command line, never readable
+by others on the way.
 
-The upload lands beside its target (`<path>.upload`, in the same directory, which must be closed to
-other users: every secrets directory is) and only then gets its owner and mode and is renamed into
-place. Logged in as a sudo user, pyinfra first stages the upload in a temporary file: host_state
-gives it a directory only that user can read (pyinfra's default, /tmp, is readable by everyone).
+The upload goes, as the login user, into a directory only that user can read (host_state's upload_dir: the sudo
+user's, or root's under /var/lib/matrix-deploy), then one command copies it beside its target (`<path>.upload`,
+in the same directory, which must be closed to other users: every secrets directory is), gives it its owner and
+mode and renames it into place. Two round trips per file: pyinfra's own files.put asks the host about the file
+first and, through sudo, stages the upload in /tmp (readable by every local user).
 """
 
 import hashlib
+import posixpath
+import shlex
 from io import BytesIO
 
-from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
-from pyinfra.api.command import QuoteString
-from pyinfra.facts.files import File, Sha1File
-from pyinfra.operations.util import files as file_utils
 
 
 @operation()
-def secret_file(path: str, content: str, user: str, group: str, mode: str = "400", upload_dir: str | None = None):
+def secret_file(path: str, content: str, user: str | None, group: str | None, mode: str | None = "400",
+                upload_dir: str = ""):  # fmt: skip
     """
-    Make `path` hold `content`, owned by `user`:`group` with `mode`.
+    Make `path` hold `content`, owned by `user`:`group` with `mode` (None: root's, 0644).
 
-    Unlike files.put, this never prints a diff (not even with --diff) and names no content in
-    its output. `upload_dir`: where a sudo upload is staged (a directory only the login user reads).
+    Added only where host_state found `path` not as wanted, so it uploads without asking the host again.
+    Unlike files.put, this never prints a diff (not even with --diff) and names no content in its output.
     """
-    data = content.encode()
-    remote = host.get_fact(File, path=path)
-    if not remote or host.get_fact(Sha1File, path=path) != hashlib.sha1(data).hexdigest():
-        staged = f"{path}.upload"
-        temp = f"{upload_dir}/{hashlib.sha1(path.encode()).hexdigest()}" if upload_dir else None
-        yield FileUploadCommand(BytesIO(data), staged, remote_temp_filename=temp)
-        # One command (one round trip): owner and mode first, then renamed into place.
-        yield StringCommand("chown", f"{user}:{group}", QuoteString(staged), "&&", "chmod", mode, QuoteString(staged),
-                            "&&", "mv", "-f", QuoteString(staged), QuoteString(path))  # fmt: skip
-        return
-    owner_ok = remote["user"] == user and remote["group"] == group
-    if not owner_ok:
-        yield file_utils.chown(path, user, group)
-    if remote["mode"] != int(mode):
-        yield file_utils.chmod(path, mode)
-    elif owner_ok:
-        host.noop(f"secret file {path} is up to date")
+    temp = f"{upload_dir}/{hashlib.sha1(path.encode()).hexdigest()}"
+    staged = f"{path}.upload"
+    # As the login user: the directory is that user's (sudo would stage it in /tmp first).
+    yield FileUploadCommand(BytesIO(content.encode()), temp, _sudo=False)
+    p, t, s = shlex.quote(path), shlex.quote(temp), shlex.quote(staged)
+    command = f"mkdir -p {shlex.quote(posixpath.dirname(path))} && (umask 077 && cp {t} {s}) && rm -f {t}"
+    if user or group:
+        command += f" && chown {shlex.quote(user + ':' + group if user and group else user or ':' + group)} {s}"
+    yield StringCommand(f"{command} && chmod {mode or '644'} {s} && mv -f {s} {p}")

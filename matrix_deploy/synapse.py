@@ -11,6 +11,7 @@ from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
 from .paths import (
+    STATE,
     SYNAPSE_CONFIG,
     SYNAPSE_CURRENT,
     SYNAPSE_DATA,
@@ -164,28 +165,56 @@ def render_config(d: Deployment, here: str | None = None, own_addresses=None) ->
     return dump(config(d, here, own_addresses))
 
 
-def _virtualenv(version: str):
-    """Install Synapse into /opt/synapse/<version> from its lock, once; a half-done or outdated install is redone.
+# Synapse's virtualenv builds in the background (build_virtualenv): its lock and its output.
+VIRTUALENV_LOCK = f"{STATE}/synapse-virtualenv.lock"
+VIRTUALENV_LOG = f"{STATE}/synapse-virtualenv.log"
+
+
+def _virtualenv_files(version: str) -> tuple[str, str, str, str]:
+    """(virtualenv, lock file on the host, the lock's text, a shell test that the virtualenv is built from it)."""
+    venv, lock_text = f"{SYNAPSE_HOME}/{version}", locks.path(version).read_text()
+    # .complete holds the lock's digest: a regenerated lock rebuilds the virtualenv.
+    complete = f'[ "$(cat {venv}/.complete 2>/dev/null)" = {host_state.sha1(lock_text)} ]'
+    return venv, f"{SYNAPSE_HOME}/{version}.lock", lock_text, complete
+
+
+def _virtualenv_due(version: str) -> bool:
+    venv, lock_file, lock_text, _ = _virtualenv_files(version)
+    state = host_state.current()
+    return not (
+        state.is_file(lock_file, lock_text, "root", "root", "644")
+        and state.is_file(f"{venv}/.complete", host_state.sha1(lock_text) + "\n")
+    )
+
+
+def build_virtualenv(version: str):
+    """Start installing Synapse into /opt/synapse/<version> from its lock, in the background, once python3-venv is
+    there (base.prepare): it builds while the other packages install and the PostgreSQL and MAS stages run, and
+    _virtualenv waits for it. A half-done or outdated install is redone; a dead run's build is waited for first.
 
     Beside the running version: the current link moves to it only at the restart (restarts.restart's switch).
     """
-    venv = f"{SYNAPSE_HOME}/{version}"
-    lock_text = locks.path(version).read_text()
-    lock_file = f"{SYNAPSE_HOME}/{version}.lock"
-    # .complete holds the lock's digest: a regenerated lock rebuilds the virtualenv.
-    complete = host_state.sha1(lock_text) + "\n"
-    lock = host_state.put(f"Synapse {version} lock", lock_file, lock_text, "root", "root", "644")
-    if lock is not None or not host_state.current().is_file(f"{venv}/.complete", complete):
-        return remote.shell(
-            name=f"Install Synapse {version} into {venv}",
-            commands=[
-                f"rm -rf {venv} && python3 -m venv {venv}"
-                f" && {venv}/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes"
-                f" --only-binary :all: -r {lock_file}"
-                f" && printf %s {shlex.quote(complete)} > {venv}/.complete"
-            ],
-        )
-    return None
+    if not _virtualenv_due(version):
+        return None
+    venv, lock_file, lock_text, complete = _virtualenv_files(version)
+    host_state.put(f"Synapse {version} lock", lock_file, lock_text, "root", "root", "644")
+    build = (
+        f"rm -rf {venv} && python3 -m venv {venv}"
+        f" && {venv}/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes"
+        f" --only-binary :all: -r {lock_file}"
+        f" && printf '%s\\n' {host_state.sha1(lock_text)} > {venv}/.complete"
+    )
+    return remote.start(f"Start installing Synapse {version} into {venv} (in the background)", build,
+                        VIRTUALENV_LOCK, VIRTUALENV_LOG, complete)  # fmt: skip
+
+
+def _virtualenv(version: str):
+    """Wait for the build build_virtualenv started in the Host base stage; fails with pip's output if it failed."""
+    if not _virtualenv_due(version):
+        return None
+    venv, _, _, complete = _virtualenv_files(version)
+    return remote.wait(f"Synapse {version} installed into {venv}", VIRTUALENV_LOCK, VIRTUALENV_LOG, complete,
+                       f"Installing Synapse {version} into {venv} (started in the Host base stage)")  # fmt: skip
 
 
 @deploy("Synapse")

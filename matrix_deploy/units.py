@@ -1,6 +1,8 @@
 """The system user a service runs as, and its hardened systemd unit."""
 
-from pyinfra.operations import server
+import shlex
+
+from pyinfra.api import StringCommand, operation
 
 from . import host_state
 from .render import render
@@ -8,15 +10,20 @@ from .render import render
 NOLOGIN = "/usr/sbin/nologin"
 
 
+@operation()
+def _system_user(user: str, home: str):
+    q, h = shlex.quote(user), shlex.quote(home)
+    # One command for both (server.group and server.user ask the host about groups and users first).
+    yield StringCommand(
+        f"{{ getent group {q} >/dev/null || groupadd --system {q}; }} && if getent passwd {q} >/dev/null;"
+        f" then usermod -g {q} -d {h} -s {NOLOGIN} {q}; else useradd --system -g {q} -d {h} -M -s {NOLOGIN} {q}; fi"
+    )
+
+
 def system_user(label: str, user: str, home: str) -> None:
     """A system user and its group of the same name: no login, home not created here."""
-    if host_state.current().has_user(user, user, home, NOLOGIN):
-        return
-    server.group(name=f"{label} group", group=user, system=True)
-    server.user(
-        name=f"{label} system user", user=user, group=user, system=True, home=home,
-        create_home=False, ensure_home=False, shell=NOLOGIN,
-    )  # fmt: skip
+    if not host_state.current().has_user(user, user, home, NOLOGIN):
+        _system_user(name=f"{label} system user and group", user=user, home=home)
 
 
 def unit(label: str, unit_name: str, template: str, **variables):

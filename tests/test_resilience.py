@@ -1,8 +1,8 @@
 """What operators do to a deployment: kill the run halfway, upgrade versions, push a config Synapse rejects.
 
 One fresh Debian 12 lab host for the whole module, deployed through the sudo user, in order: a fresh
-install killed (SIGKILL, as when the operator's SSH connection dies) while a remote command of it runs
-on the host (apt, then Synapse's pip install), each time re-run at once; a user and a room; an
+install killed (SIGKILL, as when the operator's SSH connection dies) while apt runs on the host and
+Synapse's pip install runs beside it (in the background), re-run at once; a user and a room; an
 uninterrupted upgrade of Synapse and MAS; an upgrade killed while its pg_dump runs, re-run at once;
 a rejected config. Each kill is asserted to have landed where it was aimed: which operation was
 running, and that its remote command was still running on the host at the moment of the kill.
@@ -23,6 +23,7 @@ import pytest
 from matrix_deploy import lab
 from matrix_deploy.inventory import build
 from matrix_deploy.paths import WORK_LOCK
+from matrix_deploy.synapse import VIRTUALENV_LOG
 from tests.lab_release import prepare as prepare_release
 from tests.lab_support import (
     LAB_SETTINGS,
@@ -71,9 +72,9 @@ def shlex_quote(text: str) -> str:
 
 class Killed:
     """A deploy SIGKILLed (as when the operator's connection drops) once `operation` started and `remote`
-    (a pgrep -f pattern) runs on the host; asserts both, and that `remote` still runs after the kill."""
+    (pgrep -f patterns) run on the host; asserts both, and that each of `remote` still runs after the kill."""
 
-    def __init__(self, host, operation: str, remote: str, also=None):
+    def __init__(self, host, operation: str, *remote: str, also=None):
         self.proc = subprocess.Popen(
             [str(ROOT / ".venv/bin/pyinfra"), "-y", "inventories/lab.py", "deploy.py"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
@@ -86,7 +87,8 @@ class Killed:
         else:
             self.proc.wait()
             raise AssertionError(f"{operation!r} never started:\n" + "".join(seen[-30:]))
-        wait_on_host(host, f"pgrep -f {shlex_quote(remote)}", remote)
+        for pattern in remote:
+            wait_on_host(host, f"pgrep -f {shlex_quote(pattern)}", pattern)
         if also:
             also()
         started = [line for line in seen if "Starting operation:" in line]
@@ -97,8 +99,8 @@ class Killed:
         self.output = "".join(seen)
         self.last_operation = started[-1].split("Starting operation:", 1)[1].strip()
         assert operation in self.last_operation, f"the kill landed in {self.last_operation!r}, not in {operation!r}"
-        self.still_running = running_on_host(host, remote)
-        assert self.still_running, f"{remote!r} was no longer running on the host when the run died"
+        self.still_running = all(running_on_host(host, pattern) for pattern in remote)
+        assert self.still_running, f"{remote!r} were no longer all running on the host when the run died"
 
 
 def store_digest() -> str:
@@ -126,17 +128,34 @@ def host():
 
 @pytest.fixture(scope="module")
 def fresh_install(host):
-    """A fresh install killed while apt runs on the host, re-run at once and killed again while Synapse's pip
-    install runs on the host, then re-run at once: it must converge."""
+    """A fresh install killed while apt runs on the host and Synapse's pip install runs beside it in its virtualenv
+    (started in the background once python3-venv was in), then re-run at once: it must converge, and must not
+    clobber the virtualenv the dead run's pip goes on installing into. The dead run's pip is held (SIGSTOP) until
+    the re-run waits for it, so the re-run meets it still running whatever the two installs' speeds."""
     use(host, OLD)
-    apt = Killed(host, "Host base | Packages for this host's roles", APT)
+    pip = f"pgrep -f {shlex_quote(PIP)}"
+    killed = Killed(host, "Host base | Packages for this host's roles", APT, PIP,
+                    also=lambda: sh(host, f"kill -STOP $({pip})"))  # fmt: skip
+    killed_at = int(sh(host, "date +%s"))
     digest = store_digest()
-    # Once pip writes into the virtualenv (more than the venv's own pip and setuptools installed): the moment
-    # a re-run's `rm -rf` of that directory races with it.
-    writing = f"[ $(ls -d /opt/synapse/{OLD['synapse_version']}/lib/python3*/site-packages/*.dist-info | wc -l) -ge 5 ]"
-    pip = Killed(host, "Synapse | Install Synapse", PIP, also=lambda: wait_on_host(host, writing, "pip installing"))
-    result = pyinfra()
-    return digest, apt, pip, result
+    rerun = subprocess.Popen(
+        [str(ROOT / ".venv/bin/pyinfra"), "-y", "inventories/lab.py", "deploy.py"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(rerun.stdout), daemon=True)
+    reader.start()
+    try:
+        # The re-run's start of the build waits on the virtualenv's lock, which the held pip's job holds.
+        while rerun.poll() is None and ssh(host, "pgrep -f '^flock -w [0-9]+ 8$'").returncode != 0:
+            time.sleep(0.2)
+        waited = rerun.poll() is None
+    finally:
+        sh(host, f"kill -CONT $({pip}) || true")
+    rerun.wait(timeout=900)
+    reader.join()
+    result = subprocess.CompletedProcess(rerun.args, rerun.returncode, "".join(lines))
+    return digest, killed, killed_at, waited, result
 
 
 def login(host):
@@ -149,11 +168,17 @@ def login(host):
 
 
 def test_fresh_install_killed_during_remote_commands_and_rerun_at_once_converges(host, fresh_install):
-    digest, apt, pip, result = fresh_install
-    assert apt.still_running and pip.still_running
+    digest, killed, killed_at, waited, result = fresh_install
+    assert killed.still_running
+    assert waited, "the re-run never waited for the dead run's pip"
     assert converged(result), result.stdout[-3000:]
     assert store_digest() == digest, "no secret was regenerated"
     assert version_of(host) == OLD["synapse_version"]
+    # The re-run waited for the dead run's pip, which finished the virtualenv, instead of building it anew.
+    log = sh(host, f"cat {VIRTUALENV_LOG}")
+    assert log.count("started at") == 1 and "exit status 0" in log, log
+    started = int(sh(host, f"date -d {log.split()[2]} +%s"))
+    assert started <= killed_at, f"the virtualenv was built again after the kill: {log}"
     again = pyinfra()
     assert converged(again)
     assert changed_operations(again.stdout) == []
@@ -162,7 +187,7 @@ def test_fresh_install_killed_during_remote_commands_and_rerun_at_once_converges
 
 @pytest.fixture(scope="module")
 def room(host, fresh_install):
-    assert converged(fresh_install[3]), "the fresh install did not converge (test_fresh_install_killed_... says why)"
+    assert converged(fresh_install[-1]), "the fresh install did not converge (test_fresh_install_killed_... says why)"
     token = login(host)
     status, created = fetch(host, "POST", "/_matrix/client/v3/createRoom", {"name": "before the upgrade"}, token=token)
     assert status == 200, created
