@@ -1,10 +1,10 @@
 """A PostgreSQL dump before anything that may migrate a database (a new MAS release or Synapse version).
 
-The dump is due as soon as the new release is in place and is recorded like a restart, so a run
-that dies before dumping still dumps before the service starts on the new release.
+The dump is due as soon as the new release is in place and is recorded as pending work (pending.py), like a
+restart, so a run that dies before dumping still dumps before the service starts on the new release.
 """
 
-from . import remote, restarts
+from . import pending, remote
 from .inventory import Deployment
 
 
@@ -20,9 +20,9 @@ def dump_before_migration(
     directory = s.backup_dir
     due = "needs a database dump"
     marked = (
-        restarts.mark_now(f"{service}-backup", due) if switching else restarts.mark(f"{service}-backup", changes, due)
+        pending.mark_now(f"{service}-backup", due) if switching else pending.mark(f"{service}-backup", changes, due)
     )
-    condition = restarts.due(f"{service}-backup", marked)
+    condition = pending.due(f"{service}-backup", marked)
     if condition is None:
         return None
     return remote.shell(
@@ -36,7 +36,7 @@ target={directory}/{database}-$(date -u +%Y%m%dT%H%M%SZ).dump
     --file="$target.partial" {database}
 mv "$target.partial" "$target"
 ls -1t {directory}/{database}-*.dump | tail -n +{s.backup_keep + 1} | xargs -r rm -f
-rm -f {restarts.MARKERS}/{service}-backup
+{pending.clear(f"{service}-backup")}
 """
         ],
         _if=condition,

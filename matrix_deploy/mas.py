@@ -7,7 +7,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from . import auth_mode, host_state, mas_settings, remote, restarts, secret_table, stages
+from . import auth_mode, host_state, mas_settings, pending, remote, secret_table, stages
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -121,7 +121,7 @@ def render_config(d: Deployment, here: str | None = None, net=None) -> str:
 def _release(d: Deployment):
     """Put the release tarball on the host and unpack it into /opt/mas/<version> once, sha256 checked.
 
-    Beside the running release: the current link moves to it only at the restart (restarts.restart's switch).
+    Beside the running release: the current link moves to it only at the restart (pending.restart's switch).
     """
     release = d.settings.mas_release
     archive = f"{STATE}/downloads/{release.archive_name}"
@@ -238,7 +238,7 @@ def install(d: Deployment):
     # restart still switches and restarts next time.
     switch = None
     if not state.is_link(MAS_CURRENT, release_dir):
-        switch = restarts.mark_now("mas", f"switches to MAS {d.settings.mas_version}")
+        switch = pending.mark_now("mas", f"switches to MAS {d.settings.mas_version}")
     changes = [*release, switch]
     for path, content in secret_files(d).items():
         changes.append(
@@ -249,7 +249,7 @@ def install(d: Deployment):
         changes.append(host_state.absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path))
     # A new release is recorded as a due restart before the dump: a run killed during the dump still
     # restarts MAS on the new release next time (the dump and everything else may then find nothing to do).
-    release_marked = restarts.mark("mas", release)
+    release_marked = pending.mark("mas", release)
     if primary:
         # Before the gate: its `config sync --dry-run` runs the new release's database migrations (config.rs).
         dump_before_migration(
@@ -288,21 +288,21 @@ def install(d: Deployment):
     )
     for path in secret_table.stale(d.settings, "mas-admin", []):
         host_state.absent(f"No stale MAS admin API file {path.rsplit('/', 1)[1]}", path)
-    marked = [switch, release_marked, restarts.mark("mas", changes)]
+    marked = [switch, release_marked, pending.mark("mas", changes)]
     # The new release migrates and syncs while the old one serves; the switch is the restart alone. Once, by
     # the first instance's host: every instance starts with --no-migrate --no-sync (the unit).
     cli = f"cd {release_dir} && runuser -u {MAS_USER} -- ./mas-cli"
     sync = f"{cli} config sync --config {MAS_CONFIG}"
     if auth_mode.migrating_to_native(d):
         sync = prune_without_providers(cli)
-    if primary and (migrate := restarts.due("mas", marked)) is not None:
+    if primary and (migrate := pending.due("mas", marked)) is not None:
         remote.shell(
             name="MAS database migrations and config sync",
             commands=[f"{cli} database migrate --config {MAS_CONFIG}", sync],
             _if=migrate,
         )
     for _ in stages.in_turn("MAS instance", list(p.mas), str):
-        restarts.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_internal_port}/health", marked,
+        pending.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_internal_port}/health", marked,
                          switch=(MAS_CURRENT, release_dir))  # fmt: skip
     auth_mode.record(d)
 

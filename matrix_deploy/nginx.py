@@ -8,7 +8,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from . import host_state, remote, restarts, synapse_workers
+from . import host_state, pending, remote, synapse_workers
 from .config_files import install_checked
 from .inventory import Deployment
 from .paths import ACME_LIVE, ACME_WEBROOT, CERTBOT_DROP_IN, NGINX_SITE, NGINX_TLS, STATE
@@ -160,7 +160,7 @@ def install(d: Deployment, release: Release):
             secrets=d.secrets.values.values(),
         )  # fmt: skip
     )
-    marked = restarts.mark("nginx", changes)
+    marked = pending.mark("nginx", changes)
     sandbox = drop_in(
         "nginx", "nginx.service", "nginx/hardening.conf.j2",
         # The master binds 80/443, opens logs owned by www-data and drops to www-data for its workers.
@@ -168,7 +168,7 @@ def install(d: Deployment, release: Release):
         denied_syscalls="@clock @cpu-emulation @debug @module @mount @obsolete @raw-io @reboot @swap",
     )  # fmt: skip
     # A reload does not apply a unit's sandboxing: a changed drop-in needs a real restart.
-    restarts.restart("nginx-unit", "nginx", READY, restarts.mark("nginx-unit", [sandbox]))
-    restarts.restart("nginx", "nginx", READY, marked, action="reload-or-restart")
+    pending.restart("nginx-unit", "nginx", READY, pending.mark("nginx-unit", [sandbox]))
+    pending.restart("nginx", "nginx", READY, marked, action="reload-or-restart")
     if d.settings.tls == "acme":
         _acme(d)

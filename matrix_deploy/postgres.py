@@ -3,7 +3,7 @@
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from . import host_state, remote, restarts
+from . import host_state, pending, remote
 from .inventory import Deployment
 from .paths import POSTGRES_SQL
 from .platform import POSTGRES_UNITS, RELEASES, Release, postgres_unit
@@ -74,8 +74,8 @@ def install(d: Deployment, release: Release):
     )
     # Only what a cluster run by its owner needs: no capabilities, no privileged system calls.
     sandbox = drop_in("PostgreSQL", f"{unit}.service", "postgres/hardening.conf.j2", denied_syscalls="@privileged")
-    marked = restarts.mark("postgres", [conf, hba, sandbox])
-    restarts.restart("postgres", unit, f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
+    marked = pending.mark("postgres", [conf, hba, sandbox])
+    pending.restart("postgres", unit, f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
     if not state.unit_running(unit):
         server.service(name="PostgreSQL is running", service=unit, running=True, enabled=True)
     # Root only; psql (as postgres) reads it on its standard input, opened by root.

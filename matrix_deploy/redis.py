@@ -2,7 +2,7 @@
 host's internal address when workers run on other hosts; a password from the secrets store; started from our
 config, which reads Debian's and then sets what we need."""
 
-from . import host_state, restarts
+from . import host_state, pending
 from .inventory import Deployment
 
 CONFIG = "/etc/redis/matrix-deploy.conf"  # Debian's redis.conf, then ours (with the password): 0640 root:redis
@@ -37,5 +37,5 @@ def install(d: Deployment) -> list:
         "root",
         "644",
     )
-    restarts.restart("redis", "redis-server", READY.format(port=port), restarts.mark("redis", [config, drop_in]))
+    pending.restart("redis", "redis-server", READY.format(port=port), pending.mark("redis", [config, drop_in]))
     return [op for op in (config, drop_in) if op is not None]

@@ -6,7 +6,7 @@ from functools import partial
 from pyinfra import host
 from pyinfra.api import deploy
 
-from . import auth_mode, host_state, locks, redis, remote, restarts, secret_table, stages, synapse_workers
+from . import auth_mode, host_state, locks, pending, redis, remote, secret_table, stages, synapse_workers
 from .backups import dump_before_migration
 from .config_files import install_checked
 from .inventory import Deployment
@@ -192,7 +192,7 @@ def build_virtualenv(version: str):
     there (base.prepare): it builds while the other packages install and the PostgreSQL and MAS stages run, and
     _virtualenv waits for it. A half-done or outdated install is redone; a dead run's build is waited for first.
 
-    Beside the running version: the current link moves to it only at the restart (restarts.restart's switch).
+    Beside the running version: the current link moves to it only at the restart (pending.restart's switch).
     """
     if not _virtualenv_due(version):
         return None
@@ -234,7 +234,7 @@ def install(d: Deployment):
     # restart still switches and restarts next time.
     switch = None
     if not host_state.current().is_link(SYNAPSE_CURRENT, venv):
-        switch = restarts.mark_now("synapse", f"switches to Synapse {s.synapse_version}")
+        switch = pending.mark_now("synapse", f"switches to Synapse {s.synapse_version}")
     changes = [installed, switch]
     for name, content in secret_contents(d, here).items():
         changes.append(
@@ -291,7 +291,7 @@ def install(d: Deployment):
                 data=SYNAPSE_DATA,
             )
         )
-        marked = [switch, restarts.mark("synapse", changes)]
+        marked = [switch, pending.mark("synapse", changes)]
         # Synapse migrates its database when it starts on a new version: dumped while the old version serves.
         dump_before_migration(
             d,
@@ -303,12 +303,12 @@ def install(d: Deployment):
             switch is not None,
         )
         # The old version serves until here: the stop and the new version's start are the only downtime.
-        restarts.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked,
+        pending.restart("synapse", "synapse", f"curl -fsS http://127.0.0.1:{s.synapse_port}/health", marked,
                          switch=(SYNAPSE_CURRENT, venv))  # fmt: skip
     stages.done("Synapse's main process")
     if not main and switch is not None:
         # Workers only: the new version's link once the main process runs it (and has migrated the database).
-        restarts.switch("synapse", SYNAPSE_CURRENT, venv)
+        pending.switch("synapse", SYNAPSE_CURRENT, venv)
     # Then the workers, one at a time across hosts, each healthy before the next: the others keep serving.
     _workers(d, shared, venv)
     auth_mode.record(d)
@@ -329,8 +329,8 @@ def _workers(d: Deployment, shared: list, venv: str) -> None:
             remote.shell(
                 name=f"No Synapse worker {name}",
                 commands=[f"systemctl disable --now --quiet {shlex.quote(f'synapse-worker@{name}')} || true",
-                          f"rm -f {shlex.quote(path)} {shlex.quote(path)}.candidate"
-                          f" {restarts.MARKERS}/{shlex.quote(f'synapse-worker-{name}')}"],
+                          f"rm -f {shlex.quote(path)} {shlex.quote(path)}.candidate",
+                          pending.clear(f"synapse-worker-{name}")],
             )  # fmt: skip
     if not ws:
         return
@@ -346,5 +346,5 @@ def _workers(d: Deployment, shared: list, venv: str) -> None:
             check=f"runuser -u {SYNAPSE_USER} -- {venv}/bin/python -m synapse.config -c {SYNAPSE_CONFIG} -c {w.config_path}",
             user="root", group=SYNAPSE_USER, mode="640", service=f"Synapse worker {w.name}", recheck=list(shared),
         )  # fmt: skip
-        marked = restarts.mark(f"synapse-worker-{w.name}", [*shared, template, config])
-        restarts.restart(f"synapse-worker-{w.name}", w.unit, f"curl -fsS http://127.0.0.1:{w.port}/health", marked)
+        marked = pending.mark(f"synapse-worker-{w.name}", [*shared, template, config])
+        pending.restart(f"synapse-worker-{w.name}", w.unit, f"curl -fsS http://127.0.0.1:{w.port}/health", marked)

@@ -1,13 +1,19 @@
-"""Restarts that happen once, in order, only when something the service reads changed.
+"""Work that is due on a host, recorded there before it is done: a service's restart (once, in order, only when
+something it reads changed), a switch to a new version, a database dump before a migration (and MAS's migrations,
+which are due with its restart). One marker file per piece of work, named after it (`synapse`, `mas-backup`,
+`synapse-worker-generic-1`...).
 
-A restart that is due is recorded on the host (a marker file) before anything else happens, so a
-run that dies before restarting leaves the marker and the next run still restarts the service:
-pyinfra forgets what changed, the host does not.
+A marker is written before anything else of its stage happens, so a run that dies before the work is done leaves
+it and the next run still does it: pyinfra forgets what changed, the host does not. The work's own command
+removes its marker once done. (The directory keeps its first name, restart-pending, so that markers left by an
+older matrix-deploy still count.)
 
-When nothing can change in this run (host_state found everything as wanted) and no restart is
-pending, these add no operations at all, so an unchanged deployment shows no "conditional changes"
-when pyinfra asks for confirmation.
+When nothing can change in this run (host_state found everything as wanted) and no work is pending, these add
+no operations at all, so an unchanged deployment shows no "conditional changes" when pyinfra asks for
+confirmation.
 """
+
+import shlex
 
 from pyinfra.operations import files
 from pyinfra.operations.util import any_changed
@@ -16,6 +22,11 @@ from . import host_state, remote
 from .paths import STATE
 
 MARKERS = f"{STATE}/restart-pending"
+
+
+def clear(work: str) -> str:
+    """The shell command that removes `work`'s marker: the last step of the command that does the work."""
+    return f"rm -f {MARKERS}/{shlex.quote(work)}"
 
 
 def mark(service: str, changes: list, due: str = "must restart"):
@@ -50,11 +61,11 @@ def due(service: str, marked):
     None when it cannot be: no marker on the host and nothing to mark in this run. `marked` is one
     mark() operation or a list of them (a service marked at several points of its stage).
     """
-    pending = host_state.current().exists(f"{MARKERS}/{service}")
+    recorded = host_state.current().exists(f"{MARKERS}/{service}")
     marks = [m for m in (marked if isinstance(marked, list) else [marked]) if m is not None]
     if not marks:
-        return (lambda: True) if pending else None
-    return lambda: pending or any(m.did_change() for m in marks)
+        return (lambda: True) if recorded else None
+    return lambda: recorded or any(m.did_change() for m in marks)
 
 
 def _switch(path: str, target: str) -> str:
@@ -75,7 +86,6 @@ def restart(
     is loaded by the old process). `ready` is a shell command polled every 0.1 s for up to 90 s; on failure
     the unit's journal is shown and the deploy stops here, so later services are not touched.
     """
-    marker = f"{MARKERS}/{service}"
     link = _switch(*switch) if switch else ""
     script = f"""
 set -e
@@ -84,7 +94,7 @@ systemctl enable --quiet {unit}
 {link}
 systemctl {action} {unit}
 for i in $(seq 900); do
-    if {ready} >/dev/null 2>&1; then rm -f {marker}; exit 0; fi
+    if {ready} >/dev/null 2>&1; then {clear(service)}; exit 0; fi
     sleep 0.1
 done
 echo "{service} did not become healthy after {action}: {ready}" >&2
@@ -101,5 +111,5 @@ def switch(service: str, link: str, target: str):
     itself but instances that follow it (Synapse's workers on a host of their own): no restart here."""
     return remote.shell(
         name=f"{service} switches to {target}",
-        commands=[f"{_switch(link, target)}\nrm -f {MARKERS}/{service}"],
+        commands=[f"{_switch(link, target)}\n{clear(service)}"],
     )
