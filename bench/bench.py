@@ -96,6 +96,15 @@ def main() -> None:
             LAB_SETTINGS.unlink(missing_ok=True)
             lab.down(log=lambda *_: None)
         return
+    if sys.argv[1:] == ["--scale"]:  # the scale layout against the single host alone
+        try:
+            fresh_time, _, _ = fresh_install()
+            noop_median = statistics.median(run()[0] for _ in range(REPEAT))
+        finally:
+            LAB_SETTINGS.unlink(missing_ok=True)
+            lab.down(log=lambda *_: None)
+        table(scale.measure(run, OLD, fresh_time, noop_median, REPEAT))
+        return
     try:
         fresh_time, floor_time, deploy_host = fresh_install()
 
@@ -156,6 +165,10 @@ def main() -> None:
         ("peak memory of a deploy process (operator side)", f"{peak_mb:.0f} MB", "", None),
         *scale_rows,
     ]  # fmt: skip
+    table(rows)
+
+
+def table(rows: list[tuple]) -> None:
     print(
         f"\nmatrix-deploy bench, {date.today()}, {platform.node()} ({platform.machine()}, {os.cpu_count()} cores; {load()} at the end)\n"
     )
