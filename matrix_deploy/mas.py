@@ -262,12 +262,13 @@ def install(d: Deployment):
             switch is not None,
         )
     # In turn: the first instance's gate migrates the database (config sync --dry-run), the others' find it done.
+    rendered = config(d, here, state)
     for _ in stages.in_turn("MAS config", list(p.mas), str):
         changes.append(
             install_checked(
                 MAS_CONFIG,
-                render_config(d, here, state),
-                check=gate(config(d, here, state), release_dir),
+                dump(rendered),
+                check=gate(rendered, release_dir),
                 user="root",
                 group=MAS_USER,
                 mode="640",

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -67,12 +68,37 @@ def fresh_secrets() -> None:
     shutil.rmtree(LAB_SECRETS, ignore_errors=True)
 
 
+def deploy_command(*args: str, inventory: str = "inventories/lab.py") -> list[str]:
+    return [str(ROOT / ".venv/bin/pyinfra"), "-y", *args, inventory, "deploy.py"]
+
+
 def pyinfra(*args: str, inventory: str = "inventories/lab.py") -> subprocess.CompletedProcess:
     """Run the deploy; pyinfra writes its progress and results to stderr, merged here into .stdout."""
     return subprocess.run(
-        [str(ROOT / ".venv/bin/pyinfra"), "-y", *args, inventory, "deploy.py"],
+        deploy_command(*args, inventory=inventory),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200, stdin=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+class Running:
+    """A deploy started in the background, its output collected as it comes; `result()` waits for its end."""
+
+    def __init__(self, *args: str, inventory: str = "inventories/lab.py"):
+        self.process = subprocess.Popen(
+            deploy_command(*args, inventory=inventory),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self._lines.extend(self.process.stdout), daemon=True)
+        self._reader.start()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def result(self, timeout: int = 900) -> subprocess.CompletedProcess:
+        self.process.wait(timeout=timeout)
+        self._reader.join()
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, "".join(self._lines))
 
 
 def fetch(host: LabHost, method: str, path: str, body=None, token=None, vhost=PUBLIC_HOST):

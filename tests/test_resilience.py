@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -28,7 +27,9 @@ from tests.lab_release import prepare as prepare_release
 from tests.lab_support import (
     LAB_SETTINGS,
     ROOT,
+    Running,
     changed_operations,
+    deploy_command,
     fetch,
     fresh_secrets,
     lab_settings,
@@ -76,7 +77,7 @@ class Killed:
 
     def __init__(self, host, operation: str, *remote: str, also=None):
         self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/pyinfra"), "-y", "inventories/lab.py", "deploy.py"],
+            deploy_command(),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         seen = []
@@ -138,23 +139,15 @@ def fresh_install(host):
                     also=lambda: sh(host, f"kill -STOP $({pip})"))  # fmt: skip
     killed_at = int(sh(host, "date +%s"))
     digest = store_digest()
-    rerun = subprocess.Popen(
-        [str(ROOT / ".venv/bin/pyinfra"), "-y", "inventories/lab.py", "deploy.py"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    lines = []
-    reader = threading.Thread(target=lambda: lines.extend(rerun.stdout), daemon=True)
-    reader.start()
+    rerun = Running()
     try:
         # The re-run's start of the build waits on the virtualenv's lock, which the held pip's job holds.
-        while rerun.poll() is None and ssh(host, "pgrep -f '^flock -w [0-9]+ 8$'").returncode != 0:
+        while rerun.running() and ssh(host, "pgrep -f '^flock -w [0-9]+ 8$'").returncode != 0:
             time.sleep(0.2)
-        waited = rerun.poll() is None
+        waited = rerun.running()
     finally:
         sh(host, f"kill -CONT $({pip}) || true")
-    rerun.wait(timeout=900)
-    reader.join()
-    result = subprocess.CompletedProcess(rerun.args, rerun.returncode, "".join(lines))
+    result = rerun.result()
     return digest, killed, killed_at, waited, result
 
 
@@ -279,16 +272,10 @@ def test_upgrade_killed_during_its_pg_dump_and_rerun_at_once_converges_and_prune
                         also=lambda: wait_on_host(host, f"[ $({count.format(shlex_quote(waiting))}) -ge 1 ]",
                                                   "pg_dump waiting"))  # fmt: skip
         assert killed.still_running
-        rerun = subprocess.Popen(
-            [str(ROOT / ".venv/bin/pyinfra"), "-y", "inventories/lab.py", "deploy.py"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        lines = []
-        reader = threading.Thread(target=lambda: lines.extend(rerun.stdout), daemon=True)
-        reader.start()
+        rerun = Running()
         # Let go once the re-run waits for the dead run's command (host_state waits on the work lock it holds),
         # or once the re-run's own dump waits on the table lock too (a re-run that raced the dead one).
-        while rerun.poll() is None:
+        while rerun.running():
             if ssh(host, f"pgrep -f 'flock -w [0-9]+ {WORK_LOCK} true'").returncode == 0:
                 break
             if ssh(host, f"[ $({count.format(shlex_quote(waiting))}) -ge 2 ]").returncode == 0:
@@ -296,10 +283,9 @@ def test_upgrade_killed_during_its_pg_dump_and_rerun_at_once_converges_and_prune
             time.sleep(0.2)
     finally:
         sh(host, f"rm -f {HOLD}")
-    rerun.wait(timeout=900)
-    reader.join()
-    output = "".join(lines)
-    assert rerun.returncode == 0 and "Grand total" in output, output[-3000:]
+    result = rerun.result()
+    output = result.stdout
+    assert result.returncode == 0 and "Grand total" in output, output[-3000:]
     after = service_stamps(host)
     assert after["mas"] != before["mas"] and after["synapse"] == before["synapse"]
     assert fetch(host, "GET", "/_matrix/client/v3/account/whoami", token=login(host))[0] == 200
