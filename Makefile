@@ -36,10 +36,10 @@ bench: venv ## deploy timings against the floor on lab hosts; prints one table (
 
 lock: venv ## lock a Synapse version's virtualenv (hashes) into locks/: make lock SYNAPSE=1.164.0
 	$(BIN)/pip install -q uv
-	$(BIN)/python -m matrix_deploy.locks $(SYNAPSE)
+	$(BIN)/python -m matrix_deploy.services.synapse.locks $(SYNAPSE)
 
 docs: venv ## the README's settings table, made from matrix_deploy/options.py
-	$(BIN)/python -m matrix_deploy.options --readme
+	$(BIN)/python -m matrix_deploy.operator.options --readme
 
 lint: venv
 	$(BIN)/ruff check .

@@ -9,9 +9,16 @@ healthy) before MAS is touched, MAS before Synapse, Synapse before nginx.
 from pyinfra import host
 from pyinfra.api.exceptions import DeployError
 
-from matrix_deploy import auth_mode, base, host_state, mas, nginx, platform, postgres, synapse
-from matrix_deploy.inventory import current
-from matrix_deploy.stages import done
+from matrix_deploy.engine import debian as platform
+from matrix_deploy.engine import host_state
+from matrix_deploy.engine.stages import done
+from matrix_deploy.operator.inventory import current
+from matrix_deploy.services import delegation as auth_mode
+from matrix_deploy.services.base import service as base
+from matrix_deploy.services.mas import service as mas
+from matrix_deploy.services.nginx import service as nginx
+from matrix_deploy.services.postgres import service as postgres
+from matrix_deploy.services.synapse import service as synapse
 
 deployment = current()
 settings = deployment.settings

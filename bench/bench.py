@@ -21,11 +21,9 @@ sys.path.insert(0, str(ROOT))
 import scale  # noqa: E402  (bench/ beside this script)
 from downtime import Poller, introspection, login, whoami  # noqa: E402
 
-from matrix_deploy import (  # noqa: E402
-    base,
-    lab,  # noqa: E402
-    locks,
-)
+from matrix_deploy import lab  # noqa: E402
+from matrix_deploy.services.base import service as base  # noqa: E402
+from matrix_deploy.services.synapse import locks  # noqa: E402
 from tests.lab_release import prepare as prepare_release  # noqa: E402
 from tests.lab_support import LAB_SETTINGS, changed_operations, fetch, service_stamps, ssh  # noqa: E402
 

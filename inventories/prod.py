@@ -8,7 +8,7 @@ NOPASSWD: ALL` in /etc/sudoers.d/deploy) and your SSH key. With a sudo password 
 "_use_sudo_password": True and pyinfra asks for it.
 """
 
-from matrix_deploy.inventory import check
+from matrix_deploy.operator.inventory import check
 
 _settings = {
     "matrix_server_name": "example.org",

@@ -5,7 +5,7 @@ v6), or a name every host resolves (it defaults to the inventory name). Roll cha
 pyinfra inventories/staging.py deploy.py
 """
 
-from matrix_deploy.inventory import check
+from matrix_deploy.operator.inventory import check
 
 _settings = {
     "matrix_server_name": "staging.example.org",

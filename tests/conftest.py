@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from matrix_deploy import secrets as secrets_store
-from matrix_deploy.inventory import Deployment, wanted_secrets
-from matrix_deploy.options import defaults
-from matrix_deploy.settings import ROLES, load
+from matrix_deploy.operator import store as secrets_store
+from matrix_deploy.operator.inventory import Deployment, wanted_secrets
+from matrix_deploy.operator.options import defaults
+from matrix_deploy.operator.settings import ROLES, load
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix_deploy import remote
+from matrix_deploy.engine import remote
 
 
 @pytest.fixture

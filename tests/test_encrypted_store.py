@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from matrix_deploy import secrets as secrets_store
+from matrix_deploy.operator import store as secrets_store
 from tests.lab_support import ROOT
 from tests.test_bad_input import GOOD, run
 
 
 def keygen(path) -> str:
-    out = subprocess.run([sys.executable, "-m", "matrix_deploy.secrets", "keygen", str(path)],
+    out = subprocess.run([sys.executable, "-m", "matrix_deploy.operator.store", "keygen", str(path)],
                          capture_output=True, text=True, cwd=ROOT, check=True)  # fmt: skip
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     return out.stdout
@@ -26,7 +26,7 @@ def encrypted_store(tmp_path, name="probe"):
     keygen(identity)
     plain = tmp_path / "secrets" / f"{name}.yaml"
     values = secrets_store.load(plain, list(secrets_store.GENERATORS)).values
-    subprocess.run([sys.executable, "-m", "matrix_deploy.secrets", "encrypt", str(plain), str(identity)],
+    subprocess.run([sys.executable, "-m", "matrix_deploy.operator.store", "encrypt", str(plain), str(identity)],
                    capture_output=True, text=True, cwd=ROOT, check=True)  # fmt: skip
     return plain.with_name(plain.name + ".age"), identity, values
 

@@ -6,7 +6,7 @@ parsing and the comparisons are pinned down, including the refusal to answer out
 
 import pytest
 
-from matrix_deploy.host_state import Snapshot, sha1
+from matrix_deploy.engine.host_state import Snapshot, sha1
 
 # sha1 of b"s3cret", as `printf s3cret | sha1sum` prints it: pinned, not recomputed with the product's sha1().
 S3CRET_SHA1 = "fef341f85d87439e7d91a2d465b9871ef66b5e98"
@@ -77,8 +77,8 @@ def test_the_snapshot_command_output_is_read_as_the_host_printed_it():
 
 
 def test_every_role_declares_what_it_reads_and_every_host_reads_every_roles_paths():
-    from matrix_deploy import base
-    from matrix_deploy.settings import ROLES
+    from matrix_deploy.operator.settings import ROLES
+    from matrix_deploy.services.base import service as base
 
     assert set(base.ROLE_MODULES) == set(ROLES)
     needs = base.snapshot_needs({"db"}, "acme")

@@ -9,9 +9,12 @@ import fastjsonschema
 import pytest
 import yaml
 
-from matrix_deploy import mas, nginx, secret_table, synapse
-from matrix_deploy import secrets as secrets_store
-from matrix_deploy.inventory import Deployment, wanted_secrets
+from matrix_deploy.operator import secret_table
+from matrix_deploy.operator import store as secrets_store
+from matrix_deploy.operator.inventory import Deployment, wanted_secrets
+from matrix_deploy.services.mas import service as mas
+from matrix_deploy.services.nginx import service as nginx
+from matrix_deploy.services.synapse import service as synapse
 from tests.conftest import SHARED, make_settings
 
 PROVIDER_ID = "01JCN7R2CGXQJ2XKM3Z5E9Q1VB"

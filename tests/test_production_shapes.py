@@ -6,8 +6,11 @@ import pytest
 import yaml
 from pyinfra.api.exceptions import DeployError
 
-from matrix_deploy import mas, platform, postgres, synapse
-from matrix_deploy.host_state import Snapshot
+from matrix_deploy.engine import debian as platform
+from matrix_deploy.engine.host_state import Snapshot
+from matrix_deploy.services.mas import service as mas
+from matrix_deploy.services.postgres import service as postgres
+from matrix_deploy.services.synapse import service as synapse
 from tests.conftest import make_settings
 
 SPLIT = {"db": ["db1"], "mas": ["auth1"], "synapse": ["hs1"], "proxy": ["px1", "px2"]}
@@ -76,8 +79,8 @@ def test_networks_are_single_addresses_of_the_right_size():
 
 
 def test_named_split_layout_renders_networks_for_mas_and_postgres(tmp_path):
-    from matrix_deploy import secrets as secrets_store
-    from matrix_deploy.inventory import Deployment, wanted_secrets
+    from matrix_deploy.operator import store as secrets_store
+    from matrix_deploy.operator.inventory import Deployment, wanted_secrets
 
     s = split_settings({"db1": "db.internal", "auth1": "auth.internal", "hs1": "hs.internal", "px1": "px1.internal",
                         "px2": "fd00::4"})  # fmt: skip
@@ -97,8 +100,8 @@ def test_named_split_layout_renders_networks_for_mas_and_postgres(tmp_path):
 
 
 def test_pgpass_escapes_an_ipv6_database_address(tmp_path):
-    from matrix_deploy import secrets as secrets_store
-    from matrix_deploy.inventory import Deployment, wanted_secrets
+    from matrix_deploy.operator import store as secrets_store
+    from matrix_deploy.operator.inventory import Deployment, wanted_secrets
 
     s = split_settings({"db1": "fd00::1", "auth1": "10.0.0.2", "hs1": "10.0.0.3", "px1": "10.0.0.4", "px2": "10.0.0.5"})
     store = tmp_path / "s.yaml"
@@ -112,7 +115,7 @@ def test_every_remote_command_of_the_deploy_holds_the_work_lock(monkeypatch):
     import subprocess
     from pathlib import Path
 
-    from matrix_deploy import remote
+    from matrix_deploy.engine import remote
 
     package = Path(remote.__file__).parent
     direct = [p.name for p in package.glob("*.py") if p.name != "remote.py" and "server.shell(" in p.read_text()]

@@ -20,10 +20,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from matrix_deploy import locks, mas, nginx, synapse, synapse_workers
-from matrix_deploy import secrets as secrets_store
-from matrix_deploy.inventory import Deployment, wanted_secrets
-from matrix_deploy.paths import SYNAPSE_DATA, SYNAPSE_ETC
+from matrix_deploy.operator import store as secrets_store
+from matrix_deploy.operator.inventory import Deployment, wanted_secrets
+from matrix_deploy.services.mas import service as mas
+from matrix_deploy.services.nginx import service as nginx
+from matrix_deploy.services.synapse import locks
+from matrix_deploy.services.synapse import service as synapse
+from matrix_deploy.services.synapse import workers as synapse_workers
+from matrix_deploy.services.synapse.paths import SYNAPSE_DATA, SYNAPSE_ETC
 from tests.conftest import SHARED, make_settings
 
 CACHE = Path.home() / ".cache/matrix-deploy"

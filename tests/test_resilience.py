@@ -20,9 +20,9 @@ import time
 import pytest
 
 from matrix_deploy import lab
-from matrix_deploy.inventory import build
-from matrix_deploy.paths import WORK_LOCK
-from matrix_deploy.synapse import VIRTUALENV_LOG
+from matrix_deploy.engine.paths import WORK_LOCK
+from matrix_deploy.operator.inventory import build
+from matrix_deploy.services.synapse.service import VIRTUALENV_LOG
 from tests.lab_release import prepare as prepare_release
 from tests.lab_support import (
     LAB_SETTINGS,

@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from matrix_deploy import secrets as secrets_store
-from matrix_deploy.settings import SettingsError
+from matrix_deploy.operator import store as secrets_store
+from matrix_deploy.operator.settings import SettingsError
 
 ALL = list(secrets_store.GENERATORS)
 

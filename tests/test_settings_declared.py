@@ -7,8 +7,8 @@ from pyinfra.api import State
 from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory_from_files
 
-from matrix_deploy import options
-from matrix_deploy.settings import Settings
+from matrix_deploy.operator import options
+from matrix_deploy.operator.settings import Settings
 from tests.conftest import ROOT
 
 

@@ -19,9 +19,11 @@ import pg8000.native
 import pytest
 import yaml
 
-from matrix_deploy import host_state, lab, locks
-from matrix_deploy import secrets as secrets_store
-from matrix_deploy.inventory import build
+from matrix_deploy import lab
+from matrix_deploy.engine import host_state
+from matrix_deploy.operator import store as secrets_store
+from matrix_deploy.operator.inventory import build
+from matrix_deploy.services.synapse import locks
 from tests.lab_release import prepare as prepare_release
 from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, ssh
 
@@ -47,7 +49,7 @@ STAGES = ["Host base", "PostgreSQL", "matrix-authentication-service", "Synapse",
 
 
 def test_each_stage_is_done_on_every_host_before_the_next_starts(split):
-    """pyinfra interleaves hosts' operations unless each stage ends with a barrier (matrix_deploy.stages)."""
+    """pyinfra interleaves hosts' operations unless each stage ends with a barrier (matrix_deploy.engine.stages)."""
     started = re.findall(r"^--> Starting operation: (.+?) \| ", split[2], re.M)
     order = [STAGES.index(name) for name in started if name in STAGES]
     assert len(set(order)) == len(STAGES) and order == sorted(order), started

@@ -31,7 +31,7 @@ def deploy() -> int:
 
 
 def welcome() -> None:
-    from ..inventory import build
+    from matrix_deploy.operator.inventory import build
 
     hosts = read_hosts()
     for site, inventory in _sites().items():

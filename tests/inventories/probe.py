@@ -9,7 +9,7 @@ $MATRIX_DEPLOY_PROBE_GROUPS (JSON: role -> names) describe other layouts, every 
 import json
 import os
 
-from matrix_deploy.inventory import check
+from matrix_deploy.operator.inventory import check
 
 _data = {
     "ssh_port": int(os.environ["MATRIX_DEPLOY_PROBE_PORT"]),

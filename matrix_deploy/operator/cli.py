@@ -1,0 +1,26 @@
+"""The `matrix-deploy` command: `verify INVENTORY` (a deployed homeserver, from outside) and `lab ...`.
+
+Deploys themselves are pyinfra's: `pyinfra INVENTORY deploy.py`.
+"""
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"]:
+        from matrix_deploy.operator import verify
+
+        return verify.main(argv[1:])
+    if argv[:1] == ["lab"]:
+        from .lab.__main__ import main as lab_main
+
+        sys.argv = ["matrix-deploy lab", *argv[1:]]
+        return lab_main()
+    print("usage: matrix-deploy verify INVENTORY [--connect ADDRESS] [--ca-file PEM]\n"
+          "       matrix-deploy lab up|deploy|down|status|welcome ...", file=sys.stderr)  # fmt: skip
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""`matrix-deploy verify INVENTORY`: a deployed homeserver, checked from outside as clients and servers see it.
+
+Every check goes through the public proxy over HTTPS, the way a client or another homeserver would:
+TLS (chain, names, days left), the well-known documents, client versions, MAS answering the compat
+login, OAuth discovery through auth_metadata, federation (server keys and version through the
+delegated name), internal paths closed, and, when the secrets store holds the admin's password, a
+real login and whoami (the session is logged out again). One line per check; exit 0 when all pass.
+
+Names resolve as usual (DNS); `--connect ADDRESS` sends every request to that address instead
+(a staging proxy before DNS points at it, or a lab host), still with each name in TLS and Host.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import socket
+import ssl
+import sys
+from dataclasses import dataclass
+
+from matrix_deploy.operator.inventory import Deployment, build
+from matrix_deploy.operator.settings import SettingsError
+
+# A certificate that expires sooner than this fails: renewal should have happened long before.
+MIN_DAYS_LEFT = 14
+
+
+@dataclass
+class Result:
+    name: str
+    ok: bool
+    detail: str
+
+
+class Client:
+    def __init__(self, connect: str | None, ca_file: str | None):
+        self.connect = connect
+        self.context = ssl.create_default_context(cafile=ca_file)
+
+    def _address(self, host: str) -> str:
+        return self.connect or host
+
+    def certificate(self, host: str, port: int = 443) -> dict:
+        """The verified peer certificate of `host` (raises ssl.SSLError when the chain or the name is wrong)."""
+        with socket.create_connection((self._address(host), port), timeout=15) as raw:
+            with self.context.wrap_socket(raw, server_hostname=host) as tls:
+                return tls.getpeercert()
+
+    def request(self, method: str, host: str, path: str, body=None, token=None, port: int = 443):
+        """One HTTPS request to `host` (verified TLS, SNI and Host naming it); returns (status, JSON or text)."""
+        conn = http.client.HTTPConnection(host, port, timeout=20)
+        conn.sock = self.context.wrap_socket(
+            socket.create_connection((self._address(host), port), timeout=20), server_hostname=host
+        )
+        headers = {"Host": host if port == 443 else f"{host}:{port}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+            response = conn.getresponse()
+            raw = response.read().decode(errors="replace")
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, raw
+
+
+def _days_left(cert: dict) -> int:
+    expires = datetime.datetime.fromtimestamp(ssl.cert_time_to_seconds(cert["notAfter"]), datetime.UTC)
+    return (expires - datetime.datetime.now(datetime.UTC)).days
+
+
+def checks(d: Deployment, client: Client):
+    """Yield (name, function) pairs; each function returns a detail string or raises AssertionError."""
+    s = d.settings
+    public, mas_host, server_name = s.public_host, s.mas_public_host, s.matrix_server_name
+
+    def tls(host):
+        def check():
+            cert = client.certificate(host)
+            days = _days_left(cert)
+            issuer = dict(x[0] for x in cert["issuer"]).get("organizationName") or dict(
+                x[0] for x in cert["issuer"]
+            ).get("commonName")
+            assert days >= MIN_DAYS_LEFT, f"expires in {days} days (expected at least {MIN_DAYS_LEFT})"
+            return f"valid for {host}, issued by {issuer}, {days} days left"
+
+        return check
+
+    def well_known_client():
+        status, body = client.request("GET", server_name, "/.well-known/matrix/client")
+        assert status == 200, f"HTTP {status}"
+        assert body["m.homeserver"]["base_url"] == s.matrix_public_url, body
+        return f"m.homeserver {body['m.homeserver']['base_url']}"
+
+    delegated = {}
+
+    def well_known_server():
+        status, body = client.request("GET", server_name, "/.well-known/matrix/server")
+        assert status == 200, f"HTTP {status}"
+        delegated["to"] = body["m.server"]
+        return f"m.server {body['m.server']}"
+
+    def versions():
+        status, body = client.request("GET", public, "/_matrix/client/versions")
+        assert status == 200 and body.get("versions"), f"HTTP {status}: {body}"
+        return f"{len(body['versions'])} versions, newest {body['versions'][-1]}"
+
+    def compat_login():
+        status, body = client.request("GET", public, "/_matrix/client/v3/login")
+        # With MAS delegation Synapse has no login endpoint (404): a list of flows means MAS answered.
+        assert status == 200 and isinstance(body, dict) and body.get("flows"), f"HTTP {status}: {body}"
+        return "flows " + ", ".join(f["type"] for f in body["flows"])
+
+    def auth_metadata():
+        status, body = client.request("GET", public, "/_matrix/client/v1/auth_metadata")
+        assert status == 200 and isinstance(body, dict), f"HTTP {status}: {body}"
+        assert body.get("issuer") == s.mas_public_url, f"issuer {body.get('issuer')!r}, expected {s.mas_public_url!r}"
+        for key in ("authorization_endpoint", "token_endpoint"):
+            assert str(body.get(key, "")).startswith(s.mas_public_url), f"{key} {body.get(key)!r}"
+        internal = [v for v in _strings(body) if not v.startswith(("https://", "urn:")) and "://" in v]
+        assert not internal, f"non-public URLs in it: {internal}"
+        return f"issuer {body['issuer']}"
+
+    def federation_keys():
+        host, _, port = delegated.get("to", f"{server_name}:8448").partition(":")
+        status, body = client.request("GET", host, "/_matrix/key/v2/server", port=int(port or 8448))
+        assert status == 200 and body.get("server_name") == server_name, f"HTTP {status}: {body}"
+        assert body.get("verify_keys"), body
+        return f"{', '.join(body['verify_keys'])} at {host}:{port or 8448}"
+
+    def federation_version():
+        host, _, port = delegated.get("to", f"{server_name}:8448").partition(":")
+        status, body = client.request("GET", host, "/_matrix/federation/v1/version", port=int(port or 8448))
+        assert status == 200, f"HTTP {status}: {body}"
+        return f"{body['server']['name']} {body['server']['version']}"
+
+    def internal_closed():
+        closed = [
+            (public, "/_synapse/admin/v1/server_version"),
+            (public, "/_synapse/mas/is_localpart_available?localpart=x"),
+            (public, "/health"),
+            (mas_host, "/health"),
+        ]
+        open_ = [f"https://{h}{p} ({st})" for h, p in closed if (st := client.request("GET", h, p)[0]) != 404]
+        assert not open_, "reachable: " + ", ".join(open_)
+        return f"{len(closed)} internal paths answer 404"
+
+    def admin_login():
+        password = d.secrets.values.get("admin_password")
+        if not s.admin_user or not password:
+            return None
+        body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": s.admin_user},
+                "password": password}  # fmt: skip
+        status, session = client.request("POST", public, "/_matrix/client/v3/login", body)
+        assert status == 200, f"login HTTP {status}: {session}"
+        try:
+            status, me = client.request(
+                "GET", public, "/_matrix/client/v3/account/whoami", token=session["access_token"]
+            )
+            assert status == 200 and me["user_id"] == session["user_id"], f"whoami HTTP {status}: {me}"
+        finally:
+            client.request("POST", public, "/_matrix/client/v3/logout", {}, token=session["access_token"])
+        return f"logged in as {me['user_id']}, whoami agrees"
+
+    for host in dict.fromkeys([public, mas_host, server_name]):
+        yield f"TLS {host}", tls(host)
+    yield "well-known client", well_known_client
+    yield "well-known server", well_known_server
+    yield "client versions", versions
+    yield "compat login answered by MAS", compat_login
+    yield "OAuth discovery (auth_metadata)", auth_metadata
+    yield "federation server keys", federation_keys
+    yield "federation version", federation_version
+    yield "internal paths closed", internal_closed
+    yield "admin login and whoami", admin_login
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def run(d: Deployment, client: Client) -> list[Result]:
+    results = []
+    for name, check in checks(d, client):
+        try:
+            detail = check()
+            if detail is None:
+                continue
+            results.append(Result(name, True, detail))
+        except (AssertionError, OSError, ssl.SSLError, http.client.HTTPException, KeyError, TypeError) as error:
+            results.append(Result(name, False, f"{type(error).__name__}: {error}" if str(error) else repr(error)))
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="matrix-deploy verify", description=__doc__.splitlines()[0])
+    parser.add_argument("inventory")
+    parser.add_argument("--connect", help="send every request to this address (the proxy) instead of resolving names")
+    parser.add_argument("--ca-file", help="trust this CA (PEM) instead of the system's (a staging or lab CA)")
+    args = parser.parse_args(argv)
+    try:
+        d = build(args.inventory)
+    except SettingsError as error:
+        print(f"matrix-deploy verify: {args.inventory}: the settings have problems:\n{error}", file=sys.stderr)
+        return 2
+    results = run(d, Client(args.connect, args.ca_file))
+    width = max(len(r.name) for r in results)
+    for r in results:
+        print(f"{'ok  ' if r.ok else 'FAIL'} {r.name:<{width}}  {r.detail}")
+    failed = [r.name for r in results if not r.ok]
+    print(
+        f"\n{len(results) - len(failed)} of {len(results)} checks passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""PostgreSQL (Debian package): a role and a database each for Synapse and MAS, scram-sha-256, local by default."""
+
+from pyinfra.api import deploy
+from pyinfra.operations import server
+
+from matrix_deploy.engine import host_state, pending, remote
+from matrix_deploy.engine.debian import POSTGRES_UNITS, RELEASES, Release, postgres_unit
+from matrix_deploy.engine.paths import STATE
+from matrix_deploy.engine.render import render
+from matrix_deploy.engine.units import drop_in
+from matrix_deploy.operator.inventory import Deployment
+
+POSTGRES_SQL = f"{STATE}/postgres-roles.sql"  # root only; psql reads it on its standard input
+
+# Every supported release's cluster config, drop-in and unit: the snapshot is taken before the release is known.
+NEEDS = host_state.Needs(
+    paths={
+        **{f"/etc/postgresql/{r.postgres}/main": 2 for r in RELEASES.values()},
+        **{f"/etc/systemd/system/{postgres_unit(r.postgres)}.service.d": 1 for r in RELEASES.values()},
+    },
+    packages=("postgresql",),
+    units=POSTGRES_UNITS,
+)
+
+
+def roles_sql(d: Deployment) -> str:
+    """Idempotent SQL that creates (or updates the passwords of) the roles and databases."""
+    lines = ["\\set ON_ERROR_STOP on", "SET password_encryption = 'scram-sha-256';"]
+    for name, password, extra in (
+        ("synapse", d.secrets["synapse_db_password"], "ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"),
+        ("mas", d.secrets["mas_db_password"], "ENCODING 'UTF8' TEMPLATE template0"),
+    ):
+        quoted = password.replace("'", "''")
+        lines += [
+            f"SELECT 'CREATE ROLE {name} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') \\gexec",
+            f"ALTER ROLE {name} LOGIN PASSWORD '{quoted}';",
+            f"SELECT $$CREATE DATABASE {name} OWNER {name} {extra}$$"
+            f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}') \\gexec",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def hba_clients(d: Deployment, resolve=None) -> list[str]:
+    """Networks allowed to log in over TCP: loopback, plus the MAS and Synapse hosts when remote.
+
+    `resolve` gives a host's addresses as the database host resolves its internal address.
+    """
+    p = d.settings.placement
+    return ["127.0.0.1/32", "::1/128"] + p.networks(
+        [h for h in dict.fromkeys((*p.mas, *p.synapse)) if h != p.db], resolve
+    )
+
+
+@deploy("PostgreSQL")
+def install(d: Deployment, release: Release):
+    s, state = d.settings, host_state.current()
+    unit = postgres_unit(release.postgres)
+    conf_dir = f"/etc/postgresql/{release.postgres}/main"
+    p = s.placement
+    listen = p.listen(p.db, [*p.mas, *p.synapse], state.bind_address)
+    conf = host_state.put(
+        "PostgreSQL listens where MAS and Synapse reach it",
+        f"{conf_dir}/conf.d/matrix-deploy.conf",
+        render("postgres/matrix-deploy.conf.j2", listen=listen, port=s.postgres_port),
+        user="postgres",
+        group="postgres",
+        mode="644",
+    )
+    hba = host_state.put(
+        "PostgreSQL client authentication (scram-sha-256)",
+        f"{conf_dir}/pg_hba.conf",
+        render("postgres/pg_hba.conf.j2", clients=hba_clients(d, state.resolve)),
+        user="postgres",
+        group="postgres",
+        mode="640",
+    )
+    # Only what a cluster run by its owner needs: no capabilities, no privileged system calls.
+    sandbox = drop_in("PostgreSQL", f"{unit}.service", "postgres/hardening.conf.j2", denied_syscalls="@privileged")
+    marked = pending.mark("postgres", [conf, hba, sandbox])
+    pending.restart("postgres", unit, f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
+    if not state.unit_running(unit):
+        server.service(name="PostgreSQL is running", service=unit, running=True, enabled=True)
+    # Root only; psql (as postgres) reads it on its standard input, opened by root.
+    sql = host_state.secret("Roles and databases for Synapse and MAS", POSTGRES_SQL, roles_sql(d), "root", "root")
+    if sql is not None:
+        remote.shell(
+            name="Create or update the roles and databases",
+            # A failed run removes the file, so the next run uploads and runs it again.
+            commands=[
+                f"cd / && runuser -u postgres -- psql -X -q -p {s.postgres_port} -f - < {POSTGRES_SQL}"
+                f" || {{ rm -f {POSTGRES_SQL}; exit 1; }}"
+            ],
+            _if=sql.did_change,
+        )

@@ -1,0 +1,41 @@
+"""Redis for Synapse's workers (Debian's redis-server) beside Synapse's main process: on loopback, and on the
+host's internal address when workers run on other hosts; a password from the secrets store; started from our
+config, which reads Debian's and then sets what we need."""
+
+from matrix_deploy.engine import host_state, pending
+from matrix_deploy.operator.inventory import Deployment
+
+CONFIG = "/etc/redis/matrix-deploy.conf"  # Debian's redis.conf, then ours (with the password): 0640 root:redis
+DROP_IN = "/etc/systemd/system/redis-server.service.d/matrix-deploy.conf"
+NEEDS = host_state.Needs(paths={"/etc/redis": 1, "/etc/systemd/system/redis-server.service.d": 1},
+                         packages=("redis-server",))  # fmt: skip
+
+# Up, and refusing commands without the password.
+READY = "redis-cli -p {port} ping 2>&1 | grep -q NOAUTH"
+
+
+def install(d: Deployment) -> list:
+    """Redis's config and unit drop-in, restarted when they change; returns the operations that changed them."""
+    port, p = d.settings.redis_port, d.settings.placement
+    # -::1: IPv6 loopback where the host has it (the dash: not an error where it has not).
+    bind = " ".join([*p.listen(p.synapse_main, list(p.synapse), host_state.current().bind_address), "-::1"])
+    config = host_state.secret(
+        "Redis config (with its password)",
+        CONFIG,
+        "# Managed by matrix-deploy: Debian's config, then what Synapse's workers need.\n"
+        f"include /etc/redis/redis.conf\nbind {bind}\nprotected-mode yes\nport {port}\n"
+        f"requirepass {d.secrets['redis_password']}\n",
+        user="root",
+        group="redis",
+        mode="640",
+    )
+    drop_in = host_state.put(
+        "Redis starts from matrix-deploy's config",
+        DROP_IN,
+        f"[Service]\nExecStart=\nExecStart=/usr/bin/redis-server {CONFIG} --supervised systemd --daemonize no\n",
+        "root",
+        "root",
+        "644",
+    )
+    pending.restart("redis", "redis-server", READY.format(port=port), pending.mark("redis", [config, drop_in]))
+    return [op for op in (config, drop_in) if op is not None]
