@@ -13,8 +13,8 @@ from matrix_deploy.engine import debian as platform
 from matrix_deploy.engine import host_state
 from matrix_deploy.engine.stages import done
 from matrix_deploy.operator.inventory import current
-from matrix_deploy.services import delegation as auth_mode
 from matrix_deploy.services.base import service as base
+from matrix_deploy.services.delegation import service as auth_mode
 from matrix_deploy.services.mas import service as mas
 from matrix_deploy.services.nginx import service as nginx
 from matrix_deploy.services.postgres import service as postgres

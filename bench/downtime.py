@@ -10,7 +10,7 @@ import urllib.parse
 
 from matrix_deploy.lab import LabHost
 from matrix_deploy.operator.inventory import build
-from matrix_deploy.operator.settings import MAS_ADMIN_CLIENT_ID
+from matrix_deploy.services.mas.options import MAS_ADMIN_CLIENT_ID
 from tests.lab_support import PUBLIC_HOST, ROOT
 
 PERIOD = 0.1

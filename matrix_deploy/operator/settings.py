@@ -14,24 +14,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from matrix_deploy.engine.addresses import resolve_literal
-from matrix_deploy.operator.options import BY_NAME, OPTIONS, PREFIXES, REMOVED, internal_address
+from matrix_deploy.operator.declare import internal_address
+from matrix_deploy.operator.options import BY_NAME, OPTIONS, PREFIXES, REMOVED
+from matrix_deploy.services.delegation.options import (
+    MAS_API_MIN_SYNAPSE,
+    MSC3861_MAX_SYNAPSE,
+    MSC3861_MIN_SYNAPSE,
+    NATIVE_MIN_SYNAPSE,
+)
 from matrix_deploy.services.mas import options as mas_settings
 from matrix_deploy.services.synapse import locks
 
 ROLES = ("db", "mas", "synapse", "proxy")
 SINGLE_INSTANCE_ROLES = ("db",)
-# The first Synapse with the `matrix_authentication_service` section.
-NATIVE_MIN_SYNAPSE = (1, 136, 0)
-# The newest Synapse that still has `experimental_features.msc3861` (1.157.0 removed it).
-MSC3861_MAX_SYNAPSE = (1, 156, 0)
-# The first Synapse whose msc3861 section reads `client_secret_path` and `admin_token_path` (files, not values).
-MSC3861_MIN_SYNAPSE = (1, 125, 0)
-# The first Synapse with the MAS API (/_synapse/mas) that MAS's `synapse` kind calls.
-MAS_API_MIN_SYNAPSE = (1, 135, 0)
-# The client MAS keeps for Synapse in msc3861 mode (a valid ULID).
-MSC3861_CLIENT_ID = "0000000000000000000SYNAPSE"
-# The MAS admin API client the deploy creates admin_user with (a ULID, like every MAS client id).
-MAS_ADMIN_CLIENT_ID = "000000000000000000MDADM1N0"
 
 
 class SettingsError(Exception):
@@ -140,15 +135,6 @@ class Settings:
     mas_internal_port: int
     mas_metrics_port: int
     mas_extra_config: dict[str, Any] = field(hash=False)
-    postgres_port: int
-    tls: str
-    tls_certificate: Path | None
-    tls_certificate_key: Path | None
-    acme_directory_url: str
-    acme_email: str | None
-    acme_directory_ca: Path | None
-    backup_dir: str
-    backup_keep: int
     admin_user: str | None
     mas_password_registration: bool
     mas_registration_token_required: bool
@@ -158,6 +144,15 @@ class Settings:
     mas_email_smtp_username: str | None
     mas_email_from: str | None
     mas_upstream_providers: tuple[mas_settings.Provider, ...]
+    postgres_port: int
+    backup_dir: str
+    backup_keep: int
+    tls: str
+    tls_certificate: Path | None
+    tls_certificate_key: Path | None
+    acme_directory_url: str
+    acme_email: str | None
+    acme_directory_ca: Path | None
     secrets_dir: Path
     secrets_age_identity: Path | None  # the operator's age key: the store is (or becomes) <inventory>.yaml.age
     placement: Placement

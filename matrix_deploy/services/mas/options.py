@@ -11,6 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from matrix_deploy.operator.declare import (
+    SHA256,
+    VERSION,
+    Option,
+    boolean,
+    download_url,
+    extra_config,
+    local_file,
+    one_of,
+    port,
+    text,
+)
+
 # MAS's admin API rule for a new username (crates/handlers/src/admin/v1/users/add.rs `username_valid`):
 # 1 to 255 bytes of a-z 0-9 = _ - . / +, not starting with `_`. `/` is refused here as well: the
 # username goes into the admin API's URL path (users/by-username/{username}).
@@ -248,3 +261,113 @@ def config(s, secret_path) -> dict:
             providers.append(entry)
         out["upstream_oauth2"] = {"providers": providers}
     return out
+
+
+MAS_FORBIDDEN = {
+    "matrix": "it is rendered from the Synapse settings and the shared secret",
+    "database": "the database is managed by this deployment",
+    "secrets": "the secrets come from the secrets store",
+    "email": "set the mas_email_* settings instead (the SMTP password comes from the secrets store)",
+    "upstream_oauth2": "set mas_upstream_providers instead (client secrets come from the secrets store)",
+}
+# Keys of MAS's `account` section rendered from settings.
+MAS_ACCOUNT_FORBIDDEN = {
+    "password_registration_enabled": "set mas_password_registration instead",
+    "password_registration_token_required": "set mas_registration_token_required instead",
+    "registration_token_required": "set mas_registration_token_required instead",
+}
+
+MAS_RELEASES = "https://github.com/element-hq/matrix-authentication-service/releases/download"
+# The MAS admin API client the deploy creates admin_user with (a ULID, like every MAS client id).
+MAS_ADMIN_CLIENT_ID = "000000000000000000MDADM1N0"
+
+OPTIONS = (
+    Option(
+        "mas_version", "1.22.0", "MAS release, installed in `/opt/mas/<version>`, linked as `/opt/mas/current`",
+        text(VERSION, "a release version like 1.2.3"),
+    ),
+    Option(
+        "mas_release_url", f"{MAS_RELEASES}/v{{version}}/mas-cli-x86_64-linux.tar.gz",
+        "where the host downloads the release tarball (`{version}` is filled in)",
+        download_url, shown="GitHub release of `{version}`",
+    ),
+    Option(
+        "mas_release_file", None,
+        "a release tarball on the operator's machine, uploaded to the host (air-gapped hosts); wins over the URL",
+        local_file,
+    ),
+    Option(
+        "mas_release_sha256", None,
+        "sha256 of the tarball; MAS publishes none, so pin the one you checked. A mismatch stops the deploy",
+        text(SHA256, "the release tarball's sha256: 64 lower-case hex digits"), shown="(required)",
+    ),
+    Option("mas_port", 8080, "MAS's web listener (OAuth, compat login, pages), proxied by nginx", port),
+    Option(
+        "mas_internal_port", 8081,
+        "MAS's internal listener (`/health`; with `admin_user` also the admin API and token endpoint), localhost "
+        "only, never proxied",
+        port,
+    ),
+    Option(
+        "mas_metrics_port", 9300,
+        "MAS's Prometheus metrics listener (`/metrics`), on the MAS host's internal addresses only, never proxied",
+        port,
+    ),
+    Option(
+        "mas_extra_config", {},
+        "extra MAS `config.yaml` settings merged over the rendered ones (`matrix`, `database`, `secrets`, `email`, "
+        "`upstream_oauth2` and the registration keys of `account` are refused)",
+        extra_config(MAS_FORBIDDEN, {"account": MAS_ACCOUNT_FORBIDDEN}),
+    ),
+    Option(
+        "admin_user", None,
+        "initial MAS user allowed to request admin (localpart: 1 to 255 of `a-z 0-9 . _ = + -`, not starting with "
+        "`_`), created once through MAS's admin API; password generated into the secrets store; see \"The admin "
+        'user"',
+        text(
+            ADMIN_USER,
+            "a user name MAS accepts: 1 to 255 of a-z, 0-9 and . _ = + -, not starting with _",
+            required=False,
+        ),
+    ),
+    Option(
+        "mas_password_registration", False,
+        "MAS's self-service password registration (`account.password_registration_enabled`); needs the email "
+        "settings (MAS sends a code to the address)",
+        boolean,
+    ),
+    Option(
+        "mas_registration_token_required", False,
+        "registrations need a token (`account.password_registration_token_required`; issue with `mas-cli manage "
+        "issue-user-registration-token`)",
+        boolean,
+    ),
+    Option(
+        "mas_email_smtp_host", None, "SMTP relay MAS sends email through; unset: MAS sends none",
+        smtp_host,
+    ),
+    Option(
+        "mas_email_smtp_port", None, "its port; unset: MAS's default for the mode (25, 587, 465)",
+        smtp_port,
+    ),
+    Option("mas_email_smtp_mode", "tls", "`plain`, `starttls` or `tls`", one_of(*SMTP_MODES)),
+    Option(
+        "mas_email_smtp_username", None,
+        "SMTP login; its password is the secrets store's `mas_smtp_password` (set by hand), delivered as "
+        "`email.password_file`",
+        smtp_username,
+    ),
+    Option(
+        "mas_email_from", None, 'sender and reply-to address, `auth@example.org` or `"Name" <auth@example.org>`',
+        email_from, shown="unset (required with a host)",
+    ),
+    Option(
+        "mas_upstream_providers", [],
+        "upstream OIDC providers: mappings of `id` (a ULID you choose once), `issuer`, `client_id`, `scope` "
+        "(`openid` by default), `human_name`, `brand_name`, `token_endpoint_auth_method` (`client_secret_basic`, "
+        "`client_secret_post` or `none`), `claims` (MAS's `claims_imports`); each client secret is the store's "
+        "`mas_upstream_client_secret_<id>` (set by hand), delivered as a file. Removing one disables it in MAS, "
+        "its users' links kept",
+        providers,
+    ),
+)  # fmt: skip

@@ -14,9 +14,10 @@ from matrix_deploy.engine.units import system_user, unit
 from matrix_deploy.engine.yaml_config import deep_merge, dump
 from matrix_deploy.operator import secret_table
 from matrix_deploy.operator.inventory import Deployment
-from matrix_deploy.operator.settings import MAS_ADMIN_CLIENT_ID, MSC3861_CLIENT_ID
-from matrix_deploy.services import delegation as auth_mode
+from matrix_deploy.services.delegation import service as auth_mode
+from matrix_deploy.services.delegation.options import MSC3861_CLIENT_ID
 from matrix_deploy.services.mas import options as mas_settings
+from matrix_deploy.services.mas.options import MAS_ADMIN_CLIENT_ID
 from matrix_deploy.services.mas.paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_USER
 from matrix_deploy.services.postgres.dumps import dump_before_migration
 

@@ -14,8 +14,8 @@ from matrix_deploy.engine.units import system_user, unit
 from matrix_deploy.engine.yaml_config import deep_merge, dump
 from matrix_deploy.operator import secret_table
 from matrix_deploy.operator.inventory import Deployment
-from matrix_deploy.operator.settings import MSC3861_CLIENT_ID
-from matrix_deploy.services import delegation as auth_mode
+from matrix_deploy.services.delegation import service as auth_mode
+from matrix_deploy.services.delegation.options import MSC3861_CLIENT_ID
 from matrix_deploy.services.postgres.dumps import dump_before_migration
 from matrix_deploy.services.redis import service as redis
 from matrix_deploy.services.synapse import locks

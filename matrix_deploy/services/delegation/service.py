@@ -10,7 +10,7 @@ from pyinfra.api.exceptions import DeployError
 from matrix_deploy.engine import host_state
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.operator.inventory import Deployment
-from matrix_deploy.operator.options import AUTH_MODES
+from matrix_deploy.services.delegation.options import AUTH_MODES
 
 RECORD = f"{STATE}/auth-mode"
 
