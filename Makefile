@@ -21,7 +21,7 @@ lab-down: venv ## stop the lab and undo every change it made to this machine
 lab: lab-up deploy-lab ## lab-up, then the real deploy into it
 
 deploy-lab: venv
-	$(BIN)/python -m tests.lab_release
+	$(BIN)/python -m matrix_deploy.lab.release
 	$(BIN)/python -m matrix_deploy.lab deploy  # each homeserver of the lab (two with LAYOUT=pair)
 	$(BIN)/python -m matrix_deploy.lab welcome
 

@@ -13,6 +13,7 @@ from matrix_deploy.engine import debian as platform
 from matrix_deploy.engine import host_state
 from matrix_deploy.engine.stages import done
 from matrix_deploy.operator.inventory import current
+from matrix_deploy.services import roles as services
 from matrix_deploy.services.base import service as base
 from matrix_deploy.services.delegation import service as auth_mode
 from matrix_deploy.services.mas import service as mas
@@ -27,7 +28,7 @@ redis = settings.has_workers and host.name == settings.placement.synapse_main  #
 
 # One look at the host (after taking its run lock); operations are only added for what is not already as wanted.
 state = host_state.read(
-    base.snapshot_needs(roles, settings.tls, redis),
+    services.snapshot_needs(roles, settings.tls, redis),
     apt_busy=base.APT_BUSY,
     resolve=settings.placement.addresses.values(),
 )
@@ -39,7 +40,11 @@ if release is None:
     )
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
-base.prepare(roles, settings.tls, redis, settings.synapse_version)
+base.prepare(
+    roles,
+    services.packages(roles, settings.tls, redis),
+    (lambda: synapse.build_virtualenv(settings.synapse_version)) if "synapse" in roles else None,
+)
 done("Host base")
 if "db" in roles:
     postgres.install(deployment, release)

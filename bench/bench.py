@@ -22,10 +22,10 @@ import scale  # noqa: E402  (bench/ beside this script)
 from downtime import Poller, introspection, login, whoami  # noqa: E402
 
 from matrix_deploy import lab  # noqa: E402
-from matrix_deploy.services.base import service as base  # noqa: E402
+from matrix_deploy.lab.probe import LAB_SETTINGS, changed_operations, fetch, service_stamps, ssh  # noqa: E402
+from matrix_deploy.lab.release import prepare as prepare_release  # noqa: E402
+from matrix_deploy.services import roles as services  # noqa: E402
 from matrix_deploy.services.synapse import locks  # noqa: E402
-from tests.lab_release import prepare as prepare_release  # noqa: E402
-from tests.lab_support import LAB_SETTINGS, changed_operations, fetch, service_stamps, ssh  # noqa: E402
 
 REPEAT = 5
 # The fresh install gets the older versions, the upgrades then go to the newer ones (each a lock / a stand-in release).
@@ -47,7 +47,7 @@ def run(*args, inventory="inventories/lab.py", deploy="deploy.py") -> tuple[floa
 
 def floor(host: lab.LabHost, release: dict, synapse_version: str) -> float:
     """The same Debian and Python packages (the lock's) with plain apt-get and pip, and MAS unpacked: nothing else."""
-    packages = " ".join(base.packages(set(lab.ROLES), "acme"))
+    packages = " ".join(services.packages(set(lab.ROLES), "acme"))
     started = time.monotonic()
     lock = locks.path(synapse_version)
     for src, dest in ((release["file"], "/root/mas.tar.gz"), (str(lock), "/root/synapse.lock")):

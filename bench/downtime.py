@@ -8,10 +8,11 @@ import threading
 import time
 import urllib.parse
 
+from matrix_deploy.lab import PROJECT_DIR as ROOT
 from matrix_deploy.lab import LabHost
+from matrix_deploy.lab.probe import PUBLIC_HOST
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.mas.options import MAS_ADMIN_CLIENT_ID
-from tests.lab_support import PUBLIC_HOST, ROOT
 
 PERIOD = 0.1
 MAS_HOST = "auth.lab.test"

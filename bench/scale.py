@@ -8,7 +8,7 @@ import statistics
 from collections import Counter
 
 from matrix_deploy import lab
-from tests.lab_support import LAB_SETTINGS, changed_operations
+from matrix_deploy.lab.probe import LAB_SETTINGS, changed_operations
 
 
 def measure(run, settings: dict, single_fresh: float, single_noop: float, repeat: int) -> list[tuple]:

@@ -14,9 +14,9 @@ import threading
 import pytest
 
 from matrix_deploy import lab
+from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.nginx import service as nginx
-from tests.lab_release import prepare as prepare_release
 from tests.lab_support import (
     LAB_SETTINGS,
     ROOT,

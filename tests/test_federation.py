@@ -19,8 +19,8 @@ from aiohttp.abc import AbstractResolver
 from nio import AsyncClient, InviteMemberEvent, JoinResponse, LoginResponse, RoomMessageText, RoomSendResponse
 
 from matrix_deploy import lab
+from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
-from tests.lab_release import prepare as prepare_release
 from tests.lab_support import LAB_SETTINGS, ROOT, sh
 
 pytestmark = pytest.mark.lab

@@ -78,10 +78,10 @@ def test_the_snapshot_command_output_is_read_as_the_host_printed_it():
 
 def test_every_role_declares_what_it_reads_and_every_host_reads_every_roles_paths():
     from matrix_deploy.operator.settings import ROLES
-    from matrix_deploy.services.base import service as base
+    from matrix_deploy.services import roles as services
 
-    assert set(base.ROLE_MODULES) == set(ROLES)
-    needs = base.snapshot_needs({"db"}, "acme")
-    for module in base.ROLE_MODULES.values():
+    assert set(services.ROLE_MODULES) == set(ROLES)
+    needs = services.snapshot_needs({"db"}, "acme")
+    for module in services.ROLE_MODULES.values():
         assert module.NEEDS.paths.items() <= needs.paths.items() and set(module.NEEDS.users) <= set(needs.users)
-    assert needs.packages == ("postgresql",) and "certbot" in base.packages({"proxy"}, "acme")
+    assert needs.packages == ("postgresql",) and "certbot" in services.packages({"proxy"}, "acme")

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from matrix_deploy import lab
+from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.delegation.options import MSC3861_CLIENT_ID
 from matrix_deploy.services.mas.options import MAS_ADMIN_CLIENT_ID
-from tests.lab_release import prepare as prepare_release
 from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, service_stamps, ssh
 
 pytestmark = pytest.mark.lab

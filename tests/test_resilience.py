@@ -21,9 +21,9 @@ import pytest
 
 from matrix_deploy import lab
 from matrix_deploy.engine.paths import WORK_LOCK
+from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse.service import VIRTUALENV_LOG
-from tests.lab_release import prepare as prepare_release
 from tests.lab_support import (
     LAB_SETTINGS,
     ROOT,

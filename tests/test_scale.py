@@ -14,9 +14,9 @@ import time
 import pytest
 
 from matrix_deploy import lab
+from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse import workers as synapse_workers
-from tests.lab_release import prepare as prepare_release
 from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, sh, ssh
 
 pytestmark = pytest.mark.lab

@@ -21,10 +21,10 @@ import yaml
 
 from matrix_deploy import lab
 from matrix_deploy.engine import host_state
+from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse import locks
-from tests.lab_release import prepare as prepare_release
 from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, ssh
 
 pytestmark = pytest.mark.lab

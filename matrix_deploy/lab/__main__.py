@@ -45,8 +45,15 @@ proxy on {proxy.name} ({proxy.address}), with a certificate from the lab's ACME 
 These names resolve only where you say so: add "{proxy.address} {names}" to /etc/hosts, or use curl --resolve.
 Log in as @{s.admin_user}:{s.matrix_server_name}; the password is admin_password in {d.secrets_file}:
   curl --cacert {LAB_DIR / "acme-root.pem"} --resolve {s.public_host}:443:{proxy.address} {s.matrix_public_url}_matrix/client/v3/login \\
-    -d '{{"type":"m.login.password","identifier":{{"type":"m.id.user","user":"{s.admin_user}"}},"password":"<admin_password>"}}'
+    -H 'Content-Type: application/json' -d '{{"type":"m.login.password","identifier":{{"type":"m.id.user","user":"{s.admin_user}"}},"password":"<admin_password>"}}'
 """)
+    release = json.loads((LAB_DIR / "mas-release.json").read_text())
+    which = (
+        "the real MAS"
+        if release.get("kind") == "real"
+        else "the tests' MAS stand-in (set MAS_RELEASE=FILE for the real one)"
+    )
+    print(f"MAS {release.get('version', '')}: {which}, from {release['file']}.")
     print(f"""To trust the lab's certificates, use its ACME root {LAB_DIR / "acme-root.pem"} (curl --cacert, or copy it into
 /usr/local/share/ca-certificates/ as a .crt and run update-ca-certificates; it changes with every `make lab-up`).""")
     if len(_sites()) > 1:

@@ -7,13 +7,7 @@ from pyinfra.api import deploy
 
 from matrix_deploy.engine import host_state, remote
 from matrix_deploy.engine.paths import STATE
-from matrix_deploy.services.mas import service as mas
-from matrix_deploy.services.nginx import service as nginx
-from matrix_deploy.services.postgres import service as postgres
-from matrix_deploy.services.redis import service as redis
-from matrix_deploy.services.synapse import service as synapse
 
-ROLE_MODULES = {"db": postgres, "mas": mas, "synapse": synapse, "proxy": nginx}
 NEEDS = host_state.Needs(paths={STATE: 2})
 # grep arguments that match the processes of an apt or dpkg run (apt's http/https fetchers included).
 APT_PROCESSES = "-xE 'apt|apt-get|dpkg|http|https' /proc/[0-9]*/comm"
@@ -39,25 +33,6 @@ done
 DEBIAN_FRONTEND=noninteractive dpkg --configure -a
 if {OURS_LEFT}; then rm -f {POLICY_RC}; fi
 """
-
-
-def packages(roles: set[str], tls: str = "self-signed", redis_here: bool = False) -> list[str]:
-    """The Debian packages of `roles`; an ACME proxy also gets certbot, the main Synapse host with workers Redis."""
-    extra = set(nginx.ACME_PACKAGES) if "proxy" in roles and tls == "acme" else set()
-    extra |= set(redis.NEEDS.packages) if redis_here else set()
-    return sorted({p for role in roles for p in ROLE_MODULES[role].NEEDS.packages} | extra)
-
-
-def snapshot_needs(roles: set[str], tls: str, redis_here: bool = False) -> host_state.Needs:
-    """What the snapshot reads on a host with `roles`: its roles' packages, and every role's paths, users and
-    units (the same on every host, as before roles declared them)."""
-    every = [NEEDS, *(m.NEEDS for m in ROLE_MODULES.values()), redis.NEEDS]
-    return host_state.Needs(
-        paths={path: depth for n in every for path, depth in n.paths.items()},
-        users=tuple(dict.fromkeys(user for n in every for user in n.users)),
-        packages=tuple(packages(roles, tls, redis_here)),
-        units=tuple(dict.fromkeys(unit for n in every for unit in n.units)),
-    )
 
 
 def install_script(wanted: list[str], hold_postgres: bool) -> str:
@@ -88,21 +63,21 @@ apt-get install {options} {" ".join(wanted)} >/dev/null
 
 
 @deploy("Host base")
-def prepare(roles: set[str], tls: str, redis_here: bool, synapse_version: str | None = None):
-    """`synapse_version`: on a Synapse host, the version whose virtualenv starts building here, in the background
-    (after python3-venv, before the other packages), while the later stages run; the Synapse stage waits for it."""
+def prepare(roles: set[str], wanted: list[str], start_in_background=None):
+    """`wanted`: the Debian packages of the host's roles (services.roles.packages). `start_in_background`: on a
+    Synapse host, what starts building Synapse's virtualenv here, in the background (after python3-venv, before
+    the other packages), while the later stages run; the Synapse stage waits for it."""
     state = host_state.current()
     if state.apt_busy:
         remote.shell(name="Wait for an earlier apt run and finish what dpkg left undone", commands=[APT_RECOVER])
     host_state.directory("matrix-deploy state directory", STATE, "root", "root", "700")
-    wanted = packages(roles, tls, redis_here)
     missing = state.apt_busy or not state.packages_installed(wanted)
-    if "synapse" in roles and synapse_version:
+    if start_in_background:
         if missing and not state.packages_installed(VENV_PACKAGES):
             remote.shell(
                 name="Python's venv, for Synapse's virtualenv", commands=[install_script(VENV_PACKAGES, False)]
             )
-        synapse.build_virtualenv(synapse_version)
+        start_in_background()
     if missing:
         # Held back only where the package is new: an installed cluster restarted by an upgrade must come back.
         hold = "postgresql" in wanted and not state.packages_installed(["postgresql"])
