@@ -128,7 +128,8 @@ def up(
     with machine_lock():
         ensure_host_tools()
         img = image.ensure_image(release, log)
-    down(log=lambda *_: None)
+    # Also what an earlier lab of these names left behind (an orphaned container, its veth), even unrecorded.
+    down(log=lambda *_: None, names=[name for name, _ in spec])
     require_disk(STATE_DIR, len(spec))
     public_key = _ensure_ssh_key()
     started = time.monotonic()
@@ -163,19 +164,24 @@ def up(
     return hosts
 
 
-def down(log=print) -> None:
-    """Stop every lab host and undo every change the lab made to this machine; harmless when nothing is up."""
+def down(log=print, names=()) -> None:
+    """Stop every lab host and undo every change the lab made to this machine; harmless when nothing is up.
+    `names`: lab hosts whose leftovers (veths) to look for beside those the lab knows of."""
     require_root()
-    removed = acme.down() + machines.stop_all() + network.down()
+    removed = acme.down() + machines.stop_all([*names, *(h.name for h in read_hosts())]) + network.down()
     HOSTS_FILE.unlink(missing_ok=True)
     log("lab: down" + (f" (removed {', '.join(removed)})" if removed else " (nothing was up)"))
 
 
 def leftovers() -> dict:
     """What the lab still holds on this machine: all empty/false once `down()` has run."""
+    processes = machines.processes()
+    names = {*processes.values(), *(h.name for h in read_hosts())}
+    if machines.MACHINES_DIR.exists():
+        names |= {p.name for p in machines.MACHINES_DIR.iterdir() if p.is_dir()}
     return {
-        **network.leftovers(),
-        "containers": sorted(machines.running().values()),
+        **network.leftovers([machines.machine_name(n) for n in sorted(names)]),
+        "containers": sorted(set(processes.values())),  # also one whose systemd-nspawn is gone
         "disks": sorted(p.name for p in machines.MACHINES_DIR.iterdir()) if machines.MACHINES_DIR.exists() else [],
         "hosts_file": HOSTS_FILE.exists(),
         "acme_server": acme.WORK.exists(),

@@ -1,6 +1,7 @@
 """Lab hosts: fresh copies of the base image, booted with systemd-nspawn on the lab bridge."""
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -14,6 +15,9 @@ from .system import LAB_INDEX, STATE_DIR, LabError
 
 MACHINES_DIR = STATE_DIR / ("machines" + (f"-{LAB_INDEX}" if LAB_INDEX else ""))
 BOOT_TIMEOUT = 90
+STOP_TIMEOUT = 15  # for a clean poweroff, before the lab kills the container
+KILL_TIMEOUT = 60  # for SIGKILLed processes to be gone (a process in the kernel, state D, can take a while)
+NSPAWN_PROPAGATE = Path("/run/systemd/nspawn/propagate")
 
 
 def _network_file(address: str) -> str:
@@ -110,7 +114,10 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie is dead for our purposes.
-    stat = Path(f"/proc/{pid}/stat").read_text()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # ended since
+        return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
@@ -152,25 +159,137 @@ def foreign_with_name(name: str) -> int | None:
     return None
 
 
-def stop_all() -> list[str]:
-    """Power off every lab container (SIGTERM, then SIGKILL) and delete their disks."""
-    stopped = []
-    pids = running()
+def _unescape(field: str) -> str:
+    """A path as /proc/*/mountinfo writes it (space, tab, newline and backslash as octal escapes)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _disks_on_their_filesystem() -> tuple[str, str]:
+    """MACHINES_DIR as /proc/*/mountinfo names a container's root: its filesystem's device and its path there."""
+    path = str(MACHINES_DIR.resolve())
+    best = ("", "", "")  # mount point, device, root of the mount
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        root, point = _unescape(fields[3]), _unescape(fields[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):  # the deepest mount holding it; the last of equals is on top
+            best = (point, fields[2], root)
+    point, device, root = best
+    return device, root.rstrip("/") + "/" + path[len(point) :].lstrip("/")
+
+
+def _disk_of(pid: int, device: str, disks: str) -> str | None:
+    """The lab host whose disk is the root ("/") of process `pid`, also when that disk is deleted (".../name//deleted")."""
+    try:
+        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    except OSError:  # gone, or a zombie
+        return None
+    for line in lines:
+        fields = line.split()
+        if _unescape(fields[4]) == "/" and fields[2] == device:
+            root = _unescape(fields[3])
+            if root.startswith(disks.rstrip("/") + "/"):
+                return root[len(disks.rstrip("/")) + 1 :].split("/")[0] or None
+    return None
+
+
+def _pid_namespace(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def processes() -> dict[int, str]:
+    """Every process of this lab's hosts, with the host's name: the systemd-nspawn processes (running()), every
+    process whose root is one of the lab's disks (deleted or not: an orphaned container whose nspawn is gone), and
+    everything else in those containers' PID namespaces. Never a process of another lab (another MACHINES_DIR)."""
+    found = running()
+    device, disks = _disks_on_their_filesystem()
+    own_namespace = _pid_namespace("self")
+    namespaces: dict[str, str] = {}
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
     for pid in pids:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for pid, name in pids.items():
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.1)
+        name = _disk_of(pid, device, disks)
+        if name and _alive(pid):
+            found[pid] = name
+            namespace = _pid_namespace(pid)
+            if namespace and namespace != own_namespace:  # a chroot on this machine's namespace would be all of it
+                namespaces[namespace] = name
+    for pid in pids:
+        if pid not in found and _pid_namespace(pid) in namespaces and _alive(pid):
+            found[pid] = namespaces[_pid_namespace(pid)]
+    return found
+
+
+def _kill(pids) -> None:
+    for pid in pids:
         try:
-            os.waitpid(pid, 0)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_until(done, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _reap(pids) -> None:
+    """Collect the exit status of the containers this process started (a zombie otherwise)."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
-        stopped.append(f"container {name} (pid {pid})")
+
+
+def stop_all(names=()) -> list[str]:
+    """Power off every container of this lab and delete their disks; harmless when none is up.
+
+    SIGTERM to each systemd-nspawn asks for a clean poweroff (STOP_TIMEOUT). A container that does not finish
+    in time, or whose nspawn is already gone (an orphaned init), has all its processes SIGKILLed; then its
+    nspawn if it still waits. Only once every process of the lab is gone do its veths (vb-<machine>, also those
+    of `names`) go, then its disks.
+    """
+    stopped = []
+    nspawns = running()
+    for pid in nspawns:
+        os.kill(pid, signal.SIGTERM)
+    _wait_until(lambda: not any(_alive(pid) for pid in nspawns), STOP_TIMEOUT)
+    _reap(nspawns)
+    stopped += [f"container {name} (pid {pid})" for pid, name in nspawns.items()]
+    left = processes()
+    if left:
+        # The containers first: nspawn, seeing its container end, cleans up after it and exits on its own.
+        _kill(pid for pid in left if pid not in running())
+        _wait_until(lambda: set(processes()) <= set(running()), KILL_TIMEOUT)
+        _wait_until(lambda: not running(), 5)
+
+        def killed() -> bool:  # whatever is still there, found anew each time (a PID read earlier may be reused)
+            still = processes()
+            _kill(still)
+            return not still
+
+        if not _wait_until(killed, KILL_TIMEOUT):
+            raise LabError(f"lab processes still there after SIGKILL: {processes()}; see ps -o pid,stat,wchan,cmd")
+        _reap(left)
+        for name in sorted(set(left.values())):
+            count = sum(1 for n in left.values() if n == name)
+            stopped.append(f"container {name} killed ({count} processes)")
+    names = {*names, *nspawns.values(), *left.values()}
+    if MACHINES_DIR.exists():
+        names |= {path.name for path in MACHINES_DIR.iterdir() if path.is_dir()}
+    stopped += network.remove_veths([machine_name(name) for name in sorted(names)])
+    for name in sorted(names):
+        # What a SIGKILLed nspawn leaves (it removes this when it ends on its own); a fresh one would reuse it.
+        propagate = NSPAWN_PROPAGATE / machine_name(name)
+        if propagate.is_dir() and not any(propagate.iterdir()):
+            propagate.rmdir()
     if MACHINES_DIR.exists():
         shutil.rmtree(MACHINES_DIR)
         stopped.append(f"disks under {MACHINES_DIR}")

@@ -6,6 +6,7 @@ a crash or from a fresh clone.
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from .system import LAB_INDEX, STATE_DIR, LabError, run
@@ -94,16 +95,40 @@ def _other_labs() -> list[str]:
     return [link["ifname"] for link in links if link["ifname"].startswith("mdlab") and link["ifname"] != BRIDGE]
 
 
-def leftovers() -> dict:
-    """Kernel state of the lab that is still present (empty when the machine is clean)."""
-    veths = [
+def veths(machines=()) -> list[str]:
+    """The host side of this lab's veths: every link on the lab's bridge, and those of the containers `machines`
+    (their machine names) wherever they are: vb-NAME (--network-bridge) or ve-NAME (--network-veth), found also
+    under the altname systemd-nspawn gives a name too long for the kernel (it shortens it with a hash)."""
+    wanted = {prefix + machine for machine in machines for prefix in ("vb-", "ve-")}
+    return [
         link["ifname"]
         for link in json.loads(run(["ip", "-j", "link", "show"], quiet=True).stdout)
-        if link.get("master") == BRIDGE  # this lab's only: another lab's hosts have veths too
+        # This lab's only: another lab's hosts have veths too, on their own bridge and with their own names.
+        if (link.get("master") == BRIDGE and link["ifname"] != BRIDGE)
+        or wanted & {link["ifname"], *link.get("altnames", [])}
     ]
+
+
+def remove_veths(machines=()) -> list[str]:
+    """Delete veths() (once their containers are gone) and wait until the kernel has; returns what was removed."""
+    found = veths(machines)
+    for name in found:
+        # The kernel may be removing it already (its container's network namespace ended): then it is not found.
+        run(["ip", "link", "delete", name], check=False, quiet=True)
+    deadline = time.monotonic() + 30
+    while veths(machines):
+        if time.monotonic() > deadline:
+            raise LabError(f"the lab's veths {', '.join(veths(machines))} are still there: ip link delete them")
+        time.sleep(0.1)
+    return [f"veth {name}" for name in found]
+
+
+def leftovers(machines=()) -> dict:
+    """Kernel state of the lab that is still present (empty when the machine is clean); `machines`: the machine
+    names of the lab's hosts, whose veths count even off the bridge."""
     return {
         "bridge": _link_exists(BRIDGE),
         "nft_table": _nft_table_exists(),
-        "veths": veths,
+        "veths": veths(machines),
         "saved_sysctl": SAVED_SYSCTL.exists() and not _other_labs(),
     }
