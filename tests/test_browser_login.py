@@ -232,18 +232,18 @@ def test_element_x_style_oauth_login_in_chromium(host):
     try:
         driver = browser.driver
         driver.get(authorize)
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.NAME, "password"))
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.NAME, "password"), "no login form")
         assert urllib.parse.urlsplit(driver.current_url).netloc == MAS_HOST, driver.current_url
         browser.keep("1-login")
         driver.find_element(By.NAME, "username").send_keys(username)
         driver.find_element(By.NAME, "password").send_keys(password)
         driver.find_element(By.XPATH, "//form[.//input[@name='password']]//button[@type='submit']").click()
-        WebDriverWait(driver, 30).until(lambda d: "/consent/" in d.current_url)
+        WebDriverWait(driver, 30).until(lambda d: "/consent/" in d.current_url, "no consent page after signing in")
         browser.keep("2-consent")
         assert f"@{username}:lab.test" in driver.page_source and "Element X (lab test)" in driver.page_source
         driver.find_element(By.XPATH, "//button[normalize-space()='Continue']").click()
         answer = callback.received.get(timeout=30)
-        WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(callback.uri))
+        WebDriverWait(driver, 30).until(lambda d: d.current_url.startswith(callback.uri), "not back at the client")
         browser.keep("3-callback")
     except BaseException:
         try:
