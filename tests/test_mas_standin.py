@@ -351,8 +351,8 @@ def test_the_two_releases_have_different_schemas(mas_cli, tmp_path):
                              capture_output=True, text=True, check=True)  # fmt: skip
         return out.stdout.split()
 
-    assert migrations(mas_cli) == ["1", "2", "3", "4"]
-    assert migrations(tmp_path / "older" / "mas-cli") == ["1", "2", "3"]
+    assert migrations(mas_cli) == ["1", "2", "3", "4", "5"]
+    assert migrations(tmp_path / "older" / "mas-cli") == ["1", "2", "3", "5"]
 
 
 def test_secrets_are_never_printed(mas_cli, config):

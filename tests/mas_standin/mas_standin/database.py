@@ -105,6 +105,49 @@ MIGRATIONS = [
     (4, "index on the upstream links' account names", [
         "CREATE INDEX upstream_oauth_links_human_account_name_idx ON upstream_oauth_links (human_account_name)",
     ], (1, 22, 0)),
+    # The OAuth 2.0 authorization code grant with PKCE (tests/mas_standin/mas_standin/oauth.py): dynamically
+    # registered clients beside the static ones, browser sessions, grants, user sessions and refresh tokens.
+    (5, "authorization code grant: registered clients, browser sessions, grants and refresh tokens", [
+        "ALTER TABLE oauth2_clients ADD COLUMN is_static BOOLEAN NOT NULL DEFAULT TRUE,"
+        " ADD COLUMN metadata_digest TEXT UNIQUE, ADD COLUMN metadata TEXT",  # metadata: the registered JSON
+        """CREATE TABLE browser_sessions (
+            browser_session_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+            user_agent TEXT,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            finished_at TIMESTAMPTZ
+        )""",
+        """CREATE TABLE oauth2_authorization_grants (
+            oauth2_authorization_grant_id TEXT PRIMARY KEY,
+            client_id TEXT NOT NULL REFERENCES oauth2_clients (client_id) ON DELETE CASCADE,
+            redirect_uri TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            state TEXT,
+            nonce TEXT,
+            response_mode TEXT NOT NULL,
+            code TEXT UNIQUE,
+            code_challenge TEXT,
+            code_challenge_method TEXT,
+            login_hint TEXT,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            fulfilled_at TIMESTAMPTZ,
+            browser_session_id TEXT REFERENCES browser_sessions (browser_session_id) ON DELETE CASCADE,
+            exchanged_at TIMESTAMPTZ,
+            oauth2_session_id TEXT,
+            cancelled_at TIMESTAMPTZ
+        )""",
+        # A user's session holds its current access token (a refresh replaces it, as MAS revokes the old one).
+        "ALTER TABLE oauth2_sessions ADD COLUMN user_id TEXT REFERENCES users (user_id) ON DELETE CASCADE,"
+        " ADD COLUMN browser_session_id TEXT, ADD COLUMN access_token_created_at TIMESTAMPTZ",
+        """CREATE TABLE oauth2_refresh_tokens (
+            oauth2_refresh_token_id TEXT PRIMARY KEY,
+            oauth2_session_id TEXT NOT NULL REFERENCES oauth2_sessions (oauth2_session_id) ON DELETE CASCADE,
+            refresh_token TEXT NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            consumed_at TIMESTAMPTZ,
+            next_refresh_token_id TEXT
+        )""",
+    ]),
 ]  # fmt: skip
 
 

@@ -4,11 +4,13 @@ What each resource answers (paths as in MAS 1.22.0's router, below the listener'
 - health:    GET /health -> 200 `ok` after `SELECT 1` on the database, else 500.
 - discovery: GET /.well-known/openid-configuration (issuer = http.issuer or http.public_base,
              endpoints under public_base, account_management_uri = <public_base>account/).
-- oauth:     POST /oauth2/introspect, POST /oauth2/token (client_credentials), GET /oauth2/keys.json;
-             registration/revoke/device/userinfo refuse.
+- oauth:     POST /oauth2/introspect, POST /oauth2/token (client_credentials; authorization_code and
+             refresh_token in oauth.py), POST /oauth2/registration (oauth.py), GET /oauth2/keys.json;
+             revoke/device/userinfo refuse.
 - compat:    /_matrix/client/{version}/login (GET flows, POST m.login.password), /logout, /logout/all,
              /refresh, /login/sso/redirect[/{idp}].
-- human:     GET /, /login, /account/..., /complete-compat-sso/{id}: small HTML pages.
+- human:     GET /authorize, GET/POST /login and /consent/{grant} (the authorization code flow, oauth.py);
+             GET /, /account/..., /complete-compat-sso/{id}: small HTML pages.
 - assets:    GET /assets/<file> from the resource's `path` (default ./share/assets/).
 - adminapi:  /api/admin/v1/users: GET by-username/{username}, POST (create), GET {id},
              POST {id}/set-password, POST {id}/set-admin; the rest of the admin API answers 501.
@@ -52,7 +54,6 @@ body, token, secret or password.
 import base64
 import datetime
 import hmac
-import html
 import json
 import mimetypes
 import re
@@ -65,7 +66,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from . import config as cfg
-from . import crypto, log, policy, store, version
+from . import crypto, log, oauth, policy, store, version
 from .database import Pool, Unavailable, describe, migrate, pending, transaction
 from .homeserver import HomeserverError, from_config
 
@@ -295,7 +296,8 @@ class Handler(BaseHTTPRequestHandler):
         ("oauth", "GET", r"/oauth2/keys\.json", "jwks"),
         ("oauth", "POST", r"/oauth2/introspect", "introspect"),
         ("oauth", "POST", r"/oauth2/token", "token"),
-        ("oauth", "POST", r"/oauth2/(revoke|registration|device)", "oauth_refused"),
+        ("oauth", "POST", r"/oauth2/registration", "oauth2_registration"),
+        ("oauth", "POST", r"/oauth2/(revoke|device)", "oauth_refused"),
         ("oauth", "GET", r"/oauth2/userinfo", "userinfo"),
         ("compat", "GET", r"/_matrix/client/[^/]+/login", "login_flows"),
         ("compat", "POST", r"/_matrix/client/[^/]+/login", "login"),
@@ -304,6 +306,10 @@ class Handler(BaseHTTPRequestHandler):
         ("compat", "POST", r"/_matrix/client/[^/]+/refresh", "refresh"),
         ("compat", "GET", r"/_matrix/client/[^/]+/login/sso/redirect(/[^/]*)?", "sso_redirect"),
         ("human", "GET", r"/login", "login_page"),
+        ("human", "POST", r"/login", "login_post"),
+        ("human", "GET", r"/authorize", "authorize"),
+        ("human", "GET", r"/consent/([^/]+)", "consent"),
+        ("human", "POST", r"/consent/([^/]+)", "consent_post"),
         ("human", "GET", r"/register/password", "register_password"),
         ("human", "POST", r"/register/password", "register_password_post"),
         ("human", "GET", r"/|/logout|/register|/authorize|/account/.*|/complete-compat-sso/[^/]+", "human"),
@@ -551,9 +557,9 @@ class Handler(BaseHTTPRequestHandler):
         return client
 
     def route_token(self, match, resource):
-        """POST /oauth2/token. Of MAS's grants, client_credentials is served; the stand-in never issues
-        authorization codes, refresh tokens or device codes, so those grants find nothing (400
-        invalid_grant), and any other grant type is 400 unsupported_grant_type.
+        """POST /oauth2/token. Of MAS's grants, client_credentials is served here, authorization_code and
+        refresh_token by oauth.token; the stand-in never issues device codes, so that grant finds nothing
+        (400 invalid_grant), and any other grant type is 400 unsupported_grant_type.
 
         client_credentials: the scope goes through the policy (policy.py; denied: 403 invalid_scope
         with the violations as description); then a new session and its `mat_` access token,
@@ -566,8 +572,9 @@ class Handler(BaseHTTPRequestHandler):
             client = self._token_client(conn, credentials)
             if grant is None:
                 raise oauth_error(400, "invalid_request")
-            if grant["grant_type"] in ("authorization_code", "refresh_token",
-                                       "urn:ietf:params:oauth:grant-type:device_code"):  # fmt: skip
+            if grant["grant_type"] in ("authorization_code", "refresh_token"):
+                return oauth.token(self, conn, client, form)  # the authorization code flow: oauth.py
+            if grant["grant_type"] == "urn:ietf:params:oauth:grant-type:device_code":
                 raise oauth_error(400, "invalid_grant")
             if grant["grant_type"] != "client_credentials":
                 raise oauth_error(400, "unsupported_grant_type")
@@ -630,6 +637,8 @@ class Handler(BaseHTTPRequestHandler):
             hint = form.get("token_type_hint")
             kind = crypto.token_type(token)
             session = store.session_for_token(conn, token) if hint in (None, "access_token") else None
+            if kind in ("access_token", "refresh_token"):  # OAuth 2.0 sessions: oauth.py
+                return self.send(200, oauth.introspect(conn, token, kind))
         if kind != "compat_access_token" or session is None:
             return self.send(200, {"active": False})
         device = session["device_id"]
@@ -978,19 +987,23 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ pages, assets, the rest
 
     def route_login_page(self, match, resource):
-        """The login page (crates/handlers/src/views/login.rs): the password form when password login is on,
-        and a button per enabled upstream provider, in the config's order, linking to /upstream/authorize/<id>."""
-        with self.app.pool.connection() as conn:
-            providers = store.enabled_providers(conn)
-        links = "".join(
-            f'<li><a href="/upstream/authorize/{p["id"]}" data-provider-id="{p["id"]}">Continue with '
-            f"{html.escape(p['human_name'] or p['id'])}</a></li>"
-            for p in providers
-        )
-        form = '<form method="post" action="/login"><input name="username"><input name="password" type="password">' \
-            "</form>" if self.app.passwords_enabled else ""  # fmt: skip
-        register = '<a href="/register/password">Create account</a>' if self.app.password_registration_enabled else ""
-        self.send(200, _page("Sign in", f"{form}<ul>{links}</ul>{register}"))
+        """The login page (crates/handlers/src/views/login.rs): oauth.login_page."""
+        oauth.login_page(self)
+
+    def route_login_post(self, match, resource):
+        oauth.login_post(self)
+
+    def route_authorize(self, match, resource):
+        oauth.authorize(self)
+
+    def route_consent(self, match, resource):
+        oauth.consent_page(self, match.group(1))
+
+    def route_consent_post(self, match, resource):
+        oauth.consent_post(self, match.group(1))
+
+    def route_oauth2_registration(self, match, resource):
+        oauth.register(self)
 
     def route_register_password(self, match, resource):
         """GET /register/password (crates/handlers/src/views/register/password.rs): without password registration,

@@ -75,8 +75,14 @@ def provision(conn, homeserver: SynapseConnection, user: dict) -> bool:
 
 
 def active_devices(conn, user_id: str) -> set[str]:
+    """The devices of the user's active compat sessions and of its active OAuth 2.0 sessions' device scopes."""
     found = conn.run("SELECT device_id FROM compat_sessions WHERE user_id = :i AND finished_at IS NULL", i=user_id)
-    return {row[0] for row in found}
+    devices = {row[0] for row in found}
+    scopes = conn.run("SELECT scope FROM oauth2_sessions WHERE user_id = :i AND finished_at IS NULL", i=user_id)
+    prefixes = ("urn:matrix:client:device:", "urn:matrix:org.matrix.msc2967.client:device:")
+    for (scope,) in scopes:
+        devices |= {token.split(":device:", 1)[1] for token in scope.split(" ") if token.startswith(prefixes)}
+    return devices
 
 
 def start_compat_session(conn, user_id: str, device_id: str, human_name: str | None, admin: bool = False) -> dict:
@@ -239,7 +245,8 @@ def config_sync(
                     ci=json.dumps(provider.get("claims_imports") or {}, sort_keys=True), o=index,
                 )  # fmt: skip
 
-            existing = {row[0] for row in conn.run("SELECT client_id FROM oauth2_clients")}
+            # Only static clients: dynamically registered ones (oauth.py) are not the config's to prune.
+            existing = {row[0] for row in conn.run("SELECT client_id FROM oauth2_clients WHERE is_static")}
             stale = sorted(existing - {c["client_id"] for c in clients})
             if prune:
                 for client_id in stale:
