@@ -17,7 +17,7 @@ from matrix_deploy import lab
 from matrix_deploy.inventory import build
 from matrix_deploy.settings import MAS_ADMIN_CLIENT_ID, MSC3861_CLIENT_ID
 from tests.lab_release import prepare as prepare_release
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, service_stamps, ssh
+from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, service_stamps, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -46,7 +46,7 @@ def login(host) -> dict:
     d = build(ROOT / "inventories/lab.py")
     body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": d.settings.admin_user},
             "password": d.secrets["admin_password"]}  # fmt: skip
-    status, session = fetch(host, "POST", "/_matrix/client/v3/login", body)
+    status, session = compat_login(host, body)
     assert status == 200, session
     return session
 

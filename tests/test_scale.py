@@ -16,7 +16,7 @@ import pytest
 from matrix_deploy import lab, synapse_workers
 from matrix_deploy.inventory import build
 from tests.lab_release import prepare as prepare_release
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, sh, ssh
+from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, sh, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -37,7 +37,7 @@ def stack():
 def login(proxy, deployment) -> str:
     body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "admin"},
             "password": deployment.secrets["admin_password"]}  # fmt: skip
-    status, session = fetch(proxy, "POST", "/_matrix/client/v3/login", body)
+    status, session = compat_login(proxy, body)
     assert status == 200, session
     return session["access_token"]
 
