@@ -758,6 +758,30 @@ def test_compat_login_refuses_a_body_not_sent_as_json(mas_cli):
             400, {"errcode": "M_BAD_JSON", "error": "JSON fields are not valid"})  # fmt: skip
 
 
+def test_a_refused_body_does_not_spill_into_the_next_request_on_a_kept_alive_connection(mas_cli):
+    """nginx keeps its upstream connections alive: the form MAS refuses unread must not be read as a request."""
+    form = b"type=m.login.password&user=alice&password=alice%27s+password"
+    body = json.dumps({"type": "m.login.password", "user": "alice", "password": "alice's password"}).encode()
+    with _serve_compat(mas_cli) as base:
+        conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=10)
+        try:
+            answers = []
+            for data, kind in ((form, "application/x-www-form-urlencoded"), (body, "application/json")):
+                conn.request("POST", "/_matrix/client/v3/login", body=data, headers={"Content-Type": kind})
+                response = conn.getresponse()
+                answers.append((response.status, json.loads(response.read()).get("errcode")))
+            for method, path in (("POST", "/_matrix/client/v3/nowhere"), ("GET", "/_matrix/client/v3/login")):
+                conn.request(
+                    method, path, body=form if method == "POST" else None, headers={"Content-Type": "text/plain"}
+                )
+                response = conn.getresponse()
+                response.read()
+                answers.append(response.status)
+        finally:
+            conn.close()
+    assert answers == [(400, "M_NOT_JSON"), (200, None), 404, 200]
+
+
 def test_compat_login_is_rate_limited_per_ip_as_mas_by_default(mas_cli):
     """rate_limit.rs check_password, with config/sections/rate_limiting.rs's defaults: per IP a burst of 3, then
     one every 20 s; per account 1800, then one every 2 s. 429 M_LIMIT_EXCEEDED with no retry information. The IP
@@ -782,10 +806,10 @@ def test_compat_login_is_rate_limited_per_ip_as_mas_by_default(mas_cli):
 
 def test_compat_login_rate_limits_follow_the_config(mas_cli):
     """rate_limiting.login.per_ip / per_account as rate_limiting.rs reads them (each limiter defaulted alone)."""
-    fast_ip = {"rate_limiting": {"login": {"per_ip": {"burst": 2, "per_second": 4}}}}
+    fast_ip = {"rate_limiting": {"login": {"per_ip": {"burst": 2, "per_second": 1 / 3}}}}
     with _serve_compat(mas_cli, fast_ip) as base:
         assert [_login(base, client_ip="203.0.113.5")[0] for _ in range(3)] == [200, 200, 429]
-        time.sleep(0.3)  # one cell back every 0.25 s
+        time.sleep(3.2)  # one cell back every 3 s (slow enough for a loaded machine's three logins in a row)
         assert [_login(base, client_ip="203.0.113.5")[0] for _ in range(2)] == [200, 429]
     per_account = {"rate_limiting": {"login": {"per_account": {"burst": 5, "per_second": 0.001}}}}
     with _serve_compat(mas_cli, per_account) as base:

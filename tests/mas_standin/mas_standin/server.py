@@ -7,7 +7,9 @@ What each resource answers (paths as in MAS 1.22.0's router, below the listener'
 - oauth:     POST /oauth2/introspect, POST /oauth2/token (client_credentials), GET /oauth2/keys.json;
              registration/revoke/device/userinfo refuse.
 - compat:    /_matrix/client/{version}/login (GET flows, POST m.login.password), /logout, /logout/all,
-             /refresh, /login/sso/redirect[/{idp}].
+             /refresh, /login/sso/redirect[/{idp}]. A login body under a Content-Type that is not JSON is
+             400 M_NOT_JSON; logins are rate-limited per client IP and per account (rate_limit.py), 429
+             M_LIMIT_EXCEEDED "Too many login attempts"; another server name's user ID is 403 M_FORBIDDEN.
 - human:     GET /, /login, /account/..., /complete-compat-sso/{id}: small HTML pages.
 - assets:    GET /assets/<file> from the resource's `path` (default ./share/assets/).
 - adminapi:  /api/admin/v1/users: GET by-username/{username}, POST (create), GET {id},
@@ -462,6 +464,7 @@ class Handler(BaseHTTPRequestHandler):
     resources: dict
     prefix: str
     listener_name: str | None = None
+    _body: bytes | None = None  # the request body, once read (body())
     ROUTES = [
         ("health", "GET", r"/health", "health"),
         ("prometheus", "GET", r"/metrics", "metrics"),
@@ -514,6 +517,7 @@ class Handler(BaseHTTPRequestHandler):
             data, kind = b"", None
         else:
             data, kind = json.dumps(body).encode(), "application/json"
+        self.body()
         self.status = status
         self.send_response(status)
         headers = dict(headers or {})
@@ -528,8 +532,12 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        """The request's body, read once. send() reads it when the handler did not: on a kept-alive connection
+        (nginx's upstream keepalive) an unread body would be taken for the next request, as hyper never does."""
+        if self._body is None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self._body = self.rfile.read(length) if length > 0 else b""
+        return self._body
 
     def json_body(self, required: bool = True) -> dict:
         raw = self.body()
@@ -585,7 +593,7 @@ class Handler(BaseHTTPRequestHandler):
         self.dispatch()
 
     def dispatch(self) -> None:
-        started, self.status, self.route = time.monotonic(), 0, "FALLBACK"
+        started, self.status, self.route, self._body = time.monotonic(), 0, "FALLBACK", None
         path = urllib.parse.urlsplit(self.path).path
         logged_path = path
         try:
