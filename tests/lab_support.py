@@ -77,6 +77,24 @@ class Running:
         return subprocess.CompletedProcess(self.process.args, self.process.returncode, "".join(self._lines))
 
 
+# MAS's default rate_limiting.login.per_ip (crates/config/src/sections/rate_limiting.rs): a burst of 3 password
+# checks per client address, then one every 20 s. Every lab test logs in from this machine's one address.
+LOGIN_REFILL_SECONDS = 20
+
+
+def compat_login(host: LabHost, body: dict, vhost=PUBLIC_HOST, patience: float = 3 * LOGIN_REFILL_SECONDS):
+    """A password login through nginx to MAS's compatibility layer, as a well-behaved client makes it: a JSON
+    body, and when MAS limits the rate (429 M_LIMIT_EXCEEDED, sent without a retry time) it waits and asks again;
+    a refused attempt costs nothing. Returns fetch()'s (status, body) of the last answer."""
+    deadline = time.monotonic() + patience
+    while True:
+        status, answer = fetch(host, "POST", "/_matrix/client/v3/login", body, vhost=vhost)
+        limited = status == 429 and isinstance(answer, dict) and answer.get("errcode") == "M_LIMIT_EXCEEDED"
+        if not limited or time.monotonic() > deadline:
+            return status, answer
+        time.sleep(LOGIN_REFILL_SECONDS / 4)
+
+
 def secret_fragments(secrets: dict[str, str]) -> list[str]:
     """What would betray a secret: each whole value, each line of the multi-line ones (PEM bodies),
     and each long word of each line (the Synapse signing key's seed alone, without "ed25519 a_xyz")."""

@@ -23,6 +23,7 @@ from tests.lab_support import (
     CommandLines,
     Watcher,
     changed_operations,
+    compat_login,
     fetch,
     fresh_secrets,
     holding_secrets,
@@ -156,7 +157,7 @@ def login(host, deployment, password=None):
         "identifier": {"type": "m.id.user", "user": deployment.settings.admin_user},
         "password": password or deployment.secrets["admin_password"],
     }
-    return fetch(host, "POST", "/_matrix/client/v3/login", body)
+    return compat_login(host, body)
 
 
 def fragments_of(deployment) -> list[str]:

@@ -8,12 +8,15 @@ database pool that fails when used, so they cover only what MAS decides before r
 import base64
 import contextlib
 import hashlib
+import http.client
 import json
 import re
 import secrets
 import subprocess
 import tarfile
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 
@@ -659,3 +662,215 @@ def test_metrics_answer_as_mas_does(mas_cli, exporter):
     assert counted and counted.group(2) == "3", text
     assert 'http_route="/.well-known/openid-configuration"' in counted.group(1)
     assert 'mas_listener_name="web"' in counted.group(1) and 'http_response_status_code="200"' in counted.group(1)
+
+
+# The compat login (crates/handlers/src/compat/login.rs) served by the zipapp's handlers with an in-memory user
+# store in place of the database: user `alice` on example.org, and an optional config merged in (argv[1]).
+SERVE_COMPAT = """
+import contextlib, json, sys
+from mas_standin import crypto, server, store
+from mas_standin.homeserver import SynapseConnection
+
+USERS = [{"user_id": crypto.ulid(), "username": name, "hashed_password": crypto.hash_password(name + "'s password"),
+          "deactivated_at": None, "locked_at": None, "provision_pending": False} for name in ("alice", "bob")]
+
+class Pool:
+    @contextlib.contextmanager
+    def connection(self):
+        yield None
+
+class Homeserver(SynapseConnection):
+    def upsert_device(self, localpart, device_id, display_name=None):
+        pass
+
+store.find_user = lambda conn, username: next((dict(u) for u in USERS if u["username"] == username.lower()), None)
+store.start_compat_session = lambda conn, user_id, device_id, human_name, admin=False: {
+    "compat_session_id": crypto.ulid(), "access_token": crypto.token("mct"), "device_id": device_id}
+config = {"http": {"public_base": "https://auth.example.org/", "listeners": []}, "passwords": {"enabled": True},
+          **json.loads(sys.argv[1])}
+app = server.App(config, Pool(), Homeserver("example.org", "http://127.0.0.1:9/", "s"), bytes(32), None)
+handler = type("H", (server.Handler,), {"app": app, "resources": {"compat": {"name": "compat"}}, "prefix": ""})
+listener = server._bind({"host": "127.0.0.1", "port": 0}, handler)
+print(listener.server_address[1], flush=True)
+listener.serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def _serve_compat(mas_cli, extra=None):
+    process = subprocess.Popen(["/usr/bin/python3", "-c", SERVE_COMPAT, json.dumps(extra or {})],
+                               env={"PYTHONPATH": str(mas_cli)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    try:
+        port = process.stdout.readline().strip()
+        assert port, process.stderr.read()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _login(base, user="alice", password=None, client_ip=None, version="v3", raw=None, headers=None):
+    """POST .../login as nginx forwards it (X-Forwarded-For: the client's address); (status, body, headers)."""
+    body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
+            "password": password or f"{user.lstrip('@').split(':')[0]}'s password"}  # fmt: skip
+    sent = {"Content-Type": "application/json"} if headers is None else headers
+    if client_ip:
+        sent = {**sent, "X-Forwarded-For": client_ip}
+    data = raw if raw is not None else json.dumps(body).encode()
+    # http.client sends only these headers (urllib would add a form Content-Type of its own).
+    conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=10)
+    try:
+        conn.request("POST", f"/_matrix/client/{version}/login", body=data, headers=sent)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), response.headers
+    finally:
+        conn.close()
+
+
+NOT_JSON = {"errcode": "M_NOT_JSON", "error": "Invalid Content-Type header: expected application/json"}
+LIMITED = {"errcode": "M_LIMIT_EXCEEDED", "error": "Too many login attempts"}
+FORBIDDEN = {"errcode": "M_FORBIDDEN", "error": "Invalid username/password"}
+
+
+def test_compat_login_refuses_a_body_not_sent_as_json(mas_cli):
+    """compat/mod.rs MatrixJsonBody: a Content-Type that is not application/json (or +json) is refused before the
+    body is read, 400 M_NOT_JSON; without a Content-Type the body is read as JSON (the spec makes it optional)."""
+    form = urllib.parse.urlencode({"type": "m.login.password", "user": "alice", "password": "alice's password"})
+    with _serve_compat(mas_cli) as base:
+        for version in ("v3", "r0"):
+            # curl -d without -H, requests' data=: a form.
+            answer = _login(base, version=version, raw=form.encode(),
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+            assert answer[:2] == (400, NOT_JSON), answer[:2]
+            # A JSON body under a wrong Content-Type is refused all the same.
+            for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                         "json", "application/", "application/jsonx", "application/json; charset", "application/json, text/plain"):  # fmt: skip
+                assert _login(base, version=version, headers={"Content-Type": kind})[:2] == (400, NOT_JSON), kind
+        for kind in ("application/json", "application/json; charset=utf-8", "Application/JSON",
+                     "application/vnd.example+json", 'application/json;charset="utf-8"', "application/json;"):  # fmt: skip
+            assert _login(base, headers={"Content-Type": kind}, client_ip=f"198.51.100.{len(kind)}")[0] == 200, kind
+        assert _login(base, headers={}, client_ip="198.51.100.1")[0] == 200  # no Content-Type at all
+        assert _login(base, raw=b"{", client_ip="198.51.100.2")[:2] == (
+            400, {"errcode": "M_NOT_JSON", "error": "Body is not a valid JSON document"})  # fmt: skip
+        assert _login(base, raw=b'{"type": "m.login.password", "user": "alice", "password": 5}',
+                      client_ip="198.51.100.3")[:2] == (
+            400, {"errcode": "M_BAD_JSON", "error": "JSON fields are not valid"})  # fmt: skip
+
+
+def test_a_refused_body_does_not_spill_into_the_next_request_on_a_kept_alive_connection(mas_cli):
+    """nginx keeps its upstream connections alive: the form MAS refuses unread must not be read as a request."""
+    form = b"type=m.login.password&user=alice&password=alice%27s+password"
+    body = json.dumps({"type": "m.login.password", "user": "alice", "password": "alice's password"}).encode()
+    with _serve_compat(mas_cli) as base:
+        conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=10)
+        try:
+            answers = []
+            for data, kind in ((form, "application/x-www-form-urlencoded"), (body, "application/json")):
+                conn.request("POST", "/_matrix/client/v3/login", body=data, headers={"Content-Type": kind})
+                response = conn.getresponse()
+                answers.append((response.status, json.loads(response.read()).get("errcode")))
+            for method, path in (("POST", "/_matrix/client/v3/nowhere"), ("GET", "/_matrix/client/v3/login")):
+                conn.request(
+                    method, path, body=form if method == "POST" else None, headers={"Content-Type": "text/plain"}
+                )
+                response = conn.getresponse()
+                response.read()
+                answers.append(response.status)
+        finally:
+            conn.close()
+    assert answers == [(400, "M_NOT_JSON"), (200, None), 404, 200]
+
+
+def test_compat_login_is_rate_limited_per_ip_as_mas_by_default(mas_cli):
+    """rate_limit.rs check_password, with config/sections/rate_limiting.rs's defaults: per IP a burst of 3, then
+    one every 20 s; per account 1800, then one every 2 s. 429 M_LIMIT_EXCEEDED with no retry information. The IP
+    is the client's from X-Forwarded-For, nginx (127.0.0.1) being a trusted proxy (app_state.rs infer_client_ip)."""
+    with _serve_compat(mas_cli) as base:
+        # Unknown users (and foreign user IDs) are refused before the limiter is asked: they cost nothing.
+        for _ in range(4):
+            assert _login(base, user="nobody", client_ip="203.0.113.5")[:2] == (403, FORBIDDEN)
+        # A wrong password costs as much as a good one: the limiter comes before the password check.
+        assert _login(base, password="wrong", client_ip="203.0.113.5")[:2] == (403, FORBIDDEN)
+        assert _login(base, client_ip="203.0.113.5")[0] == 200
+        assert _login(base, user="bob", client_ip="203.0.113.5")[0] == 200
+        status, body, headers = _login(base, client_ip="203.0.113.5")
+        assert (status, body) == (429, LIMITED)
+        assert "Retry-After" not in headers and "retry_after_ms" not in body
+        assert _login(base, user="bob", client_ip="203.0.113.5")[:2] == (429, LIMITED), "per IP, whatever the account"
+        assert _login(base, version="r0", client_ip="203.0.113.5")[:2] == (429, LIMITED)
+        assert _login(base, client_ip="203.0.113.6")[0] == 200, "another client is not limited"
+        # Without X-Forwarded-For the client is the peer itself (every address trusted: the first, 127.0.0.1).
+        assert [_login(base)[0] for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_compat_login_rate_limits_follow_the_config(mas_cli):
+    """rate_limiting.login.per_ip / per_account as rate_limiting.rs reads them (each limiter defaulted alone)."""
+    fast_ip = {"rate_limiting": {"login": {"per_ip": {"burst": 2, "per_second": 1 / 3}}}}
+    with _serve_compat(mas_cli, fast_ip) as base:
+        assert [_login(base, client_ip="203.0.113.5")[0] for _ in range(3)] == [200, 200, 429]
+        time.sleep(3.2)  # one cell back every 3 s (slow enough for a loaded machine's three logins in a row)
+        assert [_login(base, client_ip="203.0.113.5")[0] for _ in range(2)] == [200, 429]
+    per_account = {"rate_limiting": {"login": {"per_account": {"burst": 5, "per_second": 0.001}}}}
+    with _serve_compat(mas_cli, per_account) as base:
+        assert [_login(base, client_ip=f"203.0.113.{i}")[0] for i in range(1, 7)] == [200] * 5 + [429]
+        assert _login(base, client_ip="203.0.113.7")[:2] == (429, LIMITED)
+        # per_ip is still the default: three from one address.
+        assert [_login(base, user="bob", client_ip="203.0.113.9")[0] for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_the_client_ip_is_inferred_as_mas_does(mas_cli):
+    """app_state.rs infer_client_ip: [peer, X-Forwarded-For entries that parse as IPs (split on "," and not
+    trimmed)], and the client is the last that is not a trusted proxy (http.trusted_proxies, default the private
+    and loopback networks of config/sections/http.rs), else the first."""
+    with _serve_compat(mas_cli) as base:  # default trusted_proxies: 10.1.2.3 is a trusted proxy
+        assert [_login(base, client_ip=f"203.0.113.{i},10.1.2.3")[0] for i in range(4)] == [200] * 4
+    loopback = {
+        "http": {"public_base": "https://auth.example.org/", "listeners": [], "trusted_proxies": ["127.0.0.1/8"]}
+    }
+    with _serve_compat(mas_cli, loopback) as base:
+        assert [_login(base, client_ip=f"203.0.113.{i},10.1.2.3")[0] for i in range(4)] == [200, 200, 200, 429]
+        # ", 10.1.2.3" (a space, as nginx's $proxy_add_x_forwarded_for joins) does not parse: only 203.0.113.i counts.
+        assert [_login(base, client_ip=f"203.0.113.{i}, 10.1.2.3")[0] for i in range(4, 8)] == [200] * 4
+
+
+@pytest.mark.parametrize(
+    "login, expected",
+    [
+        ({"per_ip": {"burst": 3, "per_second": 0}}, "rate_limiting.login.per_ip: `per_second` must be a number"),
+        ({"per_account": {"burst": 3, "per_second": -1}}, "rate_limiting.login.per_account: `per_second` must be"),
+        ({"per_ip": {"burst": 3, "per_second": 2e9}}, "rate_limiting.login.per_ip: `per_second` must be"),
+        ({"per_ip": {"burst": 0, "per_second": 1}}, "rate_limiting.login.per_ip.burst"),
+        ({"per_ip": {"burst": 3}}, "rate_limiting.login.per_ip.per_second: missing field `per_second`"),
+    ],
+    ids=["zero-rate", "negative-rate", "too-fast", "zero-burst", "no-rate"],
+)
+def test_config_check_refuses_a_bad_login_rate_limit(mas_cli, config, login, expected):
+    result = run(mas_cli, "config", "check", "--config", config(lambda c: c.update(rate_limiting={"login": login})))
+    assert result.returncode == 1 and expected in result.stderr, result.stderr
+
+
+def test_config_check_accepts_a_login_rate_limit(mas_cli, config):
+    limits = {"login": {"per_ip": {"burst": 10, "per_second": 0.5}}}
+    result = run(mas_cli, "config", "check", "--config", config(lambda c: c.update(rate_limiting=limits)))
+    assert result.returncode == 0, result.stderr
+
+
+def test_compat_login_refuses_a_user_id_of_another_server_name(mas_cli):
+    """compat/login.rs: `homeserver.localpart(user)` (matrix/src/lib.rs) is None for another server name, so the
+    whole user ID is looked up as a username, found by no one: M_FORBIDDEN "Invalid username/password", 403, and
+    no rate-limit cell spent. The own server name's user ID and the bare localpart log in."""
+    with _serve_compat(mas_cli) as base:
+        for user in (
+            "@alice:other.example",
+            "@alice:example.org.other",
+            "@alice:Example.org",
+            "@alice:example.org:8448",
+        ):
+            for _ in range(2):
+                assert _login(base, user=user, password="alice's password", client_ip="203.0.113.5")[:2] == (
+                    403, FORBIDDEN), user  # fmt: skip
+        status, body, _ = _login(base, user="@alice:example.org", client_ip="203.0.113.5")
+        assert (status, body["user_id"]) == (200, "@alice:example.org")
+        assert _login(base, user="alice", client_ip="203.0.113.5")[:2][0] == 200
+        assert _login(base, user="@bob:example.org", client_ip="203.0.113.5")[0] == 200, "3 cells: none were spent"

@@ -18,7 +18,7 @@ from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.delegation.options import MSC3861_CLIENT_ID
 from matrix_deploy.services.mas.options import MAS_ADMIN_CLIENT_ID
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, service_stamps, ssh
+from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, service_stamps, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -47,7 +47,7 @@ def login(host) -> dict:
     d = build(ROOT / "inventories/lab.py")
     body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": d.settings.admin_user},
             "password": d.secrets["admin_password"]}  # fmt: skip
-    status, session = fetch(host, "POST", "/_matrix/client/v3/login", body)
+    status, session = compat_login(host, body)
     assert status == 200, session
     return session
 

@@ -29,6 +29,7 @@ from tests.lab_support import (
     ROOT,
     Running,
     changed_operations,
+    compat_login,
     deploy_command,
     fetch,
     fresh_secrets,
@@ -155,7 +156,7 @@ def login(host):
     d = build(ROOT / "inventories/lab.py")
     body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": d.settings.admin_user},
             "password": d.secrets["admin_password"]}  # fmt: skip
-    status, session = fetch(host, "POST", "/_matrix/client/v3/login", body)
+    status, session = compat_login(host, body)
     assert status == 200, session
     return session["access_token"]
 

@@ -17,7 +17,7 @@ from matrix_deploy import lab
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse import workers as synapse_workers
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, sh, ssh
+from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, sh, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -38,7 +38,7 @@ def stack():
 def login(proxy, deployment) -> str:
     body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "admin"},
             "password": deployment.secrets["admin_password"]}  # fmt: skip
-    status, session = fetch(proxy, "POST", "/_matrix/client/v3/login", body)
+    status, session = compat_login(proxy, body)
     assert status == 200, session
     return session["access_token"]
 

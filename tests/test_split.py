@@ -25,7 +25,7 @@ from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse import locks
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, fetch, pyinfra, ssh
+from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -62,7 +62,7 @@ def test_a_user_logs_in_at_the_proxy_and_synapse_on_another_host_accepts_the_tok
         "identifier": {"type": "m.id.user", "user": deployment.settings.admin_user},
         "password": deployment.secrets["admin_password"],
     }
-    status, login = fetch(hosts["proxy"], "POST", "/_matrix/client/v3/login", body)
+    status, login = compat_login(hosts["proxy"], body)
     assert status == 200, login
     status, me = fetch(hosts["proxy"], "GET", "/_matrix/client/v3/account/whoami", token=login["access_token"])
     assert (status, me["user_id"]) == (200, "@admin:lab.test"), me

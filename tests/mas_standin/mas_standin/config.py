@@ -28,7 +28,7 @@ from pathlib import Path
 import fastjsonschema
 import yaml
 
-from . import log
+from . import log, rate_limit
 
 ROOT_SECTIONS = ("clients", "http", "database", "telemetry", "templates", "email", "secrets", "passwords", "matrix",
                  "policy", "rate_limiting", "upstream_oauth2", "branding", "captcha", "account", "oauth",
@@ -390,7 +390,8 @@ def _check_upstream_oauth2(upstream: dict) -> list[str]:
 
 CHECKS = {"matrix": _check_matrix, "secrets": _check_secrets, "database": _check_database,
           "clients": _check_clients, "http": _check_http, "passwords": _check_passwords,
-          "email": _check_email, "upstream_oauth2": _check_upstream_oauth2}  # fmt: skip
+          "email": _check_email, "upstream_oauth2": _check_upstream_oauth2,
+          "rate_limiting": rate_limit.check}  # fmt: skip
 
 
 # ---------------------------------------------------------------- files, read where MAS reads them

@@ -8,7 +8,9 @@ What each resource answers (paths as in MAS 1.22.0's router, below the listener'
              refresh_token in oauth.py), POST /oauth2/registration (oauth.py), GET /oauth2/keys.json;
              revoke/device/userinfo refuse.
 - compat:    /_matrix/client/{version}/login (GET flows, POST m.login.password), /logout, /logout/all,
-             /refresh, /login/sso/redirect[/{idp}].
+             /refresh, /login/sso/redirect[/{idp}]. A login body under a Content-Type that is not JSON is
+             400 M_NOT_JSON; logins are rate-limited per client IP and per account (rate_limit.py), 429
+             M_LIMIT_EXCEEDED "Too many login attempts"; another server name's user ID is 403 M_FORBIDDEN.
 - human:     GET /authorize, GET/POST /login and /consent/{grant} (the authorization code flow, oauth.py);
              GET /, /account/..., /complete-compat-sso/{id}: small HTML pages.
 - assets:    GET /assets/<file> from the resource's `path` (default ./share/assets/).
@@ -66,7 +68,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from . import config as cfg
-from . import crypto, log, oauth, policy, store, version
+from . import crypto, log, oauth, policy, rate_limit, store, version
 from .database import Pool, Unavailable, describe, migrate, pending, transaction
 from .homeserver import HomeserverError, from_config
 
@@ -180,6 +182,175 @@ def access_token_request(form: dict) -> dict:
     return {"grant_type": grant, "scope": scope}
 
 
+# ------------------------------------------------------------ MAS's MatrixJsonBody (crates/handlers/src/compat/mod.rs)
+
+NOT_JSON_CONTENT_TYPE = ("M_NOT_JSON", "Invalid Content-Type header: expected application/json")
+# RFC 7230 token characters, as the mime crate's TOKEN_MAP has them.
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _mime_params_parse(s: str, semicolon: int) -> bool:
+    """Whether the parameters after `semicolon` parse as the mime 0.3 crate's parser (params_from_str) takes them."""
+    start = pos = semicolon + 1
+    n = len(s)
+    while start < n:
+        skipped = False
+        while True:  # a name, up to "="; a space right where a parameter starts is skipped
+            if pos == n:
+                return False
+            c = s[pos]
+            if c == " " and pos == start:
+                start = pos = pos + 1
+                skipped = True
+                break
+            if c in _TOKEN:
+                pos += 1
+            elif c == "=" and pos > start:
+                start = pos = pos + 1
+                break
+            else:
+                return False
+        if skipped:
+            continue
+        quoted = False
+        while True:  # a value: token characters, or a quoted string
+            if quoted:
+                if pos == n:
+                    return False
+                c = s[pos]
+                pos += 1
+                if c == '"' and pos - 1 > start:
+                    break
+                if not (31 < ord(c) != 127):
+                    return False
+            else:
+                if pos == n:
+                    start = n
+                    break
+                c = s[pos]
+                if c == '"' and pos == start:
+                    quoted, start, pos = True, pos + 1, pos + 1
+                elif c in _TOKEN:
+                    pos += 1
+                elif c == ";" and pos > start:
+                    start = pos = pos + 1
+                    break
+                else:
+                    return False
+        if quoted:
+            while True:  # after a quoted value: spaces, then ";" or the end
+                if pos == n:
+                    start = n
+                    break
+                c = s[pos]
+                pos += 1
+                if c == ";":
+                    start = pos
+                    break
+                if c != " ":
+                    return False
+    return True
+
+
+def content_type_is_json(value: str) -> bool:
+    """MatrixJsonBody's check of a Content-Type header: it is text (HeaderValue::to_str), parses as a MIME type
+    (the mime 0.3 crate: lowercased, the subtype ends at its last "+", the suffix after it), and is
+    application/json or application/*+json."""
+    if any(not (c == "\t" or " " <= c <= "~") for c in value) or value == "*/*":
+        return False
+    slash = 0
+    while True:  # the top-level type, up to "/"
+        if slash == len(value):
+            return False
+        if value[slash] == "/" and slash > 0:
+            break
+        if value[slash] not in _TOKEN:
+            return False
+        slash += 1
+    start, plus, end = slash + 1, None, len(value)
+    for i in range(start, len(value)):
+        c = value[i]
+        if c == "+" and i > start:
+            plus = i
+        elif c == ";" and i > start:
+            end = i
+            if not _mime_params_parse(value, i):
+                return False
+            break
+        elif c not in _TOKEN:
+            return False
+    top, subtype = value[:slash].lower(), value[start : plus or end].lower()
+    suffix = value[plus + 1 : end].lower() if plus else None
+    return top == "application" and (subtype == "json" or suffix == "json")
+
+
+class NotJsonDocument(ValueError):
+    pass
+
+
+def _reject_constant(name: str):
+    raise NotJsonDocument(name)  # serde_json has no NaN or Infinity
+
+
+def parse_json_document(raw: bytes):
+    """serde_json::from_slice's syntax: UTF-8, one JSON value and nothing but whitespace after it."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError):
+        raise NotJsonDocument() from None
+
+
+class BadFields(Exception):
+    """A serde data error: the document parsed but does not fit the type (M_BAD_JSON)."""
+
+
+def _optional_string(body: dict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadFields(key)
+    return value
+
+
+def _tag(body: dict):
+    """An internally tagged enum's `type` (serde(tag = "type")): required, a string."""
+    if "type" not in body or not isinstance(body["type"], str):
+        raise BadFields("type")
+    return body["type"]
+
+
+def compat_login_request(document) -> dict:
+    """compat/login.rs RequestBody: the credentials flattened in (Credentials, tagged by `type`, unknown types
+    `Unsupported`), `refresh_token` (bool, default false), `device_id`, `initial_device_display_name`."""
+    if not isinstance(document, dict):
+        raise BadFields("body")
+    kind = _tag(document)
+    refresh_token = document.get("refresh_token", False)
+    if not isinstance(refresh_token, bool):
+        raise BadFields("refresh_token")
+    request = {"refresh_token": refresh_token, "device_id": _optional_string(document, "device_id"),
+               "initial_device_display_name": _optional_string(document, "initial_device_display_name")}  # fmt: skip
+    if kind == "m.login.password":
+        identifier = document.get("identifier")
+        if identifier is not None:
+            if not isinstance(identifier, dict):
+                raise BadFields("identifier")
+            if _tag(identifier) == "m.id.user":
+                if not isinstance(identifier.get("user"), str):
+                    raise BadFields("identifier.user")
+                identifier = {"type": "m.id.user", "user": identifier["user"]}
+            else:
+                identifier = {"type": "unsupported"}
+        if not isinstance(document.get("password"), str):
+            raise BadFields("password")
+        return {**request, "type": kind, "identifier": identifier, "user": _optional_string(document, "user"),
+                "password": document["password"]}  # fmt: skip
+    if kind == "m.login.token":
+        if not isinstance(document.get("token"), str):
+            raise BadFields("token")
+        return {**request, "type": kind, "token": document["token"]}
+    return {**request, "type": "unsupported"}
+
+
 def _page(title: str, text: str) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
             f"<body><h1>{title}</h1><p>{text}</p>"
@@ -215,6 +386,12 @@ class App:
         exporter = ((config.get("telemetry") or {}).get("metrics") or {}).get("exporter", "none")
         self.durations = {} if exporter == "prometheus" else None  # labels -> [count, sum of milliseconds]
         self.durations_lock = threading.Lock()
+        # crates/cli/src/commands/server.rs: http.trusted_proxies, and Limiter::new(&config.rate_limiting).
+        self.trusted_proxies = rate_limit.trusted_proxies(http)
+        try:
+            self.limiter = rate_limit.Limiter(config)
+        except ValueError as error:
+            raise Fatal(str(error)) from None
 
     def record(self, labels: tuple, milliseconds: int) -> None:
         """server.rs's DurationRecorderLayer("http.server.duration"): one request, with its labels."""
@@ -288,6 +465,7 @@ class Handler(BaseHTTPRequestHandler):
     resources: dict
     prefix: str
     listener_name: str | None = None
+    _body: bytes | None = None  # the request body, once read (body())
     ROUTES = [
         ("health", "GET", r"/health", "health"),
         ("prometheus", "GET", r"/metrics", "metrics"),
@@ -345,6 +523,7 @@ class Handler(BaseHTTPRequestHandler):
             data, kind = b"", None
         else:
             data, kind = json.dumps(body).encode(), "application/json"
+        self.body()
         self.status = status
         self.send_response(status)
         headers = dict(headers or {})
@@ -359,8 +538,12 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        """The request's body, read once. send() reads it when the handler did not: on a kept-alive connection
+        (nginx's upstream keepalive) an unread body would be taken for the next request, as hyper never does."""
+        if self._body is None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self._body = self.rfile.read(length) if length > 0 else b""
+        return self._body
 
     def json_body(self, required: bool = True) -> dict:
         raw = self.body()
@@ -373,6 +556,22 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(value, dict):
             raise matrix_error(400, "M_BAD_JSON", "Body is not a JSON object")
         return value
+
+    def matrix_json_body(self):
+        """compat/mod.rs MatrixJsonBody: a Content-Type, when there is one (the Matrix spec makes it optional),
+        must be JSON; then the body must be a JSON document."""
+        content_type = self.headers.get("Content-Type")
+        if content_type is not None and not content_type_is_json(content_type):
+            raise matrix_error(400, *NOT_JSON_CONTENT_TYPE)
+        try:
+            return parse_json_document(self.body())
+        except NotJsonDocument:
+            raise matrix_error(400, "M_NOT_JSON", "Body is not a valid JSON document") from None
+
+    def client_ip(self):
+        """The requester's address (rate_limit.client_ip) as MAS's client IP middleware infers it."""
+        return rate_limit.client_ip(self.client_address[0], self.headers.get("X-Forwarded-For"),
+                                    self.app.trusted_proxies)  # fmt: skip
 
     def form(self) -> dict:
         return {k: v[0] for k, v in urllib.parse.parse_qs(self.body().decode("utf-8", "replace")).items()}
@@ -400,7 +599,7 @@ class Handler(BaseHTTPRequestHandler):
         self.dispatch()
 
     def dispatch(self) -> None:
-        started, self.status, self.route = time.monotonic(), 0, "FALLBACK"
+        started, self.status, self.route, self._body = time.monotonic(), 0, "FALLBACK", None
         path = urllib.parse.urlsplit(self.path).path
         logged_path = path
         try:
@@ -665,27 +864,28 @@ class Handler(BaseHTTPRequestHandler):
         self.send(200, {"flows": flows})
 
     def route_login(self, match, resource):
-        body = self.json_body()
-        kind = body.get("type")
-        if kind == "m.login.token":
-            raise matrix_error(403, "M_FORBIDDEN", "Invalid login token")
-        if kind != "m.login.password" or not self.app.passwords_enabled:
+        """compat/login.rs post(): the body (MatrixJsonBody<RequestBody>), the credentials, then for a password
+        user_password_login(): the user (UserNotFound before anything else), locked, the rate limit
+        (Limiter::check_password, before the password is looked at), the password."""
+        try:
+            body = compat_login_request(self.matrix_json_body())
+        except BadFields:
+            raise matrix_error(400, "M_BAD_JSON", "JSON fields are not valid") from None
+        if body["type"] == "m.login.token":
+            raise matrix_error(403, "M_FORBIDDEN", "Invalid login token")  # the stand-in issues no login tokens
+        if body["type"] != "m.login.password" or not self.app.passwords_enabled:
             raise matrix_error(400, "M_UNKNOWN", "Invalid login type")
-        identifier, user = body.get("identifier"), body.get("user")
+        identifier, user = body["identifier"], body["user"]
         if user is None:  # the deprecated top-level `user` wins over `identifier`, as in Synapse
             if identifier is None:
                 raise matrix_error(400, "M_BAD_JSON", "Missing property 'identifier")
-            if not isinstance(identifier, dict) or identifier.get("type") != "m.id.user":
+            if identifier["type"] != "m.id.user":
                 raise matrix_error(400, "M_UNKNOWN", "Unsupported login identifier")
-            user = identifier.get("user")
-        password = body.get("password")
-        device_id, display_name = body.get("device_id"), body.get("initial_device_display_name")
-        if not isinstance(user, str) or not isinstance(password, str):
-            raise matrix_error(400, "M_BAD_JSON", "Invalid login request")
-        if (device_id is not None and not isinstance(device_id, str)) or (
-            display_name is not None and not isinstance(display_name, str)
-        ):
-            raise matrix_error(400, "M_BAD_JSON", "Invalid login request")
+            user = identifier["user"]
+        password = body["password"]
+        device_id, display_name = body["device_id"], body["initial_device_display_name"]
+        # The localpart of a user ID of this server name; anything else (another server name's user ID too) is
+        # looked up whole, as a username, and found by no one.
         username = self.app.homeserver.localpart(user) or user
         with self.app.pool.connection() as conn:
             account = store.find_user(conn, username)
@@ -693,6 +893,13 @@ class Handler(BaseHTTPRequestHandler):
                 raise matrix_error(403, "M_FORBIDDEN", "Invalid username/password")
             if account["locked_at"] is not None:
                 raise matrix_error(401, "M_USER_LOCKED", "User account has been locked")
+            try:
+                self.app.limiter.check_password(self.client_ip(), account["user_id"])
+            except rate_limit.Limited as error:
+                log.warn(TARGET, f"request rate limited: {error}")
+                raise matrix_error(429, "M_LIMIT_EXCEEDED", "Too many login attempts") from None
+            if account["hashed_password"] is None:
+                raise matrix_error(403, "M_FORBIDDEN", "Invalid username/password")
             if not crypto.verify_password(password, account["hashed_password"]):
                 raise matrix_error(403, "M_FORBIDDEN", "Invalid username/password")
             device_id = device_id or crypto.device_id()
