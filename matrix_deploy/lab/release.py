@@ -36,10 +36,13 @@ def prepare(version: str = "1.22.0") -> dict:
         path, kind = real[0], "real"
         sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     else:
-        out = subprocess.run(
+        built = subprocess.run(
             [sys.executable, "-m", "tests.mas_standin.build", str(LAB_DIR / f"mas-{version}"), "--version", version],
-            cwd=PROJECT_DIR, check=True, capture_output=True, text=True,
-        ).stdout.split()  # fmt: skip
+            cwd=PROJECT_DIR, capture_output=True, text=True,
+        )  # fmt: skip
+        if built.returncode != 0:
+            raise LabError(f"building the MAS stand-in {version} failed: {(built.stderr or built.stdout).strip()}")
+        out = built.stdout.split()
         path, sha256, kind = Path(out[0]), out[1], "stand-in"
     release = {"file": str(path), "sha256": sha256, "kind": kind, "version": version}
     LAB_DIR.mkdir(exist_ok=True)
