@@ -37,7 +37,7 @@ def prepare(version: str = "1.22.0") -> dict:
         sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     else:
         built = subprocess.run(
-            [sys.executable, "-m", "tests.mas_standin.build", str(LAB_DIR / f"mas-{version}"), "--version", version],
+            [sys.executable, "-m", "tests.support.mas_standin.build", str(LAB_DIR / f"mas-{version}"), "--version", version],
             cwd=PROJECT_DIR, capture_output=True, text=True,
         )  # fmt: skip
         if built.returncode != 0:

@@ -25,7 +25,7 @@ from matrix_deploy.lab.probe import (  # noqa: F401  (the tests' helpers, with t
     ssh,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAB_SECRETS = LAB_DIR / "secrets"  # the lab inventory's secrets store
 
 
@@ -122,7 +122,7 @@ def holding_secrets(lines, fragments) -> list[str]:
 
 class ExecTracer:
     """Every program started on this machine and in the lab containers while the block runs, each command line
-    read as exec() returns (tests/exec_tracer.py, in a process of its own): sees processes that live a few
+    read as exec() returns (tests/support/exec_tracer.py, in a process of its own): sees processes that live a few
     milliseconds, which sampling /proc in a loop misses."""
 
     def __enter__(self):
@@ -201,7 +201,7 @@ class CommandLines:
 
 class Watcher:
     """Another local, unprivileged user of the host (`watcher`) copying every file it can read, while
-    the block runs (tests/watcher.py); afterwards root greps the copies for the secrets.
+    the block runs (tests/support/watcher.py); afterwards root greps the copies for the secrets.
 
     Two loops: the places where short-lived files appear (walked every few milliseconds and woken by
     inotify), and the rest of the places a deploy writes to.

@@ -40,12 +40,12 @@ def test_removed_settings_are_not_declared():
 
 
 def test_every_lab_module_is_in_a_parallel_group():
-    """`make test` runs lab modules only through tests/parallel.py: one left out would never run."""
-    from tests.parallel import GROUPS
+    """`make test` runs lab modules only through tests/support/parallel.py: one left out would never run."""
+    from tests.support.parallel import GROUPS
 
     marked = {
-        f"tests/{p.name}"
-        for p in (ROOT / "tests").glob("test_*.py")
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "tests").rglob("test_*.py")
         if "\npytestmark = pytest.mark.lab" in p.read_text()
     }
     grouped = [f for group in GROUPS for f in group]

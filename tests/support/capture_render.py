@@ -1,5 +1,5 @@
 """Renders every layout against pyinfra's @fake hosts (fresh Debian hosts) and records, per host, every command and
-every uploaded file's content: `python3 tests/capture_render.py OUT_DIR` from the checkout (after `make venv`).
+every uploaded file's content: `python3 tests/support/capture_render.py OUT_DIR` from the checkout (after `make venv`).
 Two captures (before and after a change that should alter nothing) are compared with `diff -r -x pyinfra.log`.
 The secrets stores, CA and stand-in release file it makes live in OUT_DIR's parent's `.capture/`, so two
 captures share them."""

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from tests.lab_support import ROOT
+from tests.support.lab import ROOT
 
 GOOD = {"matrix_server_name": "example.org", "mas_release_sha256": "a" * 64}
 SPLIT = {"db": ["db"], "mas": ["mas"], "synapse": ["syn"], "proxy": ["px"]}
@@ -47,7 +47,7 @@ def run(settings: dict, tmp_path, hosts=None, groups=None) -> tuple[subprocess.C
         "MATRIX_DEPLOY_PROBE_GROUPS": json.dumps(groups) if groups is not None else "",
     }
     result = subprocess.run(
-        [str(ROOT / ".venv/bin/pyinfra"), "-y", "tests/inventories/probe.py", "deploy.py"],
+        [str(ROOT / ".venv/bin/pyinfra"), "-y", "tests/support/inventories/probe.py", "deploy.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     counter.server.close()

@@ -11,13 +11,18 @@ import sys
 from matrix_deploy.lab.system import side_by_side
 
 GROUPS = [
-    ["tests/test_e2e.py", "tests/test_split.py", "tests/test_federation.py", "tests/test_browser_login.py"],
     [
-        "tests/test_msc3861.py",
-        "tests/test_resilience.py",
-        "tests/test_lab.py",
-        "tests/test_scale.py",
-        "tests/test_lab_teardown.py",
+        "tests/lab/test_e2e.py",
+        "tests/lab/test_split.py",
+        "tests/lab/test_federation.py",
+        "tests/lab/test_browser_login.py",
+    ],
+    [
+        "tests/lab/test_msc3861.py",
+        "tests/lab/test_resilience.py",
+        "tests/lab/test_lab.py",
+        "tests/lab/test_scale.py",
+        "tests/lab/test_lab_teardown.py",
     ],
 ]
 

@@ -25,7 +25,7 @@ from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse import locks
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, ssh
+from tests.support.lab import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, ssh
 
 pytestmark = pytest.mark.lab
 

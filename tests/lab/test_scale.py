@@ -17,7 +17,7 @@ from matrix_deploy import lab
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse import workers as synapse_workers
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, sh, ssh
+from tests.support.lab import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, sh, ssh
 
 pytestmark = pytest.mark.lab
 

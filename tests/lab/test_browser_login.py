@@ -1,7 +1,7 @@
 """OAuth 2.0 + PKCE login as Element X does it, in a real browser (headless Chromium), through the lab's nginx.
 
 A Debian 12 lab host with the whole stack (deployed as root); MAS is the tests' stand-in, which learnt this flow
-from MAS 1.22.0 (tests/mas_standin/mas_standin/oauth.py). The test is the native client: it discovers MAS through
+from MAS 1.22.0 (tests/support/mas_standin/mas_standin/oauth.py). The test is the native client: it discovers MAS through
 Synapse's auth_metadata, registers itself (MSC2966) with a loopback redirect URI, sends the browser to the
 authorization endpoint with an S256 code challenge and a device scope, where a person would sign in on MAS's login
 page (fields `username` and `password`) and consent ("Continue"); the code arrives at the test's own HTTP server on
@@ -38,7 +38,7 @@ import pytest
 from matrix_deploy import lab
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
-from tests.lab_support import LAB_SETTINGS, PUBLIC_HOST, ROOT, lab_settings, pyinfra
+from tests.support.lab import LAB_SETTINGS, PUBLIC_HOST, ROOT, lab_settings, pyinfra
 
 pytestmark = pytest.mark.lab
 

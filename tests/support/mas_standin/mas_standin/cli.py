@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = getattr(args, "sub", None)
     if command in NOT_IMPLEMENTED or sub in NOT_IMPLEMENTED:
         print(f"Error: `{' '.join(filter(None, (command, sub)))}` is not implemented by the MAS stand-in "
-              "(a test double, tests/mas_standin)", file=sys.stderr)  # fmt: skip
+              "(a test double, tests/support/mas_standin)", file=sys.stderr)  # fmt: skip
         return 2
     paths = config_paths(args)
     try:

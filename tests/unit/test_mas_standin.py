@@ -1,4 +1,4 @@
-"""The MAS stand-in itself (a test double, see tests/mas_standin): a reproducible release whose config check bites.
+"""The MAS stand-in itself (a test double, see tests/support/mas_standin): a reproducible release whose config check bites.
 
 No database needed: these run the built `mas-cli` zipapp with the host's /usr/bin/python3 (Debian 12's,
 standard library only), as the lab hosts do. The HTTP checks serve the zipapp's handlers with a
@@ -23,8 +23,8 @@ import zipfile
 import pytest
 import yaml
 
-from tests.mas_standin.build import build
-from tests.mas_standin.mas_standin import crypto, policy
+from tests.support.mas_standin.build import build
+from tests.support.mas_standin.mas_standin import crypto, policy
 
 SHARE = {"share/assets", "share/manifest.json", "share/policy.wasm", "share/templates", "share/translations"}
 

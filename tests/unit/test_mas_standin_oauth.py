@@ -1,15 +1,15 @@
-"""The MAS stand-in's OAuth 2.0 authorization code flow with PKCE (tests/mas_standin/mas_standin/oauth.py), without a
+"""The MAS stand-in's OAuth 2.0 authorization code flow with PKCE (tests/support/mas_standin/mas_standin/oauth.py), without a
 database: its decisions as pure functions, the token endpoint's PKCE check against a fake connection, and the
 registration endpoint's refusals (made before MAS reads its database) over HTTP. The whole flow, in a browser
-through nginx, is tests/test_browser_login.py.
+through nginx, is tests/lab/test_browser_login.py.
 """
 
 import json
 
 import pytest
 
-from tests.mas_standin.mas_standin import oauth, server
-from tests.test_mas_standin import _call, mas_cli, no_database_server, release  # noqa: F401 - fixtures
+from tests.support.mas_standin.mas_standin import oauth, server
+from tests.unit.test_mas_standin import _call, mas_cli, no_database_server, release  # noqa: F401 - fixtures
 
 # RFC 7636 appendix B.
 VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"

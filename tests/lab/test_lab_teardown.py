@@ -12,7 +12,7 @@ import pytest
 
 from matrix_deploy import lab
 from matrix_deploy.lab import machines, network
-from tests.lab_support import sh, ssh
+from tests.support.lab import sh, ssh
 
 pytestmark = pytest.mark.lab
 

@@ -6,7 +6,7 @@ import pytest
 
 from matrix_deploy import lab
 from matrix_deploy.lab import network
-from tests.lab_support import ssh
+from tests.support.lab import ssh
 
 pytestmark = pytest.mark.lab
 

@@ -531,7 +531,7 @@ def _html(title: str, body: str) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{html.escape(title)}</title></head><body><main>{body}"
-            "<footer><small>matrix-authentication-service test double (tests/mas_standin)</small></footer>"
+            "<footer><small>matrix-authentication-service test double (tests/support/mas_standin)</small></footer>"
             "</main></body></html>\n")  # fmt: skip
 
 

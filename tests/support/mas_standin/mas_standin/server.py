@@ -354,7 +354,7 @@ def compat_login_request(document) -> dict:
 def _page(title: str, text: str) -> str:
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
             f"<body><h1>{title}</h1><p>{text}</p>"
-            "<p><small>matrix-authentication-service test double (tests/mas_standin)</small></p></body></html>\n")  # fmt: skip
+            "<p><small>matrix-authentication-service test double (tests/support/mas_standin)</small></p></body></html>\n")  # fmt: skip
 
 
 class App:

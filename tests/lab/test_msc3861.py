@@ -18,7 +18,7 @@ from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.delegation.options import MSC3861_CLIENT_ID
 from matrix_deploy.services.mas.options import MAS_ADMIN_CLIENT_ID
-from tests.lab_support import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, service_stamps, ssh
+from tests.support.lab import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, service_stamps, ssh
 
 pytestmark = pytest.mark.lab
 

@@ -1,7 +1,7 @@
 """Test inventory: hosts on a local TCP port that only counts connections (no SSH server).
 
 Settings come from the JSON in $MATRIX_DEPLOY_PROBE_SETTINGS and the port from $MATRIX_DEPLOY_PROBE_PORT;
-tests/test_bad_input.py uses it to prove that bad settings stop the run before any connection.
+tests/unit/test_bad_input.py uses it to prove that bad settings stop the run before any connection.
 By default one host holds every role; $MATRIX_DEPLOY_PROBE_HOSTS (JSON: name -> extra host data) and
 $MATRIX_DEPLOY_PROBE_GROUPS (JSON: role -> names) describe other layouts, every host on that port.
 """

@@ -1,5 +1,5 @@
 """Settings: good inputs give typed settings. Every refused input is tested through the command line, before any
-connection, in tests/test_bad_input.py."""
+connection, in tests/unit/test_bad_input.py."""
 
 from tests.conftest import make_settings
 

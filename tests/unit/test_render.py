@@ -1,6 +1,6 @@
 """Rendered configs are accepted by the real checkers: MAS's schema, Synapse's own config checker.
 
-nginx -t of the rendered site runs in a lab host, which has the real nginx (tests/test_e2e.py): the operator's
+nginx -t of the rendered site runs in a lab host, which has the real nginx (tests/lab/test_e2e.py): the operator's
 machine has no nginx, and a check that cannot run must fail, not be skipped."""
 
 import datetime

@@ -105,7 +105,7 @@ MIGRATIONS = [
     (4, "index on the upstream links' account names", [
         "CREATE INDEX upstream_oauth_links_human_account_name_idx ON upstream_oauth_links (human_account_name)",
     ], (1, 22, 0)),
-    # The OAuth 2.0 authorization code grant with PKCE (tests/mas_standin/mas_standin/oauth.py): dynamically
+    # The OAuth 2.0 authorization code grant with PKCE (tests/support/mas_standin/mas_standin/oauth.py): dynamically
     # registered clients beside the static ones, browser sessions, grants, user sessions and refresh tokens.
     (5, "authorization code grant: registered clients, browser sessions, grants and refresh tokens", [
         "ALTER TABLE oauth2_clients ADD COLUMN is_static BOOLEAN NOT NULL DEFAULT TRUE,"

@@ -24,7 +24,7 @@ from matrix_deploy.engine.paths import WORK_LOCK
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse.service import VIRTUALENV_LOG
-from tests.lab_support import (
+from tests.support.lab import (
     LAB_SETTINGS,
     ROOT,
     Running,

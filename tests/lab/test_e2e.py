@@ -17,7 +17,7 @@ from matrix_deploy import lab
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.nginx import service as nginx
-from tests.lab_support import (
+from tests.support.lab import (
     LAB_SETTINGS,
     ROOT,
     CommandLines,

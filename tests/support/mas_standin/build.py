@@ -4,8 +4,8 @@ Test double for matrix-authentication-service: the real MAS release cannot be do
 machines; this stand-in lives under tests/, is never selected or shipped by the product, and
 implements only what the deployment and the end-to-end tests touch.
 
-    python tests/mas_standin/build.py OUTDIR [--version 1.22.0]   # prints the tarball's path and sha256
-    from tests.mas_standin.build import build; path, sha256 = build(outdir, "1.22.0")
+    python tests/support/mas_standin/build.py OUTDIR [--version 1.22.0]   # prints the tarball's path and sha256
+    from tests.support.mas_standin.build import build; path, sha256 = build(outdir, "1.22.0")
 
 The archive holds, at its root, `mas-cli` (an executable Python zipapp for Debian 12's
 /usr/bin/python3, standard library only on the host) and `share/` (assets/, manifest.json,
@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE / "mas_standin"
-SCHEMA = Path(__file__).resolve().parents[2] / ".." / "shared" / "mas" / "config.schema.json"
+SCHEMA = Path(__file__).resolve().parents[3] / ".." / "shared" / "mas" / "config.schema.json"
 CACHE = Path.home() / ".cache" / "matrix-deploy" / "standin-wheels"
 # (requirement, wheel file, sha256); PyYAML is its CPython 3.11 x86_64 wheel, of which only the
 # pure-Python `yaml` package is kept (PyYAML falls back to it when the C extension is absent).
@@ -129,7 +129,7 @@ def zipapp(version: str) -> bytes:
                 raise SystemExit(f"{wheel.name} would overwrite {name}")
             files[name] = data
     files["__main__.py"] = (
-        b'"""mas-cli: the MAS stand-in, a test double (tests/mas_standin), not matrix-authentication-service."""\n'
+        b'"""mas-cli: the MAS stand-in, a test double (tests/support/mas_standin), not matrix-authentication-service."""\n'
         b"import sys\n\nfrom mas_standin.cli import main\n\nsys.exit(main())\n"
     )
     buffer = io.BytesIO()

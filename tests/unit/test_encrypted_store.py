@@ -1,5 +1,5 @@
 """The secrets store kept encrypted with age: decrypted in memory only, refused before any connection
-when the key is wrong or missing. A deploy from an encrypted store runs in tests/test_split.py."""
+when the key is wrong or missing. A deploy from an encrypted store runs in tests/lab/test_split.py."""
 
 import os
 import stat
@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from matrix_deploy.operator import store as secrets_store
-from tests.lab_support import ROOT
-from tests.test_bad_input import GOOD, run
+from tests.support.lab import ROOT
+from tests.unit.test_bad_input import GOOD, run
 
 
 def keygen(path) -> str:

@@ -21,7 +21,7 @@ from nio import AsyncClient, InviteMemberEvent, JoinResponse, LoginResponse, Roo
 from matrix_deploy import lab
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
-from tests.lab_support import LAB_SETTINGS, ROOT, sh
+from tests.support.lab import LAB_SETTINGS, ROOT, sh
 
 pytestmark = pytest.mark.lab
 
