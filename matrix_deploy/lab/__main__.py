@@ -48,12 +48,11 @@ Log in as @{s.admin_user}:{s.matrix_server_name}; the password is admin_password
     -H 'Content-Type: application/json' -d '{{"type":"m.login.password","identifier":{{"type":"m.id.user","user":"{s.admin_user}"}},"password":"<admin_password>"}}'
 """)
     release = json.loads((LAB_DIR / "mas-release.json").read_text())
-    which = (
-        "the real MAS"
-        if release.get("kind") == "real"
-        else "the tests' MAS stand-in (set MAS_RELEASE=FILE for the real one)"
-    )
-    print(f"MAS {release.get('version', '')}: {which}, from {release['file']}.")
+    if release["kind"] == "real":
+        which = f"the real MAS, from {release['source']}"
+    else:
+        which = f"the tests' MAS stand-in ({release['source']}; set MAS_RELEASE=FILE for the real one)"
+    print(f"MAS {release['version']}: {which}; deployed from {release['file']} (sha256 {release['sha256']}).")
     print(f"""To trust the lab's certificates, use its ACME root {LAB_DIR / "acme-root.pem"} (curl --cacert, or copy it into
 /usr/local/share/ca-certificates/ as a .crt and run update-ca-certificates; it changes with every `make lab-up`).""")
     if len(_sites()) > 1:

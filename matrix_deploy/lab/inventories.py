@@ -1,9 +1,8 @@
 """What the lab's inventories hold: whatever `make lab-up` booted (.lab/hosts.json), deployed with the
 lab's settings, one inventory per site (homeserver) of the lab: inventories/lab.py, inventories/lab_peer.py.
 
-The lab cannot download the real MAS release here, so `make lab` builds the tests' stand-in
-release into .lab/ and records its file and sha256 in .lab/mas-release.json, which is fed to the
-product's normal local-file install path below.
+`make lab` records the MAS release it chose (MAS_RELEASE, a download, or the tests' stand-in: see release.py)
+in .lab/mas-release.json, which is fed to the product's normal local-file install path below.
 """
 
 import json
