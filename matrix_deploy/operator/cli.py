@@ -3,6 +3,7 @@
 Deploys themselves are pyinfra's: `pyinfra INVENTORY deploy.py`.
 """
 
+import subprocess
 import sys
 
 
@@ -13,10 +14,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return verify.main(argv[1:])
     if argv[:1] == ["lab"]:
-        from .lab.__main__ import main as lab_main
-
-        sys.argv = ["matrix-deploy lab", *argv[1:]]
-        return lab_main()
+        # The lab tool is its own program (`python -m matrix_deploy.lab`): the console command starts it rather
+        # than importing the lab's command line into the operator's side.
+        return subprocess.run([sys.executable, "-m", "matrix_deploy.lab", *argv[1:]]).returncode
     print("usage: matrix-deploy verify INVENTORY [--connect ADDRESS] [--ca-file PEM]\n"
           "       matrix-deploy lab up|deploy|down|status|welcome ...", file=sys.stderr)  # fmt: skip
     return 2

@@ -271,10 +271,17 @@ def _workers(hosts: dict[str, dict[str, Any]], placement: Placement | None, prob
 
 
 def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> None:
-    """The checks that involve several settings, on the values each option's check gave (None: refused or unset).
+    """The checks that involve several settings, on the values each option's check gave (None: refused or unset),
+    one named check per concern, in this order.
 
     Fills in the values that default to others' (the public URLs, the release URL's version).
     """
+    for check in TOGETHER:
+        check(v, data, problems)
+
+
+def _public_urls(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> None:
+    """The public URLs default to names under the server name; MAS's has a host name of its own."""
     server_name = v["matrix_server_name"]
     if server_name:
         v["matrix_public_url"] = v["matrix_public_url"] or f"https://matrix.{server_name}/"
@@ -285,7 +292,9 @@ def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> No
             f"mas_public_url = {mas_public_url!r}: expected a host name of its own, not the one of matrix_public_url"
         )
 
-    # Synapse's version against the delegation mode, then against the repository's locks.
+
+def _synapse_version(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> None:
+    """Synapse's version against the delegation mode, then against the repository's locks."""
     auth_mode, synapse_version = v["auth_mode"], v["synapse_version"]
     if synapse_version and auth_mode == "native" and version_tuple(synapse_version) < NATIVE_MIN_SYNAPSE:
         expected = "1.136.0 or newer with auth_mode 'native' (matrix_authentication_service)"
@@ -309,7 +318,9 @@ def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> No
         )
         problems.append(f"synapse_version = {synapse_version!r}: expected {expected}")
 
-    # MAS's release: the file, when set, wins over the URL and must be the one the sha256 pins.
+
+def _mas_release(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> None:
+    """MAS's release: the file, when set, wins over the URL and must be the one the sha256 pins."""
     release_file, sha = v["mas_release_file"], v["mas_release_sha256"]
     if data.get("mas_release_file") is not None:
         v["mas_release_url"] = None
@@ -323,7 +334,9 @@ def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> No
             "expected the file the checksum was pinned for"
         )
 
-    # Each service's port is its own, and none is nginx's.
+
+def _ports(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> None:
+    """Each service's port is its own, and none is nginx's."""
     seen: dict[int, str] = {443: "nginx (https)", 80: "nginx (http)"}
     # The workers' listeners count up from synapse_worker_port and synapse_metrics_port + 1 on each host: ranges.
     workers = max((sum(counts.values()) for counts in v["synapse_workers"].values()), default=0)
@@ -338,7 +351,9 @@ def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> No
                 break
             seen[port + n] = key
 
-    # tls = "files" takes both files; the other modes none.
+
+def _tls(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> None:
+    """tls = "files" takes both files; the other modes none."""
     given = [k for k in ("tls_certificate", "tls_certificate_key") if data.get(k) is not None]
     if v["tls"] == "files" and len(given) != 2:
         problems.append(
@@ -349,7 +364,9 @@ def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> No
             f"{given[0]}: expected unset with tls = {v['tls']!r}; set tls = 'files' to use your own certificate"
         )
 
-    # MAS's email: the SMTP relay's host makes the other email settings mean something, and needs a sender.
+
+def _mas_email(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> None:
+    """MAS's email: the SMTP relay's host makes the other email settings mean something, and needs a sender."""
     if data.get("mas_email_smtp_host") is None:
         for key in ("mas_email_smtp_port", "mas_email_smtp_username", "mas_email_from"):
             if data.get(key) is not None:
@@ -362,6 +379,10 @@ def together(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> No
             )
     elif data.get("mas_email_from") is None:
         problems.append('mas_email_from is not set: expected the sender address, like "Example" <auth@example.org>')
+
+
+# The cross-field checks, in the order their problems are reported. Each takes (values, raw data, problems).
+TOGETHER = (_public_urls, _synapse_version, _mas_release, _ports, _tls, _mas_email)
 
 
 def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Settings:

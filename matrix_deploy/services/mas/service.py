@@ -10,6 +10,7 @@ from pyinfra.operations import files
 from matrix_deploy.engine import host_state, pending, remote, stages
 from matrix_deploy.engine.config_files import install_checked
 from matrix_deploy.engine.paths import STATE
+from matrix_deploy.engine.render import render
 from matrix_deploy.engine.units import system_user, unit
 from matrix_deploy.engine.yaml_config import deep_merge, dump
 from matrix_deploy.operator import secret_table
@@ -227,6 +228,34 @@ fi
 """
 
 
+def _secrets(d: Deployment, state) -> list:
+    """This host's secret files in /etc/mas/secrets, and none of those it should no longer have."""
+    changes = []
+    for path, content in secret_files(d).items():
+        changes.append(
+            host_state.secret(f"MAS secret {path.rsplit('/', 1)[1]}", path, content, user=MAS_USER, group=MAS_USER)
+        )
+    present = [path for path in state.paths if path.startswith(MAS_SECRETS + "/")]
+    for path in secret_table.stale(d.settings, "mas", present):
+        changes.append(host_state.absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path))
+    return changes
+
+
+def _migrate_and_sync(d: Deployment, release_dir: str, marked: list) -> None:
+    """On the first instance's host, when a restart is due: the release's database migrations and config sync
+    (pruning Synapse's old client when moving to native delegation)."""
+    cli = f"cd {release_dir} && runuser -u {MAS_USER} -- ./mas-cli"
+    sync = f"{cli} config sync --config {MAS_CONFIG}"
+    if auth_mode.migrating_to_native(d):
+        sync = prune_without_providers(cli)
+    if (migrate := pending.due("mas", marked)) is not None:
+        remote.shell(
+            name="MAS database migrations and config sync",
+            commands=[f"{cli} database migrate --config {MAS_CONFIG}", sync],
+            _if=migrate,
+        )
+
+
 @deploy("matrix-authentication-service")
 def install(d: Deployment):
     """Each MAS instance; the first runs the database migrations and config sync, once per change, before any
@@ -244,14 +273,7 @@ def install(d: Deployment):
     switch = None
     if not state.is_link(MAS_CURRENT, release_dir):
         switch = pending.mark_now("mas", f"switches to MAS {d.settings.mas_version}")
-    changes = [*release, switch]
-    for path, content in secret_files(d).items():
-        changes.append(
-            host_state.secret(f"MAS secret {path.rsplit('/', 1)[1]}", path, content, user=MAS_USER, group=MAS_USER)
-        )
-    present = [path for path in state.paths if path.startswith(MAS_SECRETS + "/")]
-    for path in secret_table.stale(d.settings, "mas", present):
-        changes.append(host_state.absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path))
+    changes = [*release, switch, *_secrets(d, state)]
     # A new release is recorded as a due restart before the dump: a run killed during the dump still
     # restarts MAS on the new release next time (the dump and everything else may then find nothing to do).
     release_marked = pending.mark("mas", release)
@@ -297,16 +319,8 @@ def install(d: Deployment):
     marked = [switch, release_marked, pending.mark("mas", changes)]
     # The new release migrates and syncs while the old one serves; the switch is the restart alone. Once, by
     # the first instance's host: every instance starts with --no-migrate --no-sync (the unit).
-    cli = f"cd {release_dir} && runuser -u {MAS_USER} -- ./mas-cli"
-    sync = f"{cli} config sync --config {MAS_CONFIG}"
-    if auth_mode.migrating_to_native(d):
-        sync = prune_without_providers(cli)
-    if primary and (migrate := pending.due("mas", marked)) is not None:
-        remote.shell(
-            name="MAS database migrations and config sync",
-            commands=[f"{cli} database migrate --config {MAS_CONFIG}", sync],
-            _if=migrate,
-        )
+    if primary:
+        _migrate_and_sync(d, release_dir, marked)
     for _ in stages.in_turn("MAS instance", list(p.mas), str):
         pending.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_internal_port}/health", marked,
                          switch=(MAS_CURRENT, release_dir))  # fmt: skip
@@ -334,37 +348,15 @@ def admin_user(d: Deployment):
     remote.shell(
         name=f"Register MAS admin user {user}",
         commands=[
-            f"""
-set -e
-umask 077
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-curl -fsS -K {curl_config} -d grant_type=client_credentials -d scope=urn:mas:admin {api}/oauth2/token > "$work/token"
-token=$(grep -o '"access_token" *: *"[^"]*"' "$work/token" | cut -d'"' -f4)
-printf 'Authorization: Bearer %s\\n' "$token" > "$work/auth"
-if curl -fsS -H @"$work/auth" {api}/api/admin/v1/users/by-username/{user} > /dev/null 2>&1; then
-    echo "MAS user {user} already exists; left as it is"
-else
-    printf '{{"username": "{user}"}}' > "$work/new"
-    status=$(curl -sS -o "$work/user" -w '%{{http_code}}' -H @"$work/auth" -H 'Content-Type: application/json' \
-        -d @"$work/new" {api}/api/admin/v1/users)
-    if [ "$status" = 409 ]; then
-        echo "MAS refused to create admin_user {user} (409: $(cat "$work/user")): Synapse already has a user" \
-            "named {user} that MAS does not know (made before MAS took over logins). Either set admin_user to" \
-            "a name nobody has, or bring Synapse's existing users into MAS first (mas-cli syn2mas); the next" \
-            "run then finds {user} in MAS and leaves it as it is." >&2
-        exit 1
-    elif [ "$status" != 201 ]; then
-        echo "MAS refused to create admin_user {user} ($status: $(cat "$work/user"))" >&2
-        exit 1
-    fi
-    id=$(grep -o '"id" *: *"[0-9A-Za-z]*"' "$work/user" | head -1 | cut -d'"' -f4)
-    curl -fsS -H @"$work/auth" -H 'Content-Type: application/json' -d @{password_body} \
-        {api}/api/admin/v1/users/$id/set-password > /dev/null
-    curl -fsS -H @"$work/auth" -H 'Content-Type: application/json' -d '{{"admin": true}}' \
-        {api}/api/admin/v1/users/$id/set-admin > /dev/null
-fi
-touch {done}
-"""
+            # Begins on a line of its own, like every multi-line command here (the rendered command is unchanged).
+            "\n"
+            + render(
+                "mas/admin-user.sh.j2",
+                curl_config=curl_config,
+                password_body=password_body,
+                api=api,
+                user=user,
+                done=done,
+            )  # fmt: skip
         ],
     )
