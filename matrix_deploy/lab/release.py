@@ -15,7 +15,6 @@ The lab takes a real release first:
 Run: python -m matrix_deploy.lab.release (what `make lab` does; it may download)
 """
 
-import hashlib
 import json
 import os
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from matrix_deploy.lab import LAB_DIR, PROJECT_DIR, LabError
 from matrix_deploy.operator.options import BY_NAME
+from matrix_deploy.operator.settings import sha256_of
 
 RELEASE_JSON = LAB_DIR / "mas-release.json"
 PINS_JSON = LAB_DIR / "mas-release-pins.json"  # trust on first use: URL -> sha256 of its first download
@@ -49,14 +49,6 @@ def release_url(version: str) -> str:
     return template.replace("{version}", version)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_is_release(path: Path, origin: str) -> None:
     """A MAS release tarball holds the mas-cli binary; anything else (an error page, a truncated file) is refused."""
     try:
@@ -75,13 +67,14 @@ def download(version: str) -> tuple[Path, str]:
     pins = json.loads(PINS_JSON.read_text()) if PINS_JSON.exists() else {}
     pinned = os.environ.get("MAS_RELEASE_SHA256") or pins.get(url)
     target = DOWNLOADS / version / "mas-cli-x86_64-linux.tar.gz"
-    if not (pinned and target.is_file() and sha256_of(target) == pinned):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        with urllib.request.urlopen(url, timeout=15) as response, partial.open("wb") as out:
-            while block := response.read(1 << 20):
-                out.write(block)
-        partial.replace(target)
+    if pinned and target.is_file() and sha256_of(target) == pinned:
+        return target, pinned  # downloaded, checked and pinned before: no network needed
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".part")
+    with urllib.request.urlopen(url, timeout=15) as response, partial.open("wb") as out:
+        while block := response.read(1 << 20):
+            out.write(block)
+    partial.replace(target)
     sha256 = sha256_of(target)
     if pinned and sha256 != pinned:
         raise LabError(
