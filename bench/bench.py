@@ -24,6 +24,7 @@ from downtime import Poller, introspection, login, whoami  # noqa: E402
 from matrix_deploy import lab  # noqa: E402
 from matrix_deploy.lab.probe import LAB_SETTINGS, changed_operations, fetch, service_stamps, ssh  # noqa: E402
 from matrix_deploy.lab.release import prepare as prepare_release  # noqa: E402
+from matrix_deploy.lab.release import real_for_all  # noqa: E402
 from matrix_deploy.services import roles as services  # noqa: E402
 from matrix_deploy.services.synapse import locks  # noqa: E402
 
@@ -31,6 +32,7 @@ REPEAT = 5
 # The fresh install gets the older versions, the upgrades then go to the newer ones (each a lock / a stand-in release).
 OLD = {"synapse_version": "1.162.0", "mas_version": "1.21.0"}
 NEW = {"synapse_version": "1.163.2", "mas_version": "1.22.0"}
+REAL_MAS = real_for_all({OLD["mas_version"], NEW["mas_version"]})  # one database through both: all real or none
 
 
 def run(*args, inventory="inventories/lab.py", deploy="deploy.py") -> tuple[float, subprocess.CompletedProcess]:
@@ -76,7 +78,7 @@ def fresh_install() -> tuple[float, float, lab.LabHost]:
     lab.down()
     deploy_host, floor_host = lab.up(spec=[("bench1", lab.ROLES), ("bench2", ())])
     print(f"bench: floor starts ({load()})", flush=True)
-    release = prepare_release(OLD["mas_version"])
+    release = prepare_release(OLD["mas_version"], real=REAL_MAS)
     floor_time = floor(floor_host, release, OLD["synapse_version"])
     LAB_SETTINGS.write_text(json.dumps(OLD))
     print(f"bench: fresh install starts ({load()})", flush=True)
@@ -122,7 +124,7 @@ def main() -> None:
         LAB_SETTINGS.write_text(json.dumps({**OLD, "synapse_version": NEW["synapse_version"]}))
         with Poller(whoami(deploy_host, token)) as synapse_upgrade:
             synapse_upgrade_time, _ = run()
-        prepare_release(NEW["mas_version"])
+        prepare_release(NEW["mas_version"], real=REAL_MAS)
         LAB_SETTINGS.write_text(json.dumps(NEW))
         # Synapse caches an introspected token for 2 minutes: MAS itself is polled, as Synapse asks it.
         with Poller(introspection(deploy_host, token)) as mas_upgrade, Poller(whoami(deploy_host, token)) as mas_whoami:

@@ -99,14 +99,24 @@ def build_standin(version: str) -> tuple[Path, str]:
     return Path(out[0]), out[1]
 
 
-def prepare(version: str = DEFAULT_VERSION, may_download: bool = False) -> dict:
+def real_for_all(versions) -> bool:
+    """Whether MAS_RELEASE covers every one of `versions`. A test that moves one database through several MAS
+    versions needs them all real or all stand-ins: real MAS cannot migrate the stand-in's schema, nor back."""
+    given = given_release()
+    return given is not None and set(versions) == {given[1]}
+
+
+def prepare(version: str = DEFAULT_VERSION, may_download: bool = False, real: bool = True) -> dict:
     """The release of `version` the lab deploys, recorded in .lab/mas-release.json. Tests pass may_download=False:
-    they use MAS_RELEASE or the stand-in, never the network."""
+    they use MAS_RELEASE or the stand-in, never the network; real=False: the stand-in even where MAS_RELEASE
+    matches (see real_for_all)."""
     LAB_DIR.mkdir(exist_ok=True)
     given = given_release()
     release = None
     why = "MAS_RELEASE is not set" if not given else f"MAS_RELEASE is {given[1]}, not {version}"
-    if given and given[1] == version:
+    if given and not real:
+        why = "the test moves one database through MAS versions MAS_RELEASE does not all cover"
+    if given and real and given[1] == version:
         path, version = given
         release = {"file": str(path), "sha256": sha256_of(path), "kind": "real", "source": "MAS_RELEASE"}
     elif may_download and os.environ.get("MAS_RELEASE_DOWNLOAD", "yes") != "no":

@@ -7,7 +7,8 @@ uninterrupted upgrade of Synapse and MAS; an upgrade killed while its pg_dump ru
 a rejected config. Each kill is asserted to have landed where it was aimed: which operation was
 running, and that its remote command was still running on the host at the moment of the kill.
 Nothing waits a fixed time for a process or a kill: each wait is for a condition on the host.
-Real PostgreSQL, Synapse and nginx; MAS is the stand-in.
+Real PostgreSQL, Synapse and nginx. MAS is the stand-in, for every version of the chain, unless MAS_RELEASE
+covers them all (a real MAS cannot upgrade a database the stand-in made: real_for_all in lab/release.py).
 """
 
 import hashlib
@@ -22,6 +23,7 @@ import pytest
 from matrix_deploy import lab
 from matrix_deploy.engine.paths import WORK_LOCK
 from matrix_deploy.lab.release import prepare as prepare_release
+from matrix_deploy.lab.release import real_for_all
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse.service import VIRTUALENV_LOG
 from tests.support.lab import (
@@ -53,8 +55,12 @@ PG_DUMP = r"(^|/)pg_dump .*--username=mas"  # Debian's pg_wrapper execs /usr/lib
 HOLD = "/run/postgresql/matrix-deploy-test-hold"  # PostgreSQL sees /run/postgresql (its /tmp is private)
 
 
+# One database moves through these MAS versions: real releases for all of them, or the stand-in for all.
+REAL_MAS = real_for_all({OLD["mas_version"], NEW["mas_version"], NEWER_MAS["mas_version"]})
+
+
 def use(host, settings: dict) -> None:
-    prepare_release(settings["mas_version"])
+    prepare_release(settings["mas_version"], real=REAL_MAS)
     lab_settings(host, **settings)
 
 

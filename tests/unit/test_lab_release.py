@@ -118,3 +118,15 @@ def test_mas_release_wins_over_the_download(lab, tmp_path, monkeypatch):
     chosen = release.prepare(may_download=True)
     assert (chosen["kind"], chosen["source"], chosen["file"]) == ("real", "MAS_RELEASE", str(given))
     assert lab.requests == []
+
+
+def test_a_chain_of_versions_is_real_only_when_mas_release_covers_each(lab, tmp_path, monkeypatch):
+    """One database through several MAS versions: real MAS cannot migrate the stand-in's schema, nor back."""
+    given = tmp_path / "given.tar.gz"
+    given.write_bytes(tarball(b"built from source"))
+    assert not release.real_for_all({"1.22.0"})
+    monkeypatch.setenv("MAS_RELEASE", str(given))
+    assert release.real_for_all({"1.22.0"}) and not release.real_for_all({"1.21.0", "1.22.0"})
+    chosen = release.prepare("1.22.0", real=False)
+    assert chosen["kind"] == "stand-in" and "does not all cover" in chosen["source"]
+    assert release.prepare("1.22.0")["kind"] == "real"

@@ -213,6 +213,19 @@ def test_config_check_rejects_a_bad_config_naming_the_setting(mas_cli, config, c
     assert "looks good" not in result.stderr
 
 
+def test_a_trusted_proxy_that_is_no_network_is_refused_in_mas_own_words(mas_cli, config):
+    """MAS 1.22.0 (seen running this deployment): `invalid address: proxy.lab.test for key
+    "default.http.trusted_proxies.0" in /etc/mas/config.yaml YAML file`: figment's report of ipnetwork's
+    Deserialize error, naming the file that set the value (lists of several files are joined, as figment's admerge)."""
+    base = config()
+    extra = config.dir / "proxies.yaml"
+    extra.write_text(yaml.safe_dump({"http": {"trusted_proxies": ["10.0.0.0/8", "proxy.example.org"]}}))
+    result = run(mas_cli, "config", "check", "-c", base, "-c", extra)
+    assert result.returncode == 1, result.stderr
+    expected = f'invalid address: proxy.example.org for key "default.http.trusted_proxies.3" in {extra} YAML file'
+    assert expected in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = config_paths(args)
     try:
         config = cfg.load(paths)
-        cfg.check(config, SECTIONS.get((command, sub), ("database",)))
+        cfg.check(config, SECTIONS.get((command, sub), ("database",)), tuple(paths))
         return run(command, sub, args, config, paths)
     except cfg.Invalid as error:
         for problem in error.problems:

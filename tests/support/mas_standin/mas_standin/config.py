@@ -141,7 +141,34 @@ def _type_name(value) -> str:
             float: "a float", type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
 
 
-def _explain(error: fastjsonschema.JsonSchemaValueException) -> str:
+def _origin(paths: tuple[str, ...], keys: list):
+    """The config file a merged value came from, as figment tracks it: the files merged as `load` merges them
+    (lists joined), with every value replaced by its file's name."""
+
+    def named(node, path):
+        if isinstance(node, dict):
+            return {key: named(value, path) for key, value in node.items()}
+        if isinstance(node, list):
+            return [named(value, path) for value in node]
+        return path
+
+    origins: dict = {}
+    for path in paths:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, dict):
+            origins = admerge(origins, named(loaded, path))
+    try:
+        for key in keys:
+            origins = origins[int(key) if isinstance(origins, list) else key]  # fastjsonschema's indexes are text
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return origins if isinstance(origins, str) else None
+
+
+def _explain(error: fastjsonschema.JsonSchemaValueException, paths: tuple[str, ...]) -> str:
     setting = _setting(error.path)
     definition = error.definition or {}
     if error.rule == "required" and isinstance(error.value, dict):
@@ -164,7 +191,10 @@ def _explain(error: fastjsonschema.JsonSchemaValueException) -> str:
             f"{setting}: invalid URL {error.value!r}: expected an absolute URL with a scheme, like https://example.com/"
         )
     if error.rule == "format" and definition.get("format") == "ip":
-        return f"{setting}: invalid IP address or network {error.value!r}"
+        # ipnetwork's Deserialize error, as figment reports it: the key in its profile, and the file it came from.
+        key = ".".join(str(part) for part in error.path[1:])
+        origin = _origin(paths, error.path[1:])
+        return f'invalid address: {error.value} for key "default.{key}"' + (f" in {origin} YAML file" if origin else "")
     if error.rule == "type":
         expected = definition.get("type")
         expected = " or ".join(expected) if isinstance(expected, list) else expected
@@ -175,7 +205,7 @@ def _explain(error: fastjsonschema.JsonSchemaValueException) -> str:
     return f"{setting}: {message}"
 
 
-def _check_schema(config: dict, sections: tuple[str, ...]) -> list[str]:
+def _check_schema(config: dict, sections: tuple[str, ...], paths: tuple[str, ...]) -> list[str]:
     document = {key: config[key] for key in sections if key in config}
     # The root requires `secrets` and `matrix`; when a command does not read them, stand in empties.
     for required in ("secrets", "matrix"):
@@ -184,7 +214,7 @@ def _check_schema(config: dict, sections: tuple[str, ...]) -> list[str]:
     try:
         _validator()(document)
     except fastjsonschema.JsonSchemaValueException as error:
-        return [_explain(error)]
+        return [_explain(error, paths)]
     return []
 
 
@@ -423,9 +453,12 @@ def encryption_key(secrets: dict) -> bytes:
 # ---------------------------------------------------------------- entry points
 
 
-def check(config: dict, sections: tuple[str, ...] = ROOT_SECTIONS) -> None:
-    """Raise Invalid unless the named sections are valid. Opens no file the config names, as MAS does not."""
-    problems = _check_schema(config, sections)
+def check(config: dict, sections: tuple[str, ...] = ROOT_SECTIONS, paths: tuple[str, ...] = ()) -> None:
+    """Raise Invalid unless the named sections are valid. Opens no file the config names, as MAS does not.
+
+    `paths`: the config files `config` was merged from, for the messages that name the file, as figment's do.
+    """
+    problems = _check_schema(config, sections, paths)
     if problems:
         raise Invalid(problems)
     for section in sections:

@@ -15,7 +15,8 @@ What each resource answers (paths as in MAS 1.22.0's router, below the listener'
              GET /, /account/..., /complete-compat-sso/{id}: small HTML pages.
 - assets:    GET /assets/<file> from the resource's `path` (default ./share/assets/).
 - adminapi:  /api/admin/v1/users: GET by-username/{username}, POST (create), GET {id},
-             POST {id}/set-password, POST {id}/set-admin; the rest of the admin API answers 501.
+             POST {id}/set-password, POST {id}/set-admin; GET oauth2-clients and upstream-oauth-providers (first
+             page); the rest of the admin API answers 501.
 - prometheus: GET /metrics, as crates/cli/src/telemetry.rs: with `telemetry.metrics.exporter: prometheus`
              200 (text/plain;version=1.0.0) with the `http.server.duration` histogram server.rs records for
              every request, per listener name, method, route and status (as http_server_duration_count and
@@ -129,6 +130,12 @@ def timestamp(value) -> str | None:
     micros = value.microsecond
     fraction = "" if not micros else f".{micros // 1000:03d}" if micros % 1000 == 0 else f".{micros:06d}"
     return value.strftime("%Y-%m-%dT%H:%M:%S") + fraction + "Z"
+
+
+# What `config sync` gives every static client (crates/storage-pg/src/oauth2/client.rs, upsert_static), in the
+# order the admin API lists a client's grant types.
+STATIC_GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials",
+                      "urn:ietf:params:oauth:grant-type:device_code"]  # fmt: skip
 
 
 def user_document(user: dict, self_link: str | None = None) -> dict:
@@ -498,6 +505,8 @@ class Handler(BaseHTTPRequestHandler):
         ("adminapi", "GET", r"/api/admin/v1/users/([^/]+)", "admin_user"),
         ("adminapi", "POST", r"/api/admin/v1/users/([^/]+)/set-password", "admin_set_password"),
         ("adminapi", "POST", r"/api/admin/v1/users/([^/]+)/set-admin", "admin_set_admin"),
+        ("adminapi", "GET", r"/api/admin/v1/oauth2-clients", "admin_oauth2_clients"),
+        ("adminapi", "GET", r"/api/admin/v1/upstream-oauth-providers", "admin_upstream_oauth_providers"),
         ("adminapi", "GET", r"/api/admin/v1/.+", "admin_other"),
         ("adminapi", "POST", r"/api/admin/v1/.+", "admin_other"),
         ("connection-info", "GET", r"/connection-info", "connection_info"),
@@ -1182,6 +1191,80 @@ class Handler(BaseHTTPRequestHandler):
             user = store.find_user_by_id(conn, user_id)
         log.info(TARGET, "User admin flag set through the admin API", user__id=user_id, admin=body["admin"])
         self.send(200, user_document(user, f"/api/admin/v1/users/{user_id}/set-admin"))
+
+    def _admin_list(self, kind: str, base: str, filters: dict, query) -> None:
+        """A PaginatedResponse (crates/handlers/src/admin/response.rs) of the first page, ordered by ID as MAS's
+        pages are. `query(conn, filter_values)` returns (id, attributes) rows. Of params.rs only `page[first]`
+        (1 to 100, default 10) and `count` (true) are taken; any other parameter is refused as not implemented
+        rather than ignored, so that no test comes to depend on a stand-in that answers what MAS would not."""
+        params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+        unknown = sorted(set(params) - set(filters) - {"page[first]", "count"})
+        if unknown or params.get("count", "true") != "true":
+            raise admin_error(501, f"Not implemented by the MAS stand-in (a test double): {unknown or 'count'}")
+        try:
+            first = int(params.get("page[first]", "10"))
+        except ValueError as error:
+            raise admin_error(400, "Invalid pagination parameters", str(error)) from None
+        if not 1 <= first <= 100:
+            raise admin_error(400, "Invalid pagination parameters", "page[first] must be between 1 and 100")
+        values = {}
+        for name, choices in filters.items():
+            if name in params:
+                if params[name] not in choices:
+                    raise admin_error(400, "Invalid filter parameters")
+                values[name] = params[name]
+        token = self._admin_token()
+        with self.app.pool.connection() as conn:
+            self._admin_session(conn, token)
+            found = sorted(query(conn, values))
+        page = found[:first]
+        filtered = base + "".join(f"{'?' if i == 0 else '&'}{k}={v}" for i, (k, v) in enumerate(values.items()))
+        sep = "&" if "?" in filtered else "?"
+        links = {"self": f"{filtered}{sep}page[first]={first}", "first": f"{filtered}{sep}page[first]={first}",
+                 "last": f"{filtered}{sep}page[last]={first}"}  # fmt: skip
+        if len(found) > first:
+            links["next"] = f"{filtered}{sep}page[after]={page[-1][0]}&page[first]={first}"
+        data = [{"type": kind, "id": id_, "attributes": attributes, "links": {"self": f"{base}/{id_}"},
+                 "meta": {"page": {"cursor": id_}}} for id_, attributes in page]  # fmt: skip
+        self.send(200, {"meta": {"count": len(found)}, "data": data, "links": links})
+
+    def route_admin_oauth2_clients(self, match, resource):
+        """GET oauth2-clients (v1/oauth2_clients/list.rs), with `filter[client-kind]`. A static client's grant
+        types are the four `config sync` sets (storage-pg oauth2/client.rs upsert_static)."""
+
+        def query(conn, values):
+            kind = values.get("filter[client-kind]")
+            for row in store.rows(conn, "SELECT client_id, client_name, is_static, metadata FROM oauth2_clients"):
+                if kind is not None and row["is_static"] != (kind == "static"):
+                    continue
+                metadata = json.loads(row["metadata"]) if row["metadata"] else {}
+                grants = STATIC_GRANT_TYPES if row["is_static"] else metadata.get("grant_types", ["authorization_code"])
+                yield row["client_id"], {
+                    "client_id": row["client_id"], "client_name": row["client_name"] or metadata.get("client_name"),
+                    "client_uri": metadata.get("client_uri"), "logo_uri": metadata.get("logo_uri"),
+                    "redirect_uris": metadata.get("redirect_uris", []), "grant_types": grants,
+                    "is_static": row["is_static"],
+                }  # fmt: skip
+
+        self._admin_list("oauth2-client", "/api/admin/v1/oauth2-clients",
+                         {"filter[client-kind]": ("static", "dynamic")}, query)  # fmt: skip
+
+    def route_admin_upstream_oauth_providers(self, match, resource):
+        """GET upstream-oauth-providers (v1/upstream_oauth_providers/list.rs), with `filter[enabled]`."""
+
+        def query(conn, values):
+            enabled = values.get("filter[enabled]")
+            for row in store.rows(conn, "SELECT * FROM upstream_oauth_providers"):
+                if enabled is not None and (row["disabled_at"] is None) != (enabled == "true"):
+                    continue
+                yield row["upstream_oauth_provider_id"], {
+                    "issuer": row["issuer"], "human_name": row["human_name"], "brand_name": row["brand_name"],
+                    "created_at": timestamp(row["created_at"]), "disabled_at": timestamp(row["disabled_at"]),
+                    "registration_token_required": False,
+                }  # fmt: skip
+
+        self._admin_list("upstream-oauth-provider", "/api/admin/v1/upstream-oauth-providers",
+                         {"filter[enabled]": ("true", "false")}, query)  # fmt: skip
 
     def route_admin_other(self, match, resource):
         """The rest of MAS's admin API, which the stand-in does not implement: 501 once the caller is authorised."""
