@@ -4,8 +4,9 @@ import shlex
 
 from pyinfra.api import StringCommand, operation
 
-from matrix_deploy.engine import host_state
+from matrix_deploy.engine import host_state, wants
 from matrix_deploy.engine.render import render
+from matrix_deploy.engine.wants import File
 
 NOLOGIN = "/usr/sbin/nologin"
 
@@ -26,15 +27,20 @@ def system_user(label: str, user: str, home: str) -> None:
         _system_user(name=f"{label} system user and group", user=user, home=home)
 
 
+def unit_file(label: str, unit_name: str, template: str, **variables) -> File:
+    """templates/<template> (which includes the shared hardening) as /etc/systemd/system/<unit_name>."""
+    return File(f"{label} systemd unit", f"/etc/systemd/system/{unit_name}", render(template, **variables))
+
+
 def unit(label: str, unit_name: str, template: str, **variables):
-    """Render templates/<template> (which includes the shared hardening) as /etc/systemd/system/<unit_name>."""
-    return host_state.put(f"{label} systemd unit", f"/etc/systemd/system/{unit_name}", render(template, **variables))
+    return wants.apply([unit_file(label, unit_name, template, **variables)])[0]
+
+
+def drop_in_file(label: str, unit_name: str, template: str, **variables) -> File:
+    """Sandbox a unit a Debian package ships: templates/<template> as /etc/systemd/system/<unit_name>.d/matrix-deploy.conf."""
+    return File(f"{label} systemd sandboxing", f"/etc/systemd/system/{unit_name}.d/matrix-deploy.conf",
+                render(template, **variables))  # fmt: skip
 
 
 def drop_in(label: str, unit_name: str, template: str, **variables):
-    """Sandbox a unit a Debian package ships: templates/<template> as /etc/systemd/system/<unit_name>.d/matrix-deploy.conf."""
-    return host_state.put(
-        f"{label} systemd sandboxing",
-        f"/etc/systemd/system/{unit_name}.d/matrix-deploy.conf",
-        render(template, **variables),
-    )
+    return wants.apply([drop_in_file(label, unit_name, template, **variables)])[0]

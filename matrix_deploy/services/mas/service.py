@@ -7,11 +7,12 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from matrix_deploy.engine import host_state, pending, remote, stages
+from matrix_deploy.engine import host_state, pending, remote, stages, wants
 from matrix_deploy.engine.config_files import install_checked
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
-from matrix_deploy.engine.units import system_user, unit
+from matrix_deploy.engine.units import unit
+from matrix_deploy.engine.wants import Absent, Directory, File, SystemUser, Want
 from matrix_deploy.engine.yaml_config import deep_merge, dump
 from matrix_deploy.operator import secret_table
 from matrix_deploy.operator.inventory import Deployment
@@ -228,17 +229,24 @@ fi
 """
 
 
-def _secrets(d: Deployment, state) -> list:
-    """This host's secret files in /etc/mas/secrets, and none of those it should no longer have."""
-    changes = []
-    for path, content in secret_files(d).items():
-        changes.append(
-            host_state.secret(f"MAS secret {path.rsplit('/', 1)[1]}", path, content, user=MAS_USER, group=MAS_USER)
-        )
-    present = [path for path in state.paths if path.startswith(MAS_SECRETS + "/")]
-    for path in secret_table.stale(d.settings, "mas", present):
-        changes.append(host_state.absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path))
-    return changes
+# Its user, and the directories every MAS host has.
+HOME = [
+    SystemUser("MAS", MAS_USER, MAS_HOME),
+    Directory("MAS home", MAS_HOME, "root", "root", "755"),
+    Directory("MAS config directory", MAS_ETC, "root", MAS_USER, "750"),
+    Directory("MAS secrets directory", MAS_SECRETS, "root", MAS_USER, "750"),
+]
+
+
+def wanted_secrets(d: Deployment, present: list[str]) -> list[Want]:
+    """This host's secret files in /etc/mas/secrets, and none of those it should no longer have (of the
+    `present` paths, upstream providers' secrets no longer configured)."""
+    out: list[Want] = [
+        File(f"MAS secret {path.rsplit('/', 1)[1]}", path, content, MAS_USER, MAS_USER, "400", secret=True)
+        for path, content in secret_files(d).items()
+    ]
+    stale = secret_table.stale(d.settings, "mas", present)
+    return out + [Absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path) for path in stale]
 
 
 def _migrate_and_sync(d: Deployment, release_dir: str, marked: list) -> None:
@@ -262,10 +270,7 @@ def install(d: Deployment):
     instance restarts; then they restart one at a time (stages.in_turn), each healthy first."""
     p, here, state = d.settings.placement, host.name, host_state.current()
     primary = here == p.mas_primary
-    system_user("MAS", MAS_USER, MAS_HOME)
-    host_state.directory("MAS home", MAS_HOME, "root", "root", "755")
-    host_state.directory("MAS config directory", MAS_ETC, "root", MAS_USER, "750")
-    host_state.directory("MAS secrets directory", MAS_SECRETS, "root", MAS_USER, "750")
+    wants.apply(HOME)
     release = _release(d)
     release_dir = f"{MAS_HOME}/{d.settings.mas_version}"
     # A release to switch to is a restart due before anything else happens: a run that dies before the
@@ -273,7 +278,8 @@ def install(d: Deployment):
     switch = None
     if not state.is_link(MAS_CURRENT, release_dir):
         switch = pending.mark_now("mas", f"switches to MAS {d.settings.mas_version}")
-    changes = [*release, switch, *_secrets(d, state)]
+    present = [path for path in state.paths if path.startswith(MAS_SECRETS + "/")]
+    changes = [*release, switch, *wants.apply(wanted_secrets(d, present))]
     # A new release is recorded as a due restart before the dump: a run killed during the dump still
     # restarts MAS on the new release next time (the dump and everything else may then find nothing to do).
     release_marked = pending.mark("mas", release)
@@ -314,8 +320,8 @@ def install(d: Deployment):
             config=MAS_CONFIG,
         )
     )
-    for path in secret_table.stale(d.settings, "mas-admin", []):
-        host_state.absent(f"No stale MAS admin API file {path.rsplit('/', 1)[1]}", path)
+    stale_admin = secret_table.stale(d.settings, "mas-admin", [])
+    wants.apply([Absent(f"No stale MAS admin API file {path.rsplit('/', 1)[1]}", path) for path in stale_admin])
     marked = [switch, release_marked, pending.mark("mas", changes)]
     # The new release migrates and syncs while the old one serves; the switch is the restart alone. Once, by
     # the first instance's host: every instance starts with --no-migrate --no-sync (the unit).

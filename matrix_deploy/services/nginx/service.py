@@ -8,12 +8,13 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from matrix_deploy.engine import host_state, pending, remote
+from matrix_deploy.engine import host_state, pending, remote, wants
 from matrix_deploy.engine.config_files import install_checked
 from matrix_deploy.engine.debian import RELEASES, Release
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
 from matrix_deploy.engine.units import drop_in
+from matrix_deploy.engine.wants import Directory, File
 from matrix_deploy.operator.inventory import Deployment
 from matrix_deploy.services.nginx.paths import ACME_LIVE, ACME_WEBROOT, CERTBOT_DROP_IN, NGINX_SITE, NGINX_TLS
 from matrix_deploy.services.synapse import workers as synapse_workers
@@ -73,12 +74,15 @@ def _certificate(d: Deployment):
     """The certificate nginx starts with: yours, or a self-signed one (also ACME's bootstrap: nginx needs
     a certificate to serve 443 before the ACME certificate exists)."""
     s = d.settings
-    host_state.directory("TLS directory", NGINX_TLS, "root", "root", "700")
+    directory = Directory("TLS directory", NGINX_TLS, "root", "root", "700")
     if s.tls == "files":
-        return [
-            host_state.put("TLS certificate", CERTIFICATE, s.tls_certificate.read_text(), "root", "root", "644"),
-            host_state.secret("TLS private key", CERTIFICATE_KEY, s.tls_certificate_key.read_text(), "root", "root"),
-        ]
+        return wants.apply([
+            directory,
+            File("TLS certificate", CERTIFICATE, s.tls_certificate.read_text(), "root", "root", "644"),
+            File("TLS private key", CERTIFICATE_KEY, s.tls_certificate_key.read_text(), "root", "root", "400",
+                 secret=True),
+        ])  # fmt: skip
+    wants.apply([directory])
     if host_state.current().exists(CERTIFICATE_KEY):
         return []
     san = ",".join(f"DNS:{n}" for n in _names(d))

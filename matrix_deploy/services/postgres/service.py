@@ -3,11 +3,12 @@
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from matrix_deploy.engine import host_state, pending, remote
+from matrix_deploy.engine import host_state, remote, wants
 from matrix_deploy.engine.debian import POSTGRES_UNITS, RELEASES, Release, postgres_unit
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
-from matrix_deploy.engine.units import drop_in
+from matrix_deploy.engine.units import drop_in_file
+from matrix_deploy.engine.wants import File, Restart
 from matrix_deploy.operator.inventory import Deployment
 
 POSTGRES_SQL = f"{STATE}/postgres-roles.sql"  # root only; psql reads it on its standard input
@@ -51,33 +52,30 @@ def hba_clients(d: Deployment, resolve=None) -> list[str]:
     )
 
 
+def wanted(d: Deployment, release: Release, own_addresses, resolve) -> tuple[list[File], Restart]:
+    """The cluster's config, client authentication and sandboxing, and the restart they call for.
+
+    `own_addresses` and `resolve`: the database host's addresses and name lookup (host_state's snapshot)."""
+    s, p = d.settings, d.settings.placement
+    unit, conf_dir = postgres_unit(release.postgres), f"/etc/postgresql/{release.postgres}/main"
+    listen = p.listen(p.db, [*p.mas, *p.synapse], own_addresses)
+    files = [
+        File("PostgreSQL listens where MAS and Synapse reach it", f"{conf_dir}/conf.d/matrix-deploy.conf",
+             render("postgres/matrix-deploy.conf.j2", listen=listen, port=s.postgres_port), "postgres", "postgres", "644"),
+        File("PostgreSQL client authentication (scram-sha-256)", f"{conf_dir}/pg_hba.conf",
+             render("postgres/pg_hba.conf.j2", clients=hba_clients(d, resolve)), "postgres", "postgres", "640"),
+        # Only what a cluster run by its owner needs: no capabilities, no privileged system calls.
+        drop_in_file("PostgreSQL", f"{unit}.service", "postgres/hardening.conf.j2", denied_syscalls="@privileged"),
+    ]  # fmt: skip
+    return files, Restart("postgres", unit, f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}")
+
+
 @deploy("PostgreSQL")
 def install(d: Deployment, release: Release):
     s, state = d.settings, host_state.current()
     unit = postgres_unit(release.postgres)
-    conf_dir = f"/etc/postgresql/{release.postgres}/main"
-    p = s.placement
-    listen = p.listen(p.db, [*p.mas, *p.synapse], state.bind_address)
-    conf = host_state.put(
-        "PostgreSQL listens where MAS and Synapse reach it",
-        f"{conf_dir}/conf.d/matrix-deploy.conf",
-        render("postgres/matrix-deploy.conf.j2", listen=listen, port=s.postgres_port),
-        user="postgres",
-        group="postgres",
-        mode="644",
-    )
-    hba = host_state.put(
-        "PostgreSQL client authentication (scram-sha-256)",
-        f"{conf_dir}/pg_hba.conf",
-        render("postgres/pg_hba.conf.j2", clients=hba_clients(d, state.resolve)),
-        user="postgres",
-        group="postgres",
-        mode="640",
-    )
-    # Only what a cluster run by its owner needs: no capabilities, no privileged system calls.
-    sandbox = drop_in("PostgreSQL", f"{unit}.service", "postgres/hardening.conf.j2", denied_syscalls="@privileged")
-    marked = pending.mark("postgres", [conf, hba, sandbox])
-    pending.restart("postgres", unit, f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}", marked)
+    files, restart = wanted(d, release, state.bind_address, state.resolve)
+    wants.restart(restart, wants.apply(files))
     if not state.unit_running(unit):
         server.service(name="PostgreSQL is running", service=unit, running=True, enabled=True)
     # Root only; psql (as postgres) reads it on its standard input, opened by root.

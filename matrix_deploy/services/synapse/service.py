@@ -6,11 +6,12 @@ from functools import partial
 from pyinfra import host
 from pyinfra.api import deploy
 
-from matrix_deploy.engine import host_state, pending, remote, stages
+from matrix_deploy.engine import host_state, pending, remote, stages, wants
 from matrix_deploy.engine.config_files import install_checked
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
-from matrix_deploy.engine.units import system_user, unit
+from matrix_deploy.engine.units import unit
+from matrix_deploy.engine.wants import Absent, Directory, File, OnlyIn, SystemUser, Want
 from matrix_deploy.engine.yaml_config import deep_merge, dump
 from matrix_deploy.operator import secret_table
 from matrix_deploy.operator.inventory import Deployment
@@ -170,6 +171,39 @@ def render_config(d: Deployment, here: str | None = None, own_addresses=None) ->
     return dump(config(d, here, own_addresses))
 
 
+# Its user, and the directories every Synapse host has.
+HOME = [
+    SystemUser("Synapse", SYNAPSE_USER, SYNAPSE_DATA),
+    Directory("Synapse home", SYNAPSE_HOME, "root", "root", "755"),
+    Directory("Synapse data", SYNAPSE_DATA, SYNAPSE_USER, SYNAPSE_USER, "750"),
+    Directory("Synapse config directory", SYNAPSE_ETC, "root", SYNAPSE_USER, "750"),
+    Directory("Synapse secrets directory", SYNAPSE_SECRETS, "root", SYNAPSE_USER, "750"),
+]
+
+
+def wanted_files(d: Deployment, here: str) -> list[Want]:
+    """What every Synapse process on `here` reads besides homeserver.yaml: its secrets (and no stale one), the
+    federation CAs (and no other), the log config."""
+    s = d.settings
+    out: list[Want] = [
+        File(f"Synapse secret {name}", f"{SYNAPSE_SECRETS}/{name}", content, SYNAPSE_USER, SYNAPSE_USER, "400",
+             secret=True)
+        for name, content in secret_contents(d, here).items()
+    ]  # fmt: skip
+    cas = dict(federation_cas(d))
+    if cas:
+        out.append(Directory("Synapse federation CAs", SYNAPSE_FEDERATION_CA, "root", SYNAPSE_USER, "750"))
+    out += [File("Synapse federation CA", path, content, "root", SYNAPSE_USER, "640") for path, content in cas.items()]
+    out.append(OnlyIn("No stale federation CA {path}", SYNAPSE_FEDERATION_CA, frozenset(cas)))
+    out += [
+        Absent(f"No stale Synapse secret {path.rsplit('/', 1)[1]}", path)
+        for path in secret_table.stale(s, "synapse", [])
+    ]
+    out.append(File("Synapse log config", f"{SYNAPSE_ETC}/log.yaml", render("synapse/log.yaml.j2", level="INFO"),
+                    "root", SYNAPSE_USER, "640"))  # fmt: skip
+    return out
+
+
 # Synapse's virtualenv builds in the background (build_virtualenv): its lock and its output.
 VIRTUALENV_LOCK = f"{STATE}/synapse-virtualenv.lock"
 VIRTUALENV_LOG = f"{STATE}/synapse-virtualenv.log"
@@ -228,11 +262,7 @@ def install(d: Deployment):
     process restarts first, then every worker in turn across hosts (stages.in_turn), each healthy first."""
     s, p, here = d.settings, d.settings.placement, host.name
     main = here == p.synapse_main
-    system_user("Synapse", SYNAPSE_USER, SYNAPSE_DATA)
-    host_state.directory("Synapse home", SYNAPSE_HOME, "root", "root", "755")
-    host_state.directory("Synapse data", SYNAPSE_DATA, SYNAPSE_USER, SYNAPSE_USER, "750")
-    host_state.directory("Synapse config directory", SYNAPSE_ETC, "root", SYNAPSE_USER, "750")
-    host_state.directory("Synapse secrets directory", SYNAPSE_SECRETS, "root", SYNAPSE_USER, "750")
+    wants.apply(HOME)
     venv = f"{SYNAPSE_HOME}/{s.synapse_version}"
     installed = _virtualenv(s.synapse_version)
     # A version to switch to is a restart due before anything else happens: a run that dies before the
@@ -240,33 +270,7 @@ def install(d: Deployment):
     switch = None
     if not host_state.current().is_link(SYNAPSE_CURRENT, venv):
         switch = pending.mark_now("synapse", f"switches to Synapse {s.synapse_version}")
-    changes = [installed, switch]
-    for name, content in secret_contents(d, here).items():
-        changes.append(
-            host_state.secret(
-                f"Synapse secret {name}", f"{SYNAPSE_SECRETS}/{name}", content, user=SYNAPSE_USER, group=SYNAPSE_USER
-            )
-        )
-    cas = dict(federation_cas(d))
-    if cas:
-        host_state.directory("Synapse federation CAs", SYNAPSE_FEDERATION_CA, "root", SYNAPSE_USER, "750")
-    for path, content in cas.items():
-        changes.append(host_state.put("Synapse federation CA", path, content, "root", SYNAPSE_USER, "640"))
-    for path in host_state.current().below(SYNAPSE_FEDERATION_CA):
-        if path not in cas:
-            changes.append(host_state.absent(f"No stale federation CA {path}", path))
-    for path in secret_table.stale(s, "synapse", []):
-        changes.append(host_state.absent(f"No stale Synapse secret {path.rsplit('/', 1)[1]}", path))
-    changes.append(
-        host_state.put(
-            "Synapse log config",
-            f"{SYNAPSE_ETC}/log.yaml",
-            render("synapse/log.yaml.j2", level="INFO"),
-            user="root",
-            group=SYNAPSE_USER,
-            mode="640",
-        )
-    )
+    changes = [installed, switch, *wants.apply(wanted_files(d, here))]
     changes.append(
         install_checked(
             SYNAPSE_CONFIG,
