@@ -1,4 +1,5 @@
-"""How a setting is declared (`Option`: name, default, one-line meaning, check), and the checks settings share.
+"""How a setting is declared (`Option`: name, default, one-line meaning, check), and the checks settings share;
+how a secret file is declared (`SecretFile`).
 
 A check reads one setting's value and returns what `Settings` holds, or appends each problem (the setting, the
 bad value, what is expected) and returns None. Each service declares its settings with these in its own
@@ -192,3 +193,24 @@ def internal_address(key, value, problems):
         if not isinstance(value, str) or not HOSTNAME.match(value):
             return bad(problems, key, value, "an IP address or host name")
     return value
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A file on the host holding one entry of the secrets store. Each service declares its own (its
+    `secret_files.py`); operator/secret_table.py puts them in one table, from which the hosts' files and the
+    store's entries follow."""
+
+    role: str  # which deploy step writes it: mas, synapse, or mas-admin (the deploy's own, root only)
+    path: str
+    secret: str | None  # the store entry it holds (None: a file of an older layout, only ever removed)
+    when: Callable[[Any], bool]  # of the Settings: whether the host has it
+    owner: str = "root"
+
+
+def always(s) -> bool:
+    return True
+
+
+def never(s) -> bool:
+    return False

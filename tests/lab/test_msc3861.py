@@ -64,7 +64,7 @@ def mas_admin_ids(host, path: str) -> list[str]:
         f" -d scope=urn:mas:admin {api}/oauth2/token > $f; "
         "t=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"access_token\"])' $f); "
         "printf 'Authorization: Bearer %s\\n' \"$t\" > $f; "  # printf is a builtin: the token on no command line
-        f"curl -fsS -H @$f '{api}{path}'"
+        f"curl -fsSg -H @$f '{api}{path}'"  # -g: the brackets of filter[...] are no curl glob
     )
     result = ssh(host, script)
     assert result.returncode == 0, (path, result.stdout, result.stderr)

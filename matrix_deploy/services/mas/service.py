@@ -19,6 +19,7 @@ from matrix_deploy.operator.inventory import Deployment
 from matrix_deploy.services.delegation import service as auth_mode
 from matrix_deploy.services.delegation.options import MSC3861_CLIENT_ID
 from matrix_deploy.services.mas import options as mas_settings
+from matrix_deploy.services.mas import secret_files as mas_secret_files
 from matrix_deploy.services.mas.options import MAS_ADMIN_CLIENT_ID
 from matrix_deploy.services.mas.paths import MAS_CONFIG, MAS_CURRENT, MAS_ETC, MAS_HOME, MAS_SECRETS, MAS_USER
 from matrix_deploy.services.postgres.dumps import dump_before_migration
@@ -43,7 +44,7 @@ def secret_files(d: Deployment) -> dict[str, str]:
 def _secret_path(name: str) -> str:
     if name == "smtp_password":
         return f"{MAS_SECRETS}/smtp_password"
-    return secret_table.upstream_secret_path(name)
+    return mas_secret_files.upstream_secret_path(name)
 
 
 def config(d: Deployment, here: str | None = None, net=None) -> dict:

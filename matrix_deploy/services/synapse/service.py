@@ -121,15 +121,28 @@ def config(d: Deployment, here: str | None = None, own_addresses=None) -> dict:
         # Implied by delegation on recent Synapse; older ones need it said.
         "password_config": {"enabled": False},
     }
-    mas_internal = f"http://{p.endpoint(here, p.mas_for(here), s.mas_port)}/"
+    base |= delegation(s, f"http://{p.endpoint(here, p.mas_for(here), s.mas_port)}/")
+    if ws:
+        base |= synapse_workers.shared_config(
+            ws, partial(p.reach, here), p.synapse_main, s.synapse_port, s.redis_port, SYNAPSE_SECRETS
+        )
+    if s.synapse_federation_ca_certificates:
+        base["federation_custom_ca_list"] = [path for path, _ in federation_cas(d)]
+    return deep_merge(base, s.synapse_extra_config)
+
+
+def delegation(s, mas_internal: str) -> dict:
+    """homeserver.yaml's part that hands authentication to MAS (at `mas_internal`), in the settings' auth_mode."""
     if s.auth_mode == "native":
-        base["matrix_authentication_service"] = {
-            "enabled": True,
-            "endpoint": mas_internal,
-            "secret_path": f"{SYNAPSE_SECRETS}/mas_secret",
+        return {
+            "matrix_authentication_service": {
+                "enabled": True,
+                "endpoint": mas_internal,
+                "secret_path": f"{SYNAPSE_SECRETS}/mas_secret",
+            }
         }
-    else:
-        base["experimental_features"] = {
+    return {
+        "experimental_features": {
             "msc3861": {
                 "enabled": True,
                 "issuer": s.mas_public_url,
@@ -150,13 +163,7 @@ def config(d: Deployment, here: str | None = None, own_addresses=None) -> dict:
                 "account_management_url": f"{s.mas_public_url}account/",
             }
         }
-    if ws:
-        base |= synapse_workers.shared_config(
-            ws, partial(p.reach, here), p.synapse_main, s.synapse_port, s.redis_port, SYNAPSE_SECRETS
-        )
-    if s.synapse_federation_ca_certificates:
-        base["federation_custom_ca_list"] = [path for path, _ in federation_cas(d)]
-    return deep_merge(base, s.synapse_extra_config)
+    }
 
 
 def federation_cas(d: Deployment) -> list[tuple[str, str]]:
