@@ -1,5 +1,6 @@
 """Helpers for tests that run against lab hosts: ssh, pyinfra runs, HTTPS through the proxy."""
 
+import base64
 import json
 import re
 import secrets
@@ -10,6 +11,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from matrix_deploy.lab import LAB_DIR, LabHost
 from matrix_deploy.lab.probe import (  # noqa: F401  (the tests' helpers, with these)
@@ -95,18 +99,53 @@ def compat_login(host: LabHost, body: dict, vhost=PUBLIC_HOST, patience: float =
         time.sleep(LOGIN_REFILL_SECONDS / 4)
 
 
+# Any 12 characters of a secret betray it, not only its whole value: the tests look for every run of 12.
+WINDOW = 12
+
+
+def _runs(text: str) -> set[str]:
+    return {text[i : i + WINDOW] for i in range(len(text) - WINDOW + 1)}
+
+
+def _pem_runs(value: str) -> set[str]:
+    """The runs of a PEM private key's body that encode a part of its private numbers (RSA's d, p, q and the
+    rest, EC's scalar): not those of the DER structure every key of its kind has, nor of the public key."""
+    key = serialization.load_pem_private_key(value.encode(), None)
+    if isinstance(key, rsa.RSAPrivateKey):
+        n = key.private_numbers()
+        numbers = [n.d, n.p, n.q, n.dmp1, n.dmq1, n.iqmp]
+    else:
+        numbers = [key.private_numbers().private_value]
+    body = [line for line in value.splitlines() if "-----" not in line]
+    der = base64.b64decode("".join(body))
+    private = set()
+    for number in numbers:
+        raw = number.to_bytes((number.bit_length() + 7) // 8, "big")
+        at = der.find(raw)
+        assert at >= 0, "a private number is not in the key's DER"
+        private.update(range(at, at + len(raw)))
+    runs, offset = set(), 0
+    for line in body:
+        for i in range(len(line) - WINDOW + 1):
+            first, last = (offset + i) * 6 // 8, ((offset + i + WINDOW) * 6 - 1) // 8  # the bytes it encodes
+            if not private.isdisjoint(range(first, last + 1)):
+                runs.add(line[i : i + WINDOW])
+        offset += len(line)
+    return runs
+
+
 def secret_fragments(secrets: dict[str, str]) -> list[str]:
-    """What would betray a secret: each whole value, each line of the multi-line ones (PEM bodies),
-    and each long word of each line (the Synapse signing key's seed alone, without "ed25519 a_xyz")."""
+    """What would betray a secret: each whole value, and every run of 12 characters of its secret part: of each
+    word of a line (the Synapse signing key's seed, not its public "ed25519 a_xyz"), and of a PEM key's body
+    where it encodes the private numbers."""
     fragments = set()
     for value in secrets.values():
         fragments.add(value.strip())
-        for line in value.splitlines():
-            if "-----" in line:
-                continue
-            if len(line.strip()) >= 16:
-                fragments.add(line.strip())
-            fragments.update(word for word in line.split() if len(word) >= 16)
+        if "-----BEGIN" in value:
+            fragments |= _pem_runs(value)
+            continue
+        for word in value.split():
+            fragments |= _runs(word)
     return sorted(fragments)
 
 
@@ -117,7 +156,10 @@ def pattern_file(fragments: list[str]) -> str:
 
 
 def holding_secrets(lines, fragments) -> list[str]:
-    return [line for line in lines if any(fragment in line for fragment in fragments)]
+    """The lines holding a fragment (a run of 12 of a secret, or a whole value)."""
+    runs = {f for f in fragments if len(f) == WINDOW}
+    others = [f for f in fragments if len(f) != WINDOW]
+    return [line for line in lines if _runs(line) & runs or any(f in line for f in others)]
 
 
 class ExecTracer:
