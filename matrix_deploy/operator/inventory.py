@@ -9,7 +9,7 @@ secrets store, and exits with every problem listed when something is wrong.
 import os
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyinfra.api import State
@@ -30,6 +30,8 @@ class Deployment:
     settings: Settings
     secrets: secrets_store.Secrets
     secrets_file: Path
+    # How the operator's machine reaches each host (the inventory's ssh_hostname, else its name): verify's doors.
+    connect: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 def wanted_secrets(settings: Settings) -> list[str]:
@@ -53,7 +55,9 @@ def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:
     settings = load(hosts, groups)
     identity = settings.secrets_age_identity
     store = secrets_store.store_path(settings.secrets_dir, inventory_file, encrypted=identity is not None)
-    return Deployment(inventory_file, settings, secrets_store.load(store, wanted_secrets(settings), identity), store)
+    connect = {name: data.get("ssh_hostname") or name for name, data in hosts.items()}
+    secrets = secrets_store.load(store, wanted_secrets(settings), identity)
+    return Deployment(inventory_file, settings, secrets, store, connect)
 
 
 def check(inventory_file: str) -> None:

@@ -4,7 +4,9 @@ Every check goes through the public proxy over HTTPS, the way a client or anothe
 TLS (chain, names, days left), the well-known documents, client versions, MAS answering the compat
 login, OAuth discovery through auth_metadata, federation (server keys and version through the
 delegated name), internal paths closed, and, when the secrets store holds the admin's password, a
-real login and whoami (the session is logged out again). One line per check; exit 0 when all pass.
+real login and whoami (the session is logged out again). With the firewall on, each host's doors too,
+straight to the host (its inventory address): the public ports answer, every internal port is closed.
+One line per check; exit 0 when all pass.
 
 Names resolve as usual (DNS); `--connect ADDRESS` sends every request to that address instead
 (a staging proxy before DNS points at it, or a lab host), still with each name in TLS and Host.
@@ -17,13 +19,17 @@ import json
 import socket
 import ssl
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from matrix_deploy.operator.inventory import Deployment, build
 from matrix_deploy.operator.settings import SettingsError
+from matrix_deploy.services import roles
 
 # A certificate that expires sooner than this fails: renewal should have happened long before.
 MIN_DAYS_LEFT = 14
+# How long a port may take to answer: a firewall drops what it refuses, so "closed" is mostly this long a wait.
+PORT_TIMEOUT = 3
 
 
 @dataclass
@@ -68,6 +74,44 @@ class Client:
             return response.status, json.loads(raw)
         except ValueError:
             return response.status, raw
+
+
+def answers(address: str, port: int) -> bool:
+    """A TCP connection to `address`:`port` from here is accepted (refused or no answer: closed)."""
+    try:
+        socket.create_connection((address, port), timeout=PORT_TIMEOUT).close()
+        return True
+    except OSError:
+        return False
+
+
+def doors(d: Deployment, name: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Host `name`'s public ports (for anyone) and internal ones (for some hosts or the scrapers): port -> what."""
+    public, internal = {}, {}
+    for door in roles.doors(d.settings, name):
+        if door.what == "firewall_open_ports":
+            continue  # the operator's own: nothing we deploy need listen there
+        for port in door.ports:
+            (public if door.clients is None and not door.scrapers else internal)[port] = door.what
+    return public, internal
+
+
+def firewall_check(d: Deployment, name: str):
+    """From here (no host of the deployment, no scraper): the public ports answer, the internal ones do not."""
+
+    def check():
+        address = d.connect.get(name, name)
+        public, internal = doors(d, name)
+        ports = [*public, *internal]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            found = dict(zip(ports, pool.map(lambda port: answers(address, port), ports), strict=True))
+        shut = [f"{p} ({public[p]})" for p in public if not found[p]]
+        open_ = [f"{p} ({internal[p]})" for p in internal if found[p]]
+        assert not open_, f"internal port open to this machine at {address}: {', '.join(open_)}; expected closed"
+        assert not shut, f"public port not answering at {address}: {', '.join(shut)}"
+        return f"{address}: {', '.join(map(str, public))} answer; {', '.join(map(str, internal)) or 'no port'} closed"
+
+    return check
 
 
 def _days_left(cert: dict) -> int:
@@ -179,6 +223,9 @@ def checks(d: Deployment, client: Client):
     yield "federation version", federation_version
     yield "internal paths closed", internal_closed
     yield "admin login and whoami", admin_login
+    if s.firewall:
+        for name in d.connect:
+            yield f"firewall {name}", firewall_check(d, name)
 
 
 def _strings(value):

@@ -44,7 +44,7 @@ OPTIONS = (
     Option(
         "firewall", True,
         "an nftables table of our own (`inet matrix_deploy`) on every host, from the placement: each port open only "
-        "to the hosts that need it (see Firewall); `false`: nftables left alone",
+        "to the hosts that need it (see Firewall); `false`: our table removed, nftables left to you",
         boolean,
     ),
     Option(

@@ -180,6 +180,7 @@ def install(d, here: str, doors: list[Door]):
                      _if=unit_file.did_change)  # fmt: skip
     host_state.directory("matrix-deploy's configuration directory", "/etc/matrix-deploy", "root", "root", "755")
     if state.is_file(RULES, content, "root", "root", "644"):
+        host_state.absent("No firewall rules left from a try that was rolled back", CANDIDATE)
         if not state.unit_running(UNIT):
             remote.shell(name="The firewall is loaded at boot", commands=[f"systemctl enable --now --quiet {UNIT}"])
         return
