@@ -45,7 +45,7 @@ def split():
     lab.down()
 
 
-STAGES = ["Host base", "PostgreSQL", "matrix-authentication-service", "Synapse", "nginx", "MAS admin user"]
+STAGES = ["Host base", "Firewall", "PostgreSQL", "matrix-authentication-service", "Synapse", "nginx", "MAS admin user"]
 
 
 def test_each_stage_is_done_on_every_host_before_the_next_starts(split):
