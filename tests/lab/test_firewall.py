@@ -190,3 +190,23 @@ def test_the_lab_hosts_trust_the_lab_acme_root_as_the_world_trusts_a_public_ca(s
     does), no CA named: the lab's ACME root is among them."""
     hosts, _ = split
     sh(hosts["mas"], "curl -fsS -o /dev/null https://lab.test/.well-known/matrix/client")
+
+
+def test_verify_runs_mas_doctor_and_names_its_error_when_mas_cannot_reach_synapse(split):
+    """`mas-cli doctor` on the MAS host, each finding a check; with Synapse stopped its error is named."""
+    hosts, deployment = split
+    healthy = verify(hosts)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert re.search(r'^ok\s+MAS doctor on lab-mas: Homeserver is reachable at "http://lab-synapse:8008/',
+                     healthy.stdout, re.M), healthy.stdout  # fmt: skip
+    assert re.search(r"^ok\s+MAS doctor on lab-mas: Matrix client well-known", healthy.stdout, re.M), healthy.stdout
+    sh(hosts["synapse"], "systemctl stop synapse")
+    try:
+        broken = verify(hosts)
+    finally:
+        sh(hosts["synapse"], "systemctl start synapse")
+    assert broken.returncode == 1
+    assert re.search(r"^FAIL MAS doctor on lab-mas: Can't reach the homeserver at \"http://lab-synapse:8008/",
+                     broken.stdout, re.M), broken.stdout  # fmt: skip
+    for value in deployment.secrets.values.values():
+        assert len(value.strip()) < 8 or value.strip() not in broken.stdout + healthy.stdout

@@ -230,7 +230,8 @@ def test_verify_passes_on_the_healthy_deployment_and_names_what_breaks(split, tm
     ca_file = lab.LAB_DIR / "acme-root.pem"  # the lab's ACME server's root: a real chain check
     healthy = verify(hosts, ca_file)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert "16 of 16 checks passed" in healthy.stdout  # 12, and the firewall of each host
+    # 12, the firewall of each host, and each finding of MAS's doctor.
+    assert re.search(r"^(\d+) of \1 checks passed$", healthy.stdout, re.M) and "MAS doctor on lab-mas" in healthy.stdout
 
     def verify_without(host, unit):
         assert ssh(host, f"systemctl stop {unit}").returncode == 0
