@@ -128,7 +128,7 @@ MARKS = "✅⚠❌💡\ufe0f"
 
 def doctor_findings(output: str, secrets=()) -> list[tuple[str, str]]:
     """(level, message) of each finding in `mas-cli doctor`'s output, every secret value masked (doctor prints
-    `matrix.secret` when the authenticated admin API call fails); its opening "Running diagnostics" left out."""
+    `matrix.secret` when Synapse's MAS API refuses it); its opening "Running diagnostics" left out."""
     found = []
     for line in ANSI.sub("", output).splitlines():
         m = DOCTOR_EVENT.match(line)

@@ -1,6 +1,7 @@
-"""`mas-cli doctor`, as MAS 1.22.0's crates/cli/src/commands/doctor.rs runs it: the same checks in the same order,
-each one log line (✅ info, ⚠️ warn, ❌ error), the first line of each message as MAS words it. Like MAS it prints
-`matrix.secret` in the message of a failed authenticated admin API call: whoever shows this output masks it."""
+"""`mas-cli doctor`, as MAS 1.22.0's crates/cli/src/commands/doctor.rs runs it: the same checks in the same order
+(the well-known document, the homeserver's versions, whoami with a bogus token, the MAS API with the secret, the
+legacy login), each one log line (✅ info, ⚠️ warn, ❌ error), the first line of each message as MAS words it.
+Like MAS it prints `matrix.secret` when the MAS API refuses it: whoever shows this output masks it."""
 
 import json
 import ssl
@@ -40,16 +41,8 @@ def run(config: dict) -> int:
         status, text = _get(well_known)
         if not 200 <= status < 300:
             log.warn(TARGET, f"⚠️ Matrix client well-known replied with {status}, expected 2xx.")
-        body = json.loads(text)
-        wk_issuer = (body.get("org.matrix.msc2965.authentication") or {}).get("issuer")
-        if wk_issuer == issuer:
-            log.info(TARGET, f'✅ Matrix client well-known at "{well_known}" is valid')
-        elif wk_issuer is None:
-            log.warn(TARGET, 'Matrix client well-known is missing the "org.matrix.msc2965.authentication" section.')
-        else:
-            log.warn(TARGET, '⚠️ Matrix client well-known has an "org.matrix.msc2965.authentication" section, but '
-                             "the issuer is not the same as the homeserver.")  # fmt: skip
-        discovered = (body.get("m.homeserver") or {}).get("base_url")
+        # 1.22.0 only reads the homeserver's base URL from it (no finding when it is fine).
+        discovered = (json.loads(text).get("m.homeserver") or {}).get("base_url")
     except ValueError as error:
         log.warn(TARGET, f'⚠️ Invalid JSON for the well-known document at "{well_known}".\nError details: {error}')
     except OSError as error:
@@ -82,26 +75,18 @@ def run(config: dict) -> int:
                 log.warn(TARGET, f'⚠️ The homeserver at "{whoami}" replied with {status}.')
         except OSError as error:
             log.error(TARGET, f'❌ Can\'t reach the homeserver at "{whoami}".\n\nError details: {error}')
-        version = urljoin(endpoint, "/_synapse/admin/v1/server_version")
+        # Without its `localpart` parameter: 400 when the secret is accepted, 403 when not, 404 without MAS's API.
+        mas_api = urljoin(endpoint, "/_synapse/mas/is_localpart_available")
         try:
-            status, _ = _get(version)
-            if 200 <= status < 300:
-                log.info(TARGET, f'✅ The Synapse admin API is reachable at "{version}".')
+            status, _ = _get(mas_api, secret)
+            if status == 400:
+                log.info(TARGET, f'✅ The Synapse MAS API is reachable with authentication at "{mas_api}".')
             else:
-                log.error(TARGET, f'❌ A Synapse admin API endpoint at "{version}" replied with {status}.')
+                # MAS prints the secret it used here (`secret: "..."`, twice).
+                log.error(TARGET, f'❌ A Synapse MAS API endpoint at "{mas_api}" replied with {status}.\n'
+                                  f"    secret: {json.dumps(secret)}")  # fmt: skip
         except OSError as error:
-            log.error(TARGET, f'❌ Can\'t reach the Synapse admin API at "{version}".\n\nError details: {error}')
-        updates = urljoin(endpoint, "/_synapse/admin/v1/background_updates/status")
-        try:
-            status, _ = _get(updates, secret)
-            if 200 <= status < 300:
-                log.info(TARGET, f'✅ The Synapse admin API is reachable with authentication at "{updates}".')
-            else:
-                # MAS prints the secret it used here (admin_token: "...").
-                log.error(TARGET, f'❌ A Synapse admin API endpoint at "{updates}" replied with {status}.\n'
-                                  f"      admin_token: {json.dumps(secret)}")  # fmt: skip
-        except OSError as error:
-            log.error(TARGET, f'❌ Can\'t reach the Synapse admin API at "{updates}".\n\nError details: {error}')
+            log.error(TARGET, f'❌ Can\'t reach the Synapse MAS API at "{mas_api}".\n\nError details: {error}')
     login = urljoin(discovered or endpoint, "/_matrix/client/v3/login")
     try:
         status, text = _get(login)
