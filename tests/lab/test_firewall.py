@@ -128,6 +128,28 @@ def test_an_operators_own_table_survives_a_run_that_changes_the_rules(split):
     sh(db, "nft delete table inet operator_own")
 
 
+def test_firewall_false_removes_ours_only_and_true_brings_it_back(split):
+    hosts, _ = split
+    db = hosts["db"]
+    sh(db, "nft add table inet operator_own")
+    LAB_SETTINGS.write_text(json.dumps({"firewall": False}))
+    try:
+        off = pyinfra()
+    finally:
+        LAB_SETTINGS.unlink(missing_ok=True)
+    assert off.returncode == 0, off.stdout[-3000:]
+    assert sh(db, "nft list tables").split() == ["table", "inet", "operator_own"]
+    assert (
+        ssh(db, "ls /etc/matrix-deploy/firewall.nft /etc/systemd/system/matrix-deploy-firewall.service").returncode != 0
+    )
+    assert answers_here(db.address, 5432) == "open"  # PostgreSQL listens there: only pg_hba stands in the way
+    on = pyinfra()
+    assert on.returncode == 0, on.stdout[-3000:]
+    assert answers_here(db.address, 5432) == "dropped"
+    assert sh(db, "systemctl is-active matrix-deploy-firewall").strip() == "active"
+    sh(db, "nft delete table inet operator_own")
+
+
 def fresh_ssh_works(host) -> bool:
     return subprocess.run(
         ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",

@@ -101,3 +101,16 @@ def test_nftables_accepts_the_rules(here, tmp_path):
     path.write_text(firewall.render_rules(s, here, roles.doors(s, here), resolve))
     out = subprocess.run(["unshare", "--net", "nft", "-c", "-f", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_a_scraper_the_host_cannot_resolve_is_named():
+    from pyinfra.api.exceptions import DeployError
+
+    def strict(name):
+        if name not in NAMES and not name[0].isdigit():
+            raise DeployError(f"the internal address {name!r} does not resolve on this host")
+        return resolve(name)
+
+    s = split(firewall_metrics_scrapers=["prom.nowhere"])
+    with pytest.raises(DeployError, match="'prom.nowhere' of firewall_metrics_scrapers does not resolve on this host"):
+        firewall.rules(s, "syn", roles.doors(s, "syn"), strict)

@@ -10,6 +10,7 @@ import ipaddress
 
 from pyinfra import logger
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import DeployError
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.operations import python
 
@@ -70,6 +71,21 @@ def _networks(names, resolve) -> tuple[list[str], list[str]]:
     return [show(n) for n in v4], [show(n) for n in v6]
 
 
+def _scraper_lookup(resolve):
+    """`resolve`, with a message naming firewall_metrics_scrapers for a scraper's name the host cannot resolve."""
+
+    def look_up(name):
+        try:
+            return resolve(name)
+        except DeployError:
+            raise DeployError(
+                f"{name!r} of firewall_metrics_scrapers does not resolve on this host; expected a name it resolves "
+                "(DNS or /etc/hosts), or an IP address or network"
+            ) from None
+
+    return look_up
+
+
 def _set(items) -> str:
     items = [str(i) for i in items]
     return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
@@ -89,8 +105,9 @@ def rules(s, here: str, doors: list[Door], resolve) -> list[str]:
             found.append(f"{dport} accept {_comment(f'{door.what} from anyone')}")
             continue
         names = s.firewall_metrics_scrapers if door.scrapers else [p.addresses[c] for c in door.clients]
+        look_up = _scraper_lookup(resolve) if door.scrapers else resolve
         label = "the metrics scrapers" if door.scrapers else ", ".join(door.clients)
-        v4, v6 = _networks(names, resolve)
+        v4, v6 = _networks(names, look_up)
         for family, addresses in (("ip", v4), ("ip6", v6)):
             if addresses:
                 found.append(f"{family} saddr {_set(addresses)} {dport} accept {_comment(f'{door.what} from {label}')}")
@@ -131,7 +148,7 @@ systemctl enable --quiet {UNIT}
 systemctl start {UNIT}
 """
 REMOVE = f"""
-systemctl disable --quiet {UNIT} 2>/dev/null || true
+systemctl disable --now --quiet {UNIT} 2>/dev/null || true
 nft delete table {TABLE} 2>/dev/null || true
 rm -f {RULES} {CANDIDATE} /etc/systemd/system/{UNIT}.service
 systemctl daemon-reload
