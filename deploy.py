@@ -1,4 +1,4 @@
-"""The whole stack, in order: PostgreSQL, MAS, Synapse, nginx, then the optional admin user.
+"""The whole stack, in order: the host firewall, PostgreSQL, MAS, Synapse, nginx, then the optional admin user.
 
 pyinfra orders each host's operations as written, but interleaves different hosts' operations by
 their position in each host's list. A stage barrier (an operation every host runs at the same line,
@@ -16,6 +16,7 @@ from matrix_deploy.operator.inventory import current
 from matrix_deploy.services import roles as services
 from matrix_deploy.services.base import service as base
 from matrix_deploy.services.delegation import service as auth_mode
+from matrix_deploy.services.firewall import service as firewall
 from matrix_deploy.services.mas import service as mas
 from matrix_deploy.services.nginx import service as nginx
 from matrix_deploy.services.postgres import service as postgres
@@ -28,9 +29,9 @@ redis = settings.has_workers and host.name == settings.placement.synapse_main  #
 
 # One look at the host (after taking its run lock); operations are only added for what is not already as wanted.
 state = host_state.read(
-    services.snapshot_needs(roles, settings.tls, redis),
+    services.snapshot_needs(roles, settings.tls, redis, settings.firewall),
     apt_busy=base.APT_BUSY,
-    resolve=settings.placement.addresses.values(),
+    resolve=[*settings.placement.addresses.values(), *firewall.names(settings)],
 )
 release = platform.release(*state.os)
 if release is None:
@@ -42,10 +43,13 @@ if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
 base.prepare(
     roles,
-    services.packages(roles, settings.tls, redis),
+    services.packages(roles, settings.tls, redis, settings.firewall),
     (lambda: synapse.build_virtualenv(settings.synapse_version)) if "synapse" in roles else None,
 )
 done("Host base")
+# Before any service listens on an internal address: each port only ever open to the hosts that need it.
+firewall.install(deployment, host.name, services.doors(settings, host.name))
+done("Firewall")
 if "db" in roles:
     postgres.install(deployment, release)
 done("PostgreSQL")

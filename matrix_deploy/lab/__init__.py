@@ -75,6 +75,23 @@ def _ensure_ssh_key() -> str:
     return SSH_KEY.with_suffix(".pub").read_text()
 
 
+# Where a lab host keeps the lab's ACME root among its system CAs (Debian's update-ca-certificates reads *.crt here).
+ACME_ROOT_ON_HOSTS = "/usr/local/share/ca-certificates/matrix-deploy-lab-acme-root.crt"
+
+
+def _trust_acme_root(host: LabHost) -> None:
+    """The lab's ACME root in the host's system trust store, as the world trusts Let's Encrypt's: MAS's outgoing
+    HTTPS (its doctor fetching the well-known document) verifies the lab's certificates as it would a public CA's."""
+    result = subprocess.run(
+        ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{host.address}",
+         f"cat > {ACME_ROOT_ON_HOSTS} && update-ca-certificates >/dev/null"],
+        input=(LAB_DIR / "acme-root.pem").read_text(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise LabError(f"lab host {host.name}: could not add the lab's ACME root to its CAs: {result.stderr.strip()}")
+
+
 def read_hosts() -> list[LabHost]:
     if not HOSTS_FILE.exists():
         return []
@@ -152,6 +169,8 @@ def up(
         if proxy:
             LAB_DIR.mkdir(exist_ok=True)
             acme.up(proxy.address, LAB_DIR, public)
+            for host in hosts:
+                _trust_acme_root(host)
     except BaseException:
         down(log=lambda *_: None)
         raise

@@ -9,7 +9,7 @@ secrets store, and exits with every problem listed when something is wrong.
 import os
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyinfra.api import State
@@ -21,6 +21,7 @@ from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.settings import ROLES, Settings, SettingsError, load
 
 _loading = False
+LOGIN_KEYS = ("ssh_user", "ssh_port", "ssh_key", "ssh_known_hosts_file", "ssh_strict_host_key_checking", "_sudo")
 _current: "Deployment | None" = None
 
 
@@ -30,6 +31,10 @@ class Deployment:
     settings: Settings
     secrets: secrets_store.Secrets
     secrets_file: Path
+    # How the operator's machine reaches each host (the inventory's ssh_hostname, else its name): verify's doors.
+    connect: dict[str, str] = field(default_factory=dict, hash=False)
+    # And how it logs in (the inventory's ssh_* settings and _sudo): verify runs MAS's doctor on the MAS hosts.
+    logins: dict[str, dict] = field(default_factory=dict, hash=False)
 
 
 def wanted_secrets(settings: Settings) -> list[str]:
@@ -53,7 +58,12 @@ def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:
     settings = load(hosts, groups)
     identity = settings.secrets_age_identity
     store = secrets_store.store_path(settings.secrets_dir, inventory_file, encrypted=identity is not None)
-    return Deployment(inventory_file, settings, secrets_store.load(store, wanted_secrets(settings), identity), store)
+    connect = {name: data.get("ssh_hostname") or name for name, data in hosts.items()}
+    secrets = secrets_store.load(store, wanted_secrets(settings), identity)
+    logins = {
+        name: {k: v for k, v in data.items() if k in LOGIN_KEYS and v is not None} for name, data in hosts.items()
+    }
+    return Deployment(inventory_file, settings, secrets, store, connect, logins)
 
 
 def check(inventory_file: str) -> None:

@@ -26,6 +26,7 @@ from matrix_deploy.operator.declare import (
     text,
 )
 from matrix_deploy.services.delegation import options as delegation
+from matrix_deploy.services.firewall import options as firewall
 from matrix_deploy.services.mas import options as mas
 from matrix_deploy.services.nginx import options as nginx
 from matrix_deploy.services.postgres import options as postgres
@@ -74,6 +75,7 @@ OPTIONS = (
     *mas.OPTIONS,
     *postgres.OPTIONS,
     *nginx.OPTIONS,
+    *firewall.OPTIONS,
     *OPERATOR,
 )
 BY_NAME = {option.name: option for option in OPTIONS}
@@ -95,6 +97,7 @@ PREFIXES = (
     "auth_",
     "secrets_",
     "backup_",
+    "firewall_",
 )
 
 

@@ -153,6 +153,10 @@ class Settings:
     acme_directory_url: str
     acme_email: str | None
     acme_directory_ca: Path | None
+    firewall: bool
+    firewall_ssh_port: int
+    firewall_metrics_scrapers: tuple[str, ...]  # IP addresses, networks or host names
+    firewall_open_ports: tuple[int, ...]
     secrets_dir: Path
     secrets_age_identity: Path | None  # the operator's age key: the store is (or becomes) <inventory>.yaml.age
     placement: Placement
@@ -381,6 +385,21 @@ def _mas_email(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> 
         problems.append('mas_email_from is not set: expected the sender address, like "Example" <auth@example.org>')
 
 
+def _ssh_port(hosts: dict[str, dict[str, Any]], v: dict[str, Any], problems: list[str]) -> None:
+    """The firewall keeps firewall_ssh_port open: the port the inventory connects to, where it says one, or the run
+    would shut itself out (the fresh SSH check would roll it back, but better refused here)."""
+    wanted = v["firewall_ssh_port"]
+    if not v["firewall"] or wanted is None:
+        return
+    for name, data in hosts.items():
+        given = data.get("ssh_port")
+        if given is not None and given != wanted:
+            problems.append(
+                f"firewall_ssh_port = {wanted}: host {name} is reached on ssh_port {given}; expected the inventory's "
+                f"SSH port (set firewall_ssh_port = {given})"
+            )
+
+
 # The cross-field checks, in the order their problems are reported. Each takes (values, raw data, problems).
 TOGETHER = (_public_urls, _synapse_version, _mas_release, _ports, _tls, _mas_email)
 
@@ -407,6 +426,7 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
     placement = _placement(hosts, groups, problems)
     v["synapse_workers"] = _workers(hosts, placement, problems)
     together(v, first, problems)
+    _ssh_port(hosts, v, problems)
     if problems:
         raise SettingsError(problems)
     return Settings(**v, placement=placement)

@@ -4,7 +4,11 @@ Every check goes through the public proxy over HTTPS, the way a client or anothe
 TLS (chain, names, days left), the well-known documents, client versions, MAS answering the compat
 login, OAuth discovery through auth_metadata, federation (server keys and version through the
 delegated name), internal paths closed, and, when the secrets store holds the admin's password, a
-real login and whoami (the session is logged out again). One line per check; exit 0 when all pass.
+real login and whoami (the session is logged out again). With the firewall on, each host's doors too,
+straight to the host (its inventory address): the public ports answer, every internal port is closed.
+Last, MAS's own `mas-cli doctor` on each MAS host (over SSH, as the inventory logs in): each of its
+findings a check of its own, warnings and errors failing, any secret in them masked.
+One line per check; exit 0 when all pass.
 
 Names resolve as usual (DNS); `--connect ADDRESS` sends every request to that address instead
 (a staging proxy before DNS points at it, or a lab host), still with each name in TLS and Host.
@@ -14,16 +18,24 @@ import argparse
 import datetime
 import http.client
 import json
+import re
+import shlex
 import socket
 import ssl
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from matrix_deploy.operator.inventory import Deployment, build
 from matrix_deploy.operator.settings import SettingsError
+from matrix_deploy.services import roles
+from matrix_deploy.services.mas.paths import MAS_CONFIG, MAS_CURRENT, MAS_USER
 
 # A certificate that expires sooner than this fails: renewal should have happened long before.
 MIN_DAYS_LEFT = 14
+# How long a port may take to answer: a firewall drops what it refuses, so "closed" is mostly this long a wait.
+PORT_TIMEOUT = 3
 
 
 @dataclass
@@ -68,6 +80,112 @@ class Client:
             return response.status, json.loads(raw)
         except ValueError:
             return response.status, raw
+
+
+def answers(address: str, port: int) -> bool:
+    """A TCP connection to `address`:`port` from here is accepted (refused or no answer: closed)."""
+    try:
+        socket.create_connection((address, port), timeout=PORT_TIMEOUT).close()
+        return True
+    except OSError:
+        return False
+
+
+def doors(d: Deployment, name: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Host `name`'s public ports (for anyone) and internal ones (for some hosts or the scrapers): port -> what."""
+    public, internal = {}, {}
+    for door in roles.doors(d.settings, name):
+        if door.what == "firewall_open_ports":
+            continue  # the operator's own: nothing we deploy need listen there
+        for port in door.ports:
+            (public if door.clients is None and not door.scrapers else internal)[port] = door.what
+    return public, internal
+
+
+def firewall_check(d: Deployment, name: str):
+    """From here (no host of the deployment, no scraper): the public ports answer, the internal ones do not."""
+
+    def check():
+        address = d.connect.get(name, name)
+        public, internal = doors(d, name)
+        ports = [*public, *internal]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            found = dict(zip(ports, pool.map(lambda port: answers(address, port), ports), strict=True))
+        shut = [f"{p} ({public[p]})" for p in public if not found[p]]
+        open_ = [f"{p} ({internal[p]})" for p in internal if found[p]]
+        assert not open_, f"internal port open to this machine at {address}: {', '.join(open_)}; expected closed"
+        assert not shut, f"public port not answering at {address}: {', '.join(shut)}"
+        return f"{address}: {', '.join(map(str, public))} answer; {', '.join(map(str, internal)) or 'no port'} closed"
+
+    return check
+
+
+# doctor.rs logs each finding as one tracing event: `<time> LEVEL <span/target>: <emoji> message`, maybe on more lines.
+DOCTOR_EVENT = re.compile(r"^\S+\s+(INFO|WARN|ERROR)\s+(?:\S+: )+(.*)$")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MARKS = "✅⚠❌💡\ufe0f"
+
+
+def doctor_findings(output: str, secrets=()) -> list[tuple[str, str]]:
+    """(level, message) of each finding in `mas-cli doctor`'s output, every secret value masked (doctor prints
+    `matrix.secret` when Synapse's MAS API refuses it); its opening "Running diagnostics" left out."""
+    found = []
+    for line in ANSI.sub("", output).splitlines():
+        m = DOCTOR_EVENT.match(line)
+        if m:
+            found.append([m.group(1), m.group(2).strip(MARKS + " ")])
+        elif found and line.strip():
+            found[-1][1] += " | " + line.strip()
+    masked = sorted((v.strip() for v in secrets if len(v.strip()) >= 8), key=len, reverse=True)
+    result = []
+    for level, message in found:
+        for value in masked:
+            message = message.replace(value, "<secret>")
+        if not message.startswith("Running diagnostics"):
+            result.append((level, message))
+    return result
+
+
+def ssh_command(d: Deployment, name: str, command: str) -> list[str]:
+    """ssh to host `name` as the inventory logs in (address, port, user, key, known hosts, sudo), running `command`."""
+    login = d.logins.get(name, {})
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"]
+    if login.get("ssh_port"):
+        argv += ["-p", str(login["ssh_port"])]
+    if login.get("ssh_key"):
+        argv += ["-i", str(login["ssh_key"])]
+    if login.get("ssh_known_hosts_file"):
+        argv += ["-o", f"UserKnownHostsFile={login['ssh_known_hosts_file']}"]
+    if login.get("ssh_strict_host_key_checking"):
+        argv += ["-o", f"StrictHostKeyChecking={login['ssh_strict_host_key_checking']}"]
+    address = d.connect.get(name, name)
+    target = f"{login['ssh_user']}@{address}" if login.get("ssh_user") else address
+    return [*argv, target, f"sudo -n sh -c {shlex.quote(command)}" if login.get("_sudo") else command]
+
+
+def doctor(d: Deployment) -> list[Result]:
+    """`mas-cli doctor` on each MAS host, as MAS's user from its release: each finding a result."""
+    results = []
+    command = f"cd {MAS_CURRENT} && runuser -u {MAS_USER} -- ./mas-cli doctor --config {MAS_CONFIG}"
+    secrets = list(d.secrets.values.values())
+    for name in d.settings.placement.mas:
+        label = f"MAS doctor on {name}"
+        try:
+            out = subprocess.run(ssh_command(d, name, command), capture_output=True, text=True, timeout=120,
+                                 stdin=subprocess.DEVNULL)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as error:
+            results.append(Result(label, False, f"could not run it: {error}"))
+            continue
+        findings = doctor_findings(out.stdout + out.stderr, secrets)
+        if out.returncode != 0 or not findings:
+            tail = out.stderr.strip().splitlines()[-1:] or ["no output"]
+            masked = doctor_findings("x ERROR x: " + tail[0], secrets)[0][1]
+            results.append(Result(label, False, f"exit status {out.returncode}: {masked}"))
+            continue
+        for level, message in findings:
+            short = message.split(" | ")[0]
+            results.append(Result(f"{label}: {short[:70]}", level == "INFO", message[:400]))
+    return results
 
 
 def _days_left(cert: dict) -> int:
@@ -179,6 +297,9 @@ def checks(d: Deployment, client: Client):
     yield "federation version", federation_version
     yield "internal paths closed", internal_closed
     yield "admin login and whoami", admin_login
+    if s.firewall:
+        for name in d.connect:
+            yield f"firewall {name}", firewall_check(d, name)
 
 
 def _strings(value):
@@ -202,7 +323,7 @@ def run(d: Deployment, client: Client) -> list[Result]:
             results.append(Result(name, True, detail))
         except (AssertionError, OSError, ssl.SSLError, http.client.HTTPException, KeyError, TypeError) as error:
             results.append(Result(name, False, f"{type(error).__name__}: {error}" if str(error) else repr(error)))
-    return results
+    return results + doctor(d)
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,9 @@
 service (deploy.py composes the stages from it; services never import each other through it)."""
 
 from matrix_deploy.engine import host_state
+from matrix_deploy.engine.firewall import Door
 from matrix_deploy.services.base import service as base
+from matrix_deploy.services.firewall import service as firewall
 from matrix_deploy.services.mas import service as mas
 from matrix_deploy.services.nginx import service as nginx
 from matrix_deploy.services.postgres import service as postgres
@@ -12,20 +14,33 @@ from matrix_deploy.services.synapse import service as synapse
 ROLE_MODULES = {"db": postgres, "mas": mas, "synapse": synapse, "proxy": nginx}
 
 
-def packages(roles: set[str], tls: str = "self-signed", redis_here: bool = False) -> list[str]:
-    """The Debian packages of `roles`; an ACME proxy also gets certbot, the main Synapse host with workers Redis."""
+def packages(
+    roles: set[str], tls: str = "self-signed", redis_here: bool = False, firewall_on: bool = False
+) -> list[str]:
+    """The Debian packages of `roles`; an ACME proxy also gets certbot, the main Synapse host with workers Redis,
+    every host nftables when the firewall is on."""
     extra = set(nginx.ACME_PACKAGES) if "proxy" in roles and tls == "acme" else set()
     extra |= set(redis.NEEDS.packages) if redis_here else set()
+    extra |= set(firewall.NEEDS.packages) if firewall_on else set()
     return sorted({p for role in roles for p in ROLE_MODULES[role].NEEDS.packages} | extra)
 
 
-def snapshot_needs(roles: set[str], tls: str, redis_here: bool = False) -> host_state.Needs:
+def snapshot_needs(roles: set[str], tls: str, redis_here: bool = False, firewall_on: bool = False) -> host_state.Needs:
     """What the snapshot reads on a host with `roles`: its roles' packages, and every role's paths, users and
     units (the same on every host, as before roles declared them)."""
-    every = [base.NEEDS, *(m.NEEDS for m in ROLE_MODULES.values()), redis.NEEDS]
+    every = [base.NEEDS, *(m.NEEDS for m in ROLE_MODULES.values()), redis.NEEDS, firewall.NEEDS]
     return host_state.Needs(
         paths={path: depth for n in every for path, depth in n.paths.items()},
         users=tuple(dict.fromkeys(user for n in every for user in n.users)),
-        packages=tuple(packages(roles, tls, redis_here)),
+        packages=tuple(packages(roles, tls, redis_here, firewall_on)),
         units=tuple(dict.fromkeys(unit for n in every for unit in n.units)),
     )
+
+
+def doors(settings, here: str) -> list[Door]:
+    """Every door the services of host `here` need in its firewall (each service's `doors`), SSH's and the
+    operator's own first."""
+    return [
+        *firewall.doors(settings, here),
+        *(d for m in (postgres, mas, synapse, redis, nginx) for d in m.doors(settings, here)),
+    ]

@@ -45,7 +45,7 @@ def split():
     lab.down()
 
 
-STAGES = ["Host base", "PostgreSQL", "matrix-authentication-service", "Synapse", "nginx", "MAS admin user"]
+STAGES = ["Host base", "Firewall", "PostgreSQL", "matrix-authentication-service", "Synapse", "nginx", "MAS admin user"]
 
 
 def test_each_stage_is_done_on_every_host_before_the_next_starts(split):
@@ -104,12 +104,19 @@ def test_postgres_takes_logins_from_synapse_and_mas_hosts_only(split):
     hosts, deployment, _ = split
     ok = ssh(hosts["synapse"], "PGPASSFILE=/etc/synapse/secrets/pgpass psql -h lab-db -U synapse -c 'select 1' synapse")
     assert ok.returncode == 0, ok.stderr
-    # This machine is on the same network but is no MAS or Synapse host: pg_hba refuses it.
-    with pytest.raises(pg8000.native.DatabaseError, match="no pg_hba.conf entry"):
-        pg8000.native.Connection(
-            "synapse", host=hosts["db"].address, database="synapse",
-            password=deployment.secrets["synapse_db_password"], timeout=10,
-        )  # fmt: skip
+    # This machine is on the same network but is no MAS or Synapse host: the firewall drops it, and behind the
+    # firewall (opened to it here for a moment, by hand) pg_hba refuses it.
+    with pytest.raises(pg8000.native.InterfaceError):
+        pg8000.native.Connection("synapse", host=hosts["db"].address, database="synapse", password="x", timeout=5)
+    ssh(hosts["db"], f"nft insert rule inet matrix_deploy input ip saddr {lab.network.GATEWAY} tcp dport 5432 accept")
+    try:
+        with pytest.raises(pg8000.native.DatabaseError, match="no pg_hba.conf entry"):
+            pg8000.native.Connection(
+                "synapse", host=hosts["db"].address, database="synapse",
+                password=deployment.secrets["synapse_db_password"], timeout=10,
+            )  # fmt: skip
+    finally:
+        ssh(hosts["db"], "systemctl restart matrix-deploy-firewall")  # the confirmed rules, whole
 
 
 def test_second_split_run_changes_nothing(split):
@@ -223,7 +230,8 @@ def test_verify_passes_on_the_healthy_deployment_and_names_what_breaks(split, tm
     ca_file = lab.LAB_DIR / "acme-root.pem"  # the lab's ACME server's root: a real chain check
     healthy = verify(hosts, ca_file)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert "12 of 12 checks passed" in healthy.stdout
+    # 12, the firewall of each host, and each finding of MAS's doctor.
+    assert re.search(r"^(\d+) of \1 checks passed$", healthy.stdout, re.M) and "MAS doctor on lab-mas" in healthy.stdout
 
     def verify_without(host, unit):
         assert ssh(host, f"systemctl stop {unit}").returncode == 0

@@ -22,6 +22,7 @@ GROUPS = [
         "tests/lab/test_resilience.py",
         "tests/lab/test_lab.py",
         "tests/lab/test_scale.py",
+        "tests/lab/test_firewall.py",
         "tests/lab/test_lab_teardown.py",
     ],
 ]

@@ -218,6 +218,19 @@ BAD = [
     ({"mas_extra_config": {"upstream_oauth2": {"providers": []}}}, "mas_extra_config.upstream_oauth2: not allowed"),
     ({"mas_extra_config": {"account": {"password_registration_enabled": True}}},
      "mas_extra_config.account.password_registration_enabled: not allowed"),
+    # The host firewall (issue 22).
+    ({"firewall": "on"}, "firewall = 'on': expected true or false"),
+    ({"firewall_ssh_port": 2222}, "firewall_ssh_port = 2222: host 127.0.0.1 is reached on ssh_port"),
+    ({"firewall_ssh_port": 70000}, "firewall_ssh_port = 70000: expected a TCP port number"),
+    ({"firewall_metrics_scrapers": ["prometheus.example.org", "not a host!"]},
+     "firewall_metrics_scrapers = 'not a host!': expected an IP address, a network like 10.0.0.0/24, or a host name"),
+    ({"firewall_metrics_scrapers": ["10.0.0.300"]}, "firewall_metrics_scrapers = '10.0.0.300': expected an IP address"),
+    ({"firewall_metrics_scrapers": "10.0.0.5"}, "firewall_metrics_scrapers = '10.0.0.5': expected a list"),
+    ({"firewall_metrics_scrapers": ["10.0.0.5", "10.0.0.5"]},
+     "firewall_metrics_scrapers = '10.0.0.5': expected each scraping host listed once"),
+    ({"firewall_open_ports": [8443, 8443]}, "firewall_open_ports = 8443: expected each port listed once"),
+    ({"firewall_open_ports": ["http"]}, "firewall_open_ports = 'http': expected a TCP port number"),
+    ({"firewall_open_port": [8443]}, "firewall_open_port: unknown setting; did you mean firewall_open_ports?"),
 ]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -388,7 +389,7 @@ def test_database_commands_fail_cleanly_without_a_database(mas_cli, config):
 
 
 def test_unimplemented_commands_say_so(mas_cli):
-    result = run(mas_cli, "doctor")
+    result = run(mas_cli, "syn2mas")
     assert result.returncode == 2 and "not implemented by the MAS stand-in" in result.stderr
 
 
@@ -887,3 +888,16 @@ def test_compat_login_refuses_a_user_id_of_another_server_name(mas_cli):
         assert (status, body["user_id"]) == (200, "@alice:example.org")
         assert _login(base, user="alice", client_ip="203.0.113.5")[:2][0] == 200
         assert _login(base, user="@bob:example.org", client_ip="203.0.113.5")[0] == 200, "3 cells: none were spent"
+
+
+def test_doctor_reports_each_check_as_mas_does(mas_cli, config):
+    """doctor.rs's checks: the well-known document, then the homeserver; nothing listens here (loopback only)."""
+    path = config(lambda c: c["matrix"].update(homeserver="localhost", endpoint="http://127.0.0.1:9/"))
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    result = subprocess.run([str(mas_cli), "doctor", "--config", str(path)], capture_output=True, text=True,
+                            timeout=60, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr  # MAS's doctor reports, it does not fail
+    assert re.search(r' WARN \S+: ⚠️ Failed to fetch well-known document at "https://localhost/', result.stderr)
+    assert re.search(r' ERROR \S+: ❌ Can\'t reach the homeserver at "http://127.0.0.1:9/_matrix/client/versions"',
+                     result.stderr), result.stderr  # fmt: skip
+    assert "legacy login API" in result.stderr

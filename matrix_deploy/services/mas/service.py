@@ -9,6 +9,7 @@ from pyinfra.operations import files
 
 from matrix_deploy.engine import host_state, pending, remote, stages, wants
 from matrix_deploy.engine.config_files import install_checked
+from matrix_deploy.engine.firewall import Door, to
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
 from matrix_deploy.engine.units import unit
@@ -33,6 +34,16 @@ NEEDS = host_state.Needs(
     users=(MAS_USER,),
     packages=("curl", "postgresql-client"),
 )
+
+
+def doors(s, here: str) -> list[Door]:
+    """A MAS host's doors: the web listener for the proxies and for Synapse (which introspects tokens there), the
+    metrics for the scrapers. The internal listener is loopback only: no door."""
+    p = s.placement
+    if here not in p.mas:
+        return []
+    return [*to("MAS's web listener", [s.mas_port], [*p.proxy, *p.synapse], here),
+            Door("MAS's metrics", (s.mas_metrics_port,), scrapers=True)]  # fmt: skip
 
 
 def secret_files(d: Deployment) -> dict[str, str]:

@@ -11,6 +11,7 @@ from pyinfra.operations import files
 from matrix_deploy.engine import host_state, pending, remote, wants
 from matrix_deploy.engine.config_files import install_checked
 from matrix_deploy.engine.debian import RELEASES, Release
+from matrix_deploy.engine.firewall import Door
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
 from matrix_deploy.engine.units import drop_in
@@ -37,6 +38,11 @@ NEEDS = host_state.Needs(
     packages=("nginx", "openssl", "curl"),
 )
 ACME_PACKAGES = ("certbot",)
+
+
+def doors(s, here: str) -> list[Door]:
+    """The proxy's doors: HTTP (ACME's challenges, the redirect) and HTTPS, for anyone."""
+    return [Door("nginx (HTTP, HTTPS)", (80, 443))] if here in s.placement.proxy else []
 
 
 def render_site(d: Deployment, proxy_host: str, release: Release = RELEASES["13"]) -> str:

@@ -5,6 +5,7 @@ from pyinfra.operations import server
 
 from matrix_deploy.engine import host_state, remote, wants
 from matrix_deploy.engine.debian import POSTGRES_UNITS, RELEASES, Release, postgres_unit
+from matrix_deploy.engine.firewall import Door, to
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
 from matrix_deploy.engine.units import drop_in_file
@@ -39,6 +40,12 @@ def roles_sql(d: Deployment) -> str:
             f" WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{name}') \\gexec",
         ]
     return "\n".join(lines) + "\n"
+
+
+def doors(s, here: str) -> list[Door]:
+    """The database host's door: PostgreSQL, for the MAS and Synapse hosts."""
+    p = s.placement
+    return to("PostgreSQL", [s.postgres_port], [*p.mas, *p.synapse], here) if here == p.db else []
 
 
 def hba_clients(d: Deployment, resolve=None) -> list[str]:

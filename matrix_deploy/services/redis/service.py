@@ -3,6 +3,7 @@ host's internal address when workers run on other hosts; a password from the sec
 config, which reads Debian's and then sets what we need."""
 
 from matrix_deploy.engine import host_state, wants
+from matrix_deploy.engine.firewall import Door, to
 from matrix_deploy.engine.wants import File
 from matrix_deploy.operator.inventory import Deployment
 
@@ -13,6 +14,12 @@ NEEDS = host_state.Needs(paths={"/etc/redis": 1, "/etc/systemd/system/redis-serv
 
 # Up, and refusing commands without the password.
 READY = "redis-cli -p {port} ping 2>&1 | grep -q NOAUTH"
+
+
+def doors(s, here: str) -> list[Door]:
+    """Redis beside the main process, for the other Synapse hosts' workers."""
+    p = s.placement
+    return to("Redis", [s.redis_port], p.synapse, here) if s.has_workers and here == p.synapse_main else []
 
 
 def wanted(d: Deployment, own_addresses) -> list[File]:

@@ -8,6 +8,7 @@ from pyinfra.api import deploy
 
 from matrix_deploy.engine import host_state, pending, remote, stages, wants
 from matrix_deploy.engine.config_files import install_checked
+from matrix_deploy.engine.firewall import Door, to
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
 from matrix_deploy.engine.units import unit
@@ -44,6 +45,25 @@ NEEDS = host_state.Needs(
     users=(SYNAPSE_USER,),
     packages=("python3-venv", "curl", "postgresql-client"),
 )
+
+
+def doors(s, here: str) -> list[Door]:
+    """A Synapse host's doors: the main process's listener for the proxies, MAS and the workers (replication);
+    this host's workers' listeners for the proxies and the other Synapse processes; every metrics port for the
+    scrapers."""
+    p = s.placement
+    if here not in p.synapse:
+        return []
+    ws = [w for w in synapse_workers.workers(s) if w.host == here]
+    found, metrics = [], [w.metrics_port for w in ws]
+    if here == p.synapse_main:
+        found += to("Synapse", [s.synapse_port], [*p.proxy, *p.mas, *p.synapse], here)
+        metrics.insert(0, s.synapse_metrics_port)
+    if ws:
+        found += to("Synapse's workers", [w.port for w in ws], [*p.proxy, *p.synapse], here)
+    if metrics:
+        found.append(Door("Synapse's metrics", tuple(metrics), scrapers=True))
+    return found
 
 
 def secret_contents(d: Deployment, here: str | None = None) -> dict[str, str]:

@@ -28,7 +28,7 @@ import sys
 import yaml
 
 from . import config as cfg
-from . import crypto, log, server, store, version
+from . import crypto, doctor, log, server, store, version
 from .database import Unavailable, connect, describe, is_database_error, migrate
 from .homeserver import HomeserverError, from_config
 from .server import Fatal
@@ -40,6 +40,7 @@ SECTIONS = {
     ("config", "sync"): ("database", "secrets", "clients", "upstream_oauth2"),
     ("database", "migrate"): ("database",),
     ("server", None): cfg.ROOT_SECTIONS,
+    ("doctor", None): cfg.ROOT_SECTIONS,
     ("worker", None): cfg.ROOT_SECTIONS,
     ("manage", "register-user"): ("passwords", "database", "matrix"),
     ("manage", "set-password"): ("passwords", "database"),
@@ -57,7 +58,7 @@ SECTIONS = {
         "oauth",
     ),  # crates/cli/src/commands/templates.rs
 }
-NOT_IMPLEMENTED = {"doctor", "syn2mas", "add-email", "verify-email", "issue-user-registration-token", "lock-user",
+NOT_IMPLEMENTED = {"syn2mas", "add-email", "verify-email", "issue-user-registration-token", "lock-user",
                    "unlock-user", "generate"}  # fmt: skip
 
 
@@ -132,8 +133,8 @@ def parser() -> argparse.ArgumentParser:
     templates = command(commands, "templates", 1, help="Templates-related commands")
     templates_sub = templates.add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
     command(templates_sub, "check", 2)
-    for name in ("doctor", "syn2mas"):
-        command(commands, name, 1, help="(not implemented by the stand-in)").add_argument("rest", nargs="*")
+    command(commands, "doctor", 1, help="Run diagnostics on the deployment")
+    command(commands, "syn2mas", 1, help="(not implemented by the stand-in)").add_argument("rest", nargs="*")
     return root
 
 
@@ -198,6 +199,8 @@ def run(command: str, sub: str | None, args, config: dict, paths: list[str]) -> 
                 raise Fatal(f"Failed to load the templates at {path}")
         log.info("mas_cli::commands::templates", "Templates look good (the stand-in renders none)")
         return 0
+    if command == "doctor":
+        return doctor.run(config)
     if command == "server":
         flags = {name: getattr(args, name, False) for name in ("no_migrate", "no_sync", "no_worker")}
         return server.serve(config, **flags)
