@@ -25,6 +25,7 @@ from matrix_deploy.operator.declare import (
     internal_address,
     text,
 )
+from matrix_deploy.services.backup import options as backup
 from matrix_deploy.services.delegation import options as delegation
 from matrix_deploy.services.mas import options as mas
 from matrix_deploy.services.nginx import options as nginx
@@ -74,6 +75,7 @@ OPTIONS = (
     *mas.OPTIONS,
     *postgres.OPTIONS,
     *nginx.OPTIONS,
+    *backup.OPTIONS,
     *OPERATOR,
 )
 BY_NAME = {option.name: option for option in OPTIONS}

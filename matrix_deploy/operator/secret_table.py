@@ -37,13 +37,17 @@ def _workers(s: Settings) -> bool:
     return s.has_workers
 
 
+def _backups(s: Settings) -> bool:
+    return s.backups
+
+
 def _never(s: Settings) -> bool:
     return False
 
 
 @dataclass(frozen=True)
 class SecretFile:
-    role: str  # which deploy step writes it: mas, synapse, or mas-admin (the deploy's own, root only)
+    role: str  # which deploy step writes it: mas, synapse, mas-admin or backup (the deploy's own, root only)
     path: str
     secret: str | None  # the store entry it holds (None: a file of an older layout, only ever removed)
     when: Callable[[Settings], bool]
@@ -78,6 +82,8 @@ TABLE = (
     # (not in /etc/mas/secrets, which the mas group can traverse).
     SecretFile("mas-admin", f"{STATE}/mas-admin-api.curl", "mas_admin_client_secret", _admin),
     SecretFile("mas-admin", f"{STATE}/mas-admin-password.json", "admin_password", _admin),
+    # Scheduled backups: the restic repository's password (RESTIC_PASSWORD_FILE), root only, on each host with data.
+    SecretFile("backup", f"{STATE}/backup-password", "backup_password", _backups),
     # Where older releases of this deploy put them: removed.
     SecretFile("mas-admin", f"{MAS_SECRETS}/admin_api.curl", None, _never),
     SecretFile("mas-admin", f"{MAS_SECRETS}/admin_password.json", None, _never),
@@ -120,6 +126,6 @@ def stale(s: Settings, role: str, present: list[str]) -> list[str]:
 def wanted_secrets(s: Settings) -> list[str]:
     """Every store entry this deployment needs, in a stable order."""
     needed = set(ROLE_PASSWORDS)
-    for role in ("mas", "synapse", "mas-admin"):
+    for role in ("mas", "synapse", "mas-admin", "backup"):
         needed |= {row.secret for row in files(s, role).values() if row.secret}
     return sorted(needed)

@@ -23,6 +23,7 @@ GROUPS = [
         "tests/lab/test_lab.py",
         "tests/lab/test_scale.py",
         "tests/lab/test_lab_teardown.py",
+        "tests/lab/test_backup.py",
     ],
 ]
 

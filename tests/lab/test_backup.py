@@ -1,0 +1,243 @@
+"""The restore drill: a homeserver with a user, a room with a message and an image, and a logged-in client is
+backed up by its timer's unit, lost (`lab.down()`), and brought back onto a fresh host by `matrix-deploy restore`.
+
+The repository is a local directory on the host (`backup_repository`), carried off the host before it is lost and
+put back on the fresh one, as an operator's copy elsewhere would be. The secrets store (with the repository's
+password) is kept on this machine, as the README asks. Single layout, Debian 13, MAS as the lab runs it.
+"""
+
+import asyncio
+import io
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.abc import AbstractResolver
+from nio import AsyncClient, DownloadResponse, LoginResponse, RoomMessagesResponse, RoomSendResponse, UploadResponse
+
+from matrix_deploy import lab
+from matrix_deploy.lab.release import prepare as prepare_release
+from matrix_deploy.operator.inventory import build
+from matrix_deploy.services.backup.paths import PASSWORD_FILE, STAGING, STAMP, UNIT
+from tests.support.lab import (
+    LAB_SETTINGS,
+    ROOT,
+    changed_operations,
+    fresh_secrets,
+    lab_settings,
+    pyinfra,
+    readable_files_holding,
+    secret_fragments,
+    sh,
+    ssh,
+)
+
+pytestmark = pytest.mark.lab
+
+REPOSITORY = "/var/backups/matrix-deploy-restic"
+WORDS = "before the disk was lost"
+IMAGE = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)
+
+
+class LabNames(AbstractResolver):
+    def __init__(self, host):
+        self.address = host.address
+
+    async def resolve(self, name, port=0, family=socket.AF_INET):
+        return [{"hostname": name, "host": self.address, "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]  # fmt: skip
+
+    async def close(self):
+        pass
+
+
+def client(host, user="@admin:lab.test") -> AsyncClient:
+    tls = ssl.create_default_context(cafile=str(lab.LAB_DIR / "acme-root.pem"))
+    c = AsyncClient("https://matrix.lab.test", user, ssl=tls)
+    c.client_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=LabNames(host), ssl=tls))
+    return c
+
+
+async def login(host, password, device="restore drill"):
+    """A password login through nginx to MAS, waiting out MAS's login rate limit."""
+    c = client(host)
+    for _ in range(8):
+        response = await c.login(password, device_name=device)
+        if isinstance(response, LoginResponse):
+            return c, response
+        assert getattr(response, "status_code", "") == "M_LIMIT_EXCEEDED", response
+        await asyncio.sleep(10)
+    pytest.fail(f"no login: {response}")
+
+
+def restic(host, command: str) -> str:
+    return sh(host, f"RESTIC_REPOSITORY={REPOSITORY} RESTIC_PASSWORD_FILE={PASSWORD_FILE} restic {command}")
+
+
+def carry(host, tarball: Path, out: bool) -> None:
+    """The repository off the host into `tarball`, or back onto a (fresh) host."""
+    command = ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{host.address}"]  # fmt: skip
+    if out:
+        with tarball.open("wb") as f:
+            subprocess.run([*command, f"tar -C / -cf - {REPOSITORY.lstrip('/')}"], stdout=f, check=True)
+    else:
+        with tarball.open("rb") as f:
+            subprocess.run([*command, "tar -C / -xf -"], stdin=f, check=True)
+
+
+def windows(secrets: dict[str, str]) -> list[str]:
+    """Every 12 characters in a row of every secret (PEM armour lines left out: they are in every TLS library)."""
+    return sorted({f[i : i + 12] for f in secret_fragments(secrets) for i in range(len(f) - 11)})
+
+
+def signing(host) -> str:
+    return sh(host, "sha256sum < /etc/synapse/secrets/signing.key").split()[0]
+
+
+@pytest.fixture(scope="module")
+def drill():
+    lab.down()
+    fresh_secrets()
+    (host,) = lab.up("single")
+    lab_settings(host, backup_repository=REPOSITORY, backup_time="04:30")
+    prepare_release()
+    deployment = build(ROOT / "inventories/lab.py")
+    first = pyinfra()
+    assert first.returncode == 0, first.stdout[-4000:]
+    before = {"signing": signing(host)}
+
+    async def speak():
+        c, session = await login(host, deployment.secrets["admin_password"], "kept client")
+        try:
+            room = (await c.room_create(name="restore drill")).room_id
+            sent = await c.room_send(room, "m.room.message", {"msgtype": "m.text", "body": WORDS})
+            assert isinstance(sent, RoomSendResponse), sent
+            uploaded, _ = await c.upload(io.BytesIO(IMAGE), content_type="image/png", filesize=len(IMAGE))
+            assert isinstance(uploaded, UploadResponse), uploaded
+            return room, session.access_token, session.device_id, uploaded.content_uri
+        finally:
+            await c.close()
+
+    before["room"], before["token"], before["device"], before["image"] = asyncio.run(speak())
+    # A one-time key Synapse holds at backup time: it must not be handed out again after the restore.
+    sh(host, "runuser -u postgres -- psql -d synapse -qc \"INSERT INTO e2e_one_time_keys_json VALUES "
+             "('@admin:lab.test', 'DEVICE', 'signed_curve25519', 'AAAAAQ', 1, '{}')\"")  # fmt: skip
+    # The backup, as its timer starts it.
+    started = time.time()
+    backup = ssh(host, f"systemctl start {UNIT}.service")
+    before["backup"] = backup
+    before["backup_status"] = sh(host, f"systemctl show -p Result -p ActiveState {UNIT}.service")
+    before["stamp"] = ssh(host, f"cat {STAMP}").stdout.strip()
+    before["started"] = started
+    before["staging_left"] = ssh(host, f"test -e {STAGING}").returncode == 0
+    before["snapshots"] = restic(host, "snapshots --json")
+    before["journal"] = sh(host, f"journalctl -u {UNIT}.service --no-pager -o cat")
+    sh(host, "id watcher >/dev/null 2>&1 || useradd --create-home --shell /bin/sh watcher")  # another local user
+    before["readable"] = readable_files_holding(host, windows(deployment.secrets.values))
+    before["repository_mode"] = sh(host, f"stat -c %a {REPOSITORY}").strip()
+    tarball = Path(tempfile.mkdtemp(prefix="restore-drill-")) / "repository.tar"
+    carry(host, tarball, out=True)
+    # The loss: the host and everything on it.
+    lab.down()
+    (host,) = lab.up("single")
+    carry(host, tarball, out=False)
+    tarball.unlink()
+    restore = subprocess.run([str(ROOT / ".venv/bin/matrix-deploy"), "restore", "inventories/lab.py"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800,
+                             stdin=subprocess.DEVNULL)  # fmt: skip
+    yield host, deployment, before, restore
+    LAB_SETTINGS.unlink(missing_ok=True)
+    lab.down()
+
+
+def test_the_backup_unit_succeeds_records_its_time_and_leaves_no_staging(drill):
+    _, _, before, _ = drill
+    assert before["backup"].returncode == 0, before["backup"].stderr
+    assert "Result=success" in before["backup_status"], before["backup_status"]
+    assert before["started"] - 5 <= int(before["stamp"]) <= time.time(), before["stamp"]
+    assert not before["staging_left"]
+    assert '"hostname":"lab.test"' in before["snapshots"] and '"db"' in before["snapshots"], before["snapshots"]
+    assert before["repository_mode"] == "700"
+
+
+def test_no_secret_in_the_backups_journal_or_readable_by_others(drill):
+    _, deployment, before, _ = drill
+    assert "backup_password" in deployment.secrets.values
+    assert [w for w in windows(deployment.secrets.values) if w in before["journal"]] == []
+    assert before["readable"] == set(), before["readable"]
+
+
+def test_restore_onto_a_fresh_host_succeeds(drill):
+    _, _, _, restore = drill
+    assert restore.returncode == 0, restore.stdout[-5000:]
+    assert "Restore snapshot latest of lab.test" in restore.stdout
+
+
+def test_the_user_logs_in_with_the_password_and_the_history_and_image_are_back(drill):
+    host, deployment, before, _ = drill
+
+    async def check():
+        c, _ = await login(host, deployment.secrets["admin_password"], "after the restore")
+        try:
+            messages = await c.room_messages(before["room"], start="", limit=50)
+            assert isinstance(messages, RoomMessagesResponse), messages
+            assert WORDS in [getattr(e, "body", None) for e in messages.chunk]
+            image = await c.download(before["image"])
+            assert isinstance(image, DownloadResponse) and image.body == IMAGE, image
+        finally:
+            await c.close()
+
+    asyncio.run(check())
+
+
+def test_the_kept_clients_session_still_works(drill):
+    host, _, before, _ = drill
+
+    async def whoami():
+        c = client(host)
+        c.restore_login("@admin:lab.test", before["device"], before["token"])
+        try:
+            me = await c.whoami()
+            assert getattr(me, "user_id", None) == "@admin:lab.test", me
+            assert getattr(me, "device_id", None) == before["device"], me
+        finally:
+            await c.close()
+
+    asyncio.run(whoami())
+
+
+def test_the_signing_key_is_the_old_one_and_one_time_keys_are_gone(drill):
+    host, _, before, _ = drill
+    assert signing(host) == before["signing"]
+    count = sh(host, "runuser -u postgres -- psql -d synapse -Atc 'SELECT count(*) FROM e2e_one_time_keys_json'")
+    assert count.strip() == "0"
+
+
+def test_a_second_deploy_changes_nothing(drill):
+    again = pyinfra()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert changed_operations(again.stdout) == []
+
+
+def test_a_restore_onto_a_host_of_another_homeserver_is_refused(drill):
+    host, _, _, _ = drill
+    sh(host, "cp /etc/synapse/homeserver.yaml /root/homeserver.yaml && "
+             "sed -i 's/^server_name: lab.test$/server_name: other.test/' /etc/synapse/homeserver.yaml")  # fmt: skip
+    try:
+        refused = subprocess.run([str(ROOT / ".venv/bin/matrix-deploy"), "restore", "inventories/lab.py"], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+                                 stdin=subprocess.DEVNULL)  # fmt: skip
+        assert refused.returncode != 0, refused.stdout[-3000:]
+        assert "holds another homeserver" in refused.stdout, refused.stdout[-3000:]
+        assert ssh(host, "test -e /var/lib/matrix-deploy/restart-pending/restore").returncode != 0
+    finally:
+        sh(host, "cp /root/homeserver.yaml /etc/synapse/homeserver.yaml")
