@@ -9,7 +9,7 @@ secrets store, and exits with every problem listed when something is wrong.
 import os
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyinfra.api import State
@@ -30,6 +30,8 @@ class Deployment:
     settings: Settings
     secrets: secrets_store.Secrets
     secrets_file: Path
+    # Each host's pyinfra data (how to reach it over SSH: ssh_hostname, ssh_user, ssh_key...), for verify.
+    hosts: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 def wanted_secrets(settings: Settings) -> list[str]:
@@ -53,7 +55,8 @@ def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:
     settings = load(hosts, groups)
     identity = settings.secrets_age_identity
     store = secrets_store.store_path(settings.secrets_dir, inventory_file, encrypted=identity is not None)
-    return Deployment(inventory_file, settings, secrets_store.load(store, wanted_secrets(settings), identity), store)
+    secrets = secrets_store.load(store, wanted_secrets(settings), identity)
+    return Deployment(inventory_file, settings, secrets, store, hosts)
 
 
 def check(inventory_file: str) -> None:

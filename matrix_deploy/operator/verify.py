@@ -6,6 +6,10 @@ login, OAuth discovery through auth_metadata, federation (server keys and versio
 delegated name), internal paths closed, and, when the secrets store holds the admin's password, a
 real login and whoami (the session is logged out again). One line per check; exit 0 when all pass.
 
+With scheduled backups (`backup_repository`), the age of the last good backup on each host with data is read
+over SSH (as the inventory reaches the host, through sudo for a sudo user): older than a day and a bit, or none
+recorded, fails.
+
 Names resolve as usual (DNS); `--connect ADDRESS` sends every request to that address instead
 (a staging proxy before DNS points at it, or a lab host), still with each name in TLS and Host.
 """
@@ -16,14 +20,56 @@ import http.client
 import json
 import socket
 import ssl
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 from matrix_deploy.operator.inventory import Deployment, build
 from matrix_deploy.operator.settings import SettingsError
+from matrix_deploy.services.backup.paths import STAMP
+from matrix_deploy.services.backup.service import data_roles
 
 # A certificate that expires sooner than this fails: renewal should have happened long before.
 MIN_DAYS_LEFT = 14
+# A daily backup older than this failed at least once (or its timer does not run).
+MAX_BACKUP_AGE_HOURS = 26
+
+
+def ssh_command(name: str, data: dict, command: str) -> list[str]:
+    """ssh to inventory host `name` as pyinfra would reach it (its data), running `command` (through sudo when the
+    login is not root)."""
+    user = data.get("ssh_user")
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "LogLevel=ERROR"]
+    if data.get("ssh_port"):
+        argv += ["-p", str(data["ssh_port"])]
+    if data.get("ssh_key"):
+        argv += ["-i", str(data["ssh_key"])]
+    if data.get("ssh_known_hosts_file"):
+        argv += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
+    if data.get("ssh_strict_host_key_checking") == "off":
+        argv += ["-o", "StrictHostKeyChecking=no"]
+    target = data.get("ssh_hostname") or name
+    argv.append(f"{user}@{target}" if user else target)
+    return [*argv, command if user in (None, "root") or not data.get("_sudo") else f"sudo -n {command}"]
+
+
+def backup_age(d: Deployment, name: str) -> str:
+    """How long ago the last good backup of host `name` ended (its stamp); AssertionError when too long or never."""
+    try:
+        done = subprocess.run(ssh_command(name, d.hosts.get(name, {}), f"cat {STAMP}"), capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{name} did not answer over SSH within 60 s") from None
+    assert done.returncode == 0 and done.stdout.strip().isdigit(), (
+        f"no good backup recorded ({STAMP}: {done.stderr.strip() or done.stdout.strip() or 'absent'})"
+    )
+    hours = (time.time() - int(done.stdout)) / 3600
+    assert hours <= MAX_BACKUP_AGE_HOURS, (
+        f"the last good backup is {hours:.1f} h old (expected at most {MAX_BACKUP_AGE_HOURS} h: a daily backup "
+        "failed or did not run, see journalctl -u matrix-deploy-backup)"
+    )
+    return f"the last good backup is {hours:.1f} h old"
 
 
 @dataclass
@@ -179,6 +225,10 @@ def checks(d: Deployment, client: Client):
     yield "federation version", federation_version
     yield "internal paths closed", internal_closed
     yield "admin login and whoami", admin_login
+    if s.backups:
+        for name in s.placement.addresses:
+            if data_roles(d, name):
+                yield f"backup age {name}", lambda name=name: backup_age(d, name)
 
 
 def _strings(value):

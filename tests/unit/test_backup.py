@@ -95,3 +95,13 @@ def test_the_timer_runs_daily_at_the_time_set(tmp_path):
 
     timer = render("backup/backup.timer.j2", server_name="example.org", time="04:30")
     assert "OnCalendar=*-*-* 04:30:00" in timer and "Persistent=true" in timer
+
+
+def test_verify_reads_the_backup_stamp_as_the_inventory_reaches_the_host():
+    from matrix_deploy.operator.verify import ssh_command
+
+    data = {"ssh_hostname": "10.0.0.5", "ssh_user": "deploy", "_sudo": True, "ssh_key": "/k", "ssh_port": 2222}
+    argv = ssh_command("db", data, "cat /var/lib/matrix-deploy/backup-last-success")
+    assert argv[-2:] == ["deploy@10.0.0.5", "sudo -n cat /var/lib/matrix-deploy/backup-last-success"]
+    assert ["-p", "2222"] == argv[argv.index("-p") : argv.index("-p") + 2] and "BatchMode=yes" in argv
+    assert ssh_command("db", {}, "true")[-2:] == ["db", "true"]
