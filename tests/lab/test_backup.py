@@ -7,6 +7,7 @@ password) is kept on this machine, as the README asks. Single layout, Debian 13,
 """
 
 import asyncio
+import base64
 import io
 import re
 import socket
@@ -19,11 +20,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver
+from cryptography.hazmat.primitives import serialization
 from nio import AsyncClient, DownloadResponse, LoginResponse, RoomMessagesResponse, RoomSendResponse, UploadResponse
 
 from matrix_deploy import lab
 from matrix_deploy.lab.release import prepare as prepare_release
-from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.backup.paths import PASSWORD_FILE, RESTORE_PENDING, STAGING, STAMP, UNIT
 from tests.support.lab import (
@@ -95,20 +96,32 @@ def carry(host, tarball: Path, out: bool) -> None:
             subprocess.run([*command, "tar -C / -xf -"], stdin=f, check=True)
 
 
-def _pem_windows(value: str) -> set[str]:
-    lines = [line.strip() for line in value.strip().splitlines() if not line.startswith("-----")]
-    return {line[i : i + 12] for line in lines for i in range(len(line) - 11)}
+def _key_windows(pem: str) -> set[str]:
+    """12 characters in a row of a PEM key's base64, within one line, that encode only bytes of its private
+    numbers (RSA's d, p, q, EC's scalar): the ASN.1 around them is in every key of the kind (TLS libraries' test
+    keys), and 12 characters spanning it and a byte or two of the key would match one of those now and then."""
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    body = "".join(line.strip() for line in pem.strip().splitlines() if not line.startswith("-----"))
+    assert base64.b64decode(body) == der, "a key stored in another form than PKCS#8 DER in PEM"
+    numbers = key.private_numbers()
+    private = [numbers.private_value] if hasattr(numbers, "private_value") else [numbers.d, numbers.p, numbers.q]
+    found = set()
+    for value in private:
+        raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+        start = der.find(raw)
+        assert start > 0
+        first, last = -(-start * 4 // 3) + 1, (start + len(raw)) * 4 // 3 - 1  # characters of these bytes only
+        found |= {body[i : i + 12] for i in range(first, last - 11) if i // 64 == (i + 11) // 64}
+    return found
 
 
 def windows(secrets: dict[str, str]) -> list[str]:
-    """Every 12 characters in a row of every secret. Of a PEM key, those that are its own: the ASN.1 structure every
-    key of its kind has (the algorithm's header, RSA's public exponent...) is in every TLS library's test keys, so
-    what 100 fresh keys of the kind hold is left out."""
+    """Every 12 characters in a row of every secret (of a PEM key: of its private numbers, _key_windows)."""
     found = set()
-    for name, value in secrets.items():
+    for value in secrets.values():
         if value.lstrip().startswith("-----BEGIN"):
-            common = set().union(*(_pem_windows(secrets_store.GENERATORS[name]()) for _ in range(100)))
-            found |= _pem_windows(value) - common
+            found |= _key_windows(value)
         else:
             found |= {line[i : i + 12] for line in value.strip().splitlines() for i in range(len(line) - 11)}
     return sorted(found)
@@ -122,6 +135,14 @@ def signing(host) -> str:
 KILL_RESTORE = (
     f"for i in $(seq 30000); do [ -e {RESTORE_PENDING} ] && break; sleep 0.02; done; "
     "for p in $(pgrep -f '[r]estore.sh apply'); do pkill -9 -P $p; kill -9 $p; done; echo killed"
+)
+
+
+# On the host: start the backup, and kill it as soon as restic backs up (the repository made, the dumps taken).
+KILL_BACKUP = (
+    f"systemctl start --no-block {UNIT}.service; for i in $(seq 30000); do pgrep -f '^restic backup' >/dev/null && "
+    f"break; sleep 0.01; done; systemctl kill -s KILL {UNIT}.service; for i in $(seq 100); do "
+    f'[ "$(systemctl is-active {UNIT}.service)" = activating ] || break; sleep 0.1; done; echo killed'
 )
 
 
@@ -159,7 +180,11 @@ def drill():
     # A one-time key Synapse holds at backup time: it must not be handed out again after the restore.
     sh(host, "runuser -u postgres -- psql -d synapse -qc \"INSERT INTO e2e_one_time_keys_json VALUES "
              "('@admin:lab.test', 'DEVICE', 'signed_curve25519', 'AAAAAQ', 1, '{}')\"")  # fmt: skip
-    # The backup, as its timer starts it.
+    # A backup killed while restic writes to the repository (SIGKILL to the unit's processes)...
+    before["killed_backup"] = sh(host, KILL_BACKUP)
+    before["killed_result"] = sh(host, f"systemctl show -p Result --value {UNIT}.service").strip()
+    sh(host, f"systemctl reset-failed {UNIT}.service")
+    # ...then the backup, as its timer starts it: it works, and the repository is consistent.
     started = time.time()
     backup = ssh(host, f"systemctl start {UNIT}.service")
     before["backup"] = backup
@@ -168,6 +193,7 @@ def drill():
     before["started"] = started
     before["staging_left"] = ssh(host, f"test -e {STAGING}").returncode == 0
     before["snapshots"] = restic(host, "snapshots --json")
+    before["check"] = ssh(host, f"RESTIC_REPOSITORY={REPOSITORY} RESTIC_PASSWORD_FILE={PASSWORD_FILE} restic check")
     before["journal"] = sh(host, f"journalctl -u {UNIT}.service --no-pager -o cat")
     sh(host, "id watcher >/dev/null 2>&1 || useradd --create-home --shell /bin/sh watcher")  # another local user
     before["readable"] = readable_files_holding(host, windows(deployment.secrets.values))
@@ -197,6 +223,14 @@ def drill():
     yield host, deployment, before, restore
     LAB_SETTINGS.unlink(missing_ok=True)
     lab.down()
+
+
+def test_a_killed_backup_leaves_the_repository_consistent_and_the_next_one_works(drill):
+    _, _, before, _ = drill
+    assert "killed" in before["killed_backup"]
+    assert before["killed_result"] == "signal", before["killed_result"]
+    assert before["backup"].returncode == 0, before["backup"].stderr
+    assert before["check"].returncode == 0 and "no errors were found" in before["check"].stdout, before["check"]
 
 
 def test_the_backup_unit_succeeds_records_its_time_and_leaves_no_staging(drill):
