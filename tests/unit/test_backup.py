@@ -1,6 +1,8 @@
 """Scheduled backups and the restore, rendered (no lab hosts): what each host's scripts and units hold, the
 repository's password only as a file, and the settings' forms."""
 
+import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from matrix_deploy.operator.settings import SettingsError
 from matrix_deploy.services import roles
 from matrix_deploy.services.backup import service as backup
 from matrix_deploy.services.backup.paths import PASSWORD_FILE
-from tests.conftest import make_settings
+from tests.conftest import ROOT, make_settings
 
 SPLIT = {"db": ["db"], "mas": ["mas"], "synapse": ["syn"], "proxy": ["px"]}
 
@@ -105,3 +107,27 @@ def test_verify_reads_the_backup_stamp_as_the_inventory_reaches_the_host():
     assert argv[-2:] == ["deploy@10.0.0.5", "sudo -n cat /var/lib/matrix-deploy/backup-last-success"]
     assert ["-p", "2222"] == argv[argv.index("-p") : argv.index("-p") + 2] and "BatchMode=yes" in argv
     assert ssh_command("db", {}, "true")[-2:] == ["db", "true"]
+
+
+def _restore(tmp_path, settings: dict, *args: str):
+    from tests.unit.test_bad_input import GOOD, ConnectionCounter
+
+    counter = ConnectionCounter()
+    env = {**os.environ, "MATRIX_DEPLOY_PROBE_PORT": str(counter.port),
+           "MATRIX_DEPLOY_PROBE_SETTINGS": json.dumps({**GOOD, "secrets_dir": str(tmp_path), **settings})}  # fmt: skip
+    result = subprocess.run([str(ROOT / ".venv/bin/matrix-deploy"), "restore", "tests/support/inventories/probe.py",
+                             *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    counter.server.close()
+    return result, counter.count
+
+
+def test_restore_refuses_a_bad_snapshot_or_no_repository_before_any_connection(tmp_path):
+    refused, connections = _restore(tmp_path, {"backup_repository": "/srv/restic"}, "--snapshot", "x;reboot")
+    assert (refused.returncode, connections) == (2, 0) and "expected a restic snapshot ID" in refused.stderr
+    refused, connections = _restore(tmp_path, {})
+    assert (refused.returncode, connections) == (2, 0)
+    assert "backup_repository is not set: expected the restic repository" in refused.stderr
+    refused, connections = _restore(tmp_path, {"backup_repository": "ftp://x/"})
+    assert (refused.returncode, connections) == (2, 0) and "backup_repository = 'ftp://x/': expected" in refused.stderr
+    control, connections = _restore(tmp_path, {"backup_repository": "/srv/restic"})
+    assert control.returncode != 0 and connections >= 1  # a good one reaches the host (a counter, no SSH server)
