@@ -333,3 +333,21 @@ def test_a_restore_onto_a_host_of_another_homeserver_is_refused(drill):
         assert ssh(host, "test -e /var/lib/matrix-deploy/restart-pending/restore").returncode != 0
     finally:
         sh(host, "cp /root/homeserver.yaml /etc/synapse/homeserver.yaml")
+
+
+def test_an_sftp_repository_gets_the_backups_too(drill):
+    """backup_repository = sftp:root@127.0.0.1:/srv/restic-sftp: the host backs up over SFTP to its own sshd (root's
+    key and known_hosts set up by hand, as the README says the operator does)."""
+    host, _, _, _ = drill
+    sh(host, "install -d -m 700 /root/.ssh /srv/restic-sftp && { [ -e /root/.ssh/id_ed25519 ] || ssh-keygen -q -t"
+             " ed25519 -N '' -f /root/.ssh/id_ed25519; } && cat /root/.ssh/id_ed25519.pub >> /root/.ssh/authorized_keys"
+             " && ssh-keyscan -t ed25519 127.0.0.1 > /root/.ssh/known_hosts 2>/dev/null")  # fmt: skip
+    repository = "sftp:root@127.0.0.1:/srv/restic-sftp"
+    lab_settings(host, backup_repository=repository, backup_time="04:30")
+    deployed = pyinfra()
+    assert deployed.returncode == 0, deployed.stdout[-3000:]
+    backed_up = ssh(host, f"systemctl start {UNIT}.service")
+    assert backed_up.returncode == 0, sh(host, f"journalctl -u {UNIT}.service --no-pager -n 30")
+    listed = sh(host, f"RESTIC_REPOSITORY={repository} RESTIC_PASSWORD_FILE={PASSWORD_FILE} restic snapshots --json")
+    assert '"hostname":"lab.test"' in listed and "/var/lib/synapse/media_store" in listed, listed
+    assert sh(host, "ls /srv/restic-sftp").split() == ["config", "data", "index", "keys", "locks", "snapshots"]
