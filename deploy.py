@@ -14,6 +14,7 @@ from matrix_deploy.engine import host_state
 from matrix_deploy.engine.stages import done
 from matrix_deploy.operator.inventory import current
 from matrix_deploy.services import roles as services
+from matrix_deploy.services.backup import service as backup
 from matrix_deploy.services.base import service as base
 from matrix_deploy.services.delegation import service as auth_mode
 from matrix_deploy.services.firewall import service as firewall
@@ -26,10 +27,14 @@ deployment = current()
 settings = deployment.settings
 roles = settings.placement.roles_of(host.name)
 redis = settings.has_workers and host.name == settings.placement.synapse_main  # Redis beside the main process
+backup_here = settings.backups and bool(backup.data_roles(deployment, host.name))  # restic, on hosts with data
+local_repository = settings.backup_repository if backup_here and settings.backup_repository.startswith("/") else None
 
 # One look at the host (after taking its run lock); operations are only added for what is not already as wanted.
 state = host_state.read(
-    services.snapshot_needs(roles, settings.tls, redis, settings.firewall),
+    services.snapshot_needs(
+        roles, settings.tls, redis, settings.firewall, backup_here, {local_repository: 0} if local_repository else None
+    ),
     apt_busy=base.APT_BUSY,
     resolve=[*settings.placement.addresses.values(), *firewall.names(settings)],
 )
@@ -43,7 +48,7 @@ if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
 base.prepare(
     roles,
-    services.packages(roles, settings.tls, redis, settings.firewall),
+    services.packages(roles, settings.tls, redis, settings.firewall, backup_here),
     (lambda: synapse.build_virtualenv(settings.synapse_version)) if "synapse" in roles else None,
 )
 done("Host base")
@@ -53,6 +58,9 @@ done("Firewall")
 if "db" in roles:
     postgres.install(deployment, release)
 done("PostgreSQL")
+if settings.backups:
+    # Only with `matrix-deploy restore` (or a restore a dead run began): the data, before MAS and Synapse start.
+    backup.restore(deployment)
 if "mas" in roles:
     mas.install(deployment)
 done("MAS")
@@ -64,3 +72,5 @@ if "proxy" in roles:
 done("nginx")
 if host.name == settings.placement.mas_primary and settings.admin_user:
     mas.admin_user(deployment)
+if backup_here:
+    backup.install(deployment, local_repository)

@@ -201,7 +201,7 @@ class SecretFile:
     `secret_files.py`); operator/secret_table.py puts them in one table, from which the hosts' files and the
     store's entries follow."""
 
-    role: str  # which deploy step writes it: mas, synapse, or mas-admin (the deploy's own, root only)
+    role: str  # which deploy step writes it: mas, synapse, mas-admin or backup (the deploy's own, root only)
     path: str
     secret: str | None  # the store entry it holds (None: a file of an older layout, only ever removed)
     when: Callable[[Any], bool]  # of the Settings: whether the host has it

@@ -33,7 +33,8 @@ class Deployment:
     secrets_file: Path
     # How the operator's machine reaches each host (the inventory's ssh_hostname, else its name): verify's doors.
     connect: dict[str, str] = field(default_factory=dict, hash=False)
-    # And how it logs in (the inventory's ssh_* settings and _sudo): verify runs MAS's doctor on the MAS hosts.
+    # And how it logs in (the inventory's ssh_* settings and _sudo): verify runs MAS's doctor on the MAS hosts
+    # and reads the backups' age on the hosts with data.
     logins: dict[str, dict] = field(default_factory=dict, hash=False)
 
 

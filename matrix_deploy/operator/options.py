@@ -25,6 +25,7 @@ from matrix_deploy.operator.declare import (
     internal_address,
     text,
 )
+from matrix_deploy.services.backup import options as backup
 from matrix_deploy.services.delegation import options as delegation
 from matrix_deploy.services.firewall import options as firewall
 from matrix_deploy.services.mas import options as mas
@@ -76,6 +77,7 @@ OPTIONS = (
     *postgres.OPTIONS,
     *nginx.OPTIONS,
     *firewall.OPTIONS,
+    *backup.OPTIONS,
     *OPERATOR,
 )
 BY_NAME = {option.name: option for option in OPTIONS}

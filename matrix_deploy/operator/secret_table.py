@@ -8,13 +8,14 @@ store is asked for exactly the entries some row needs (`wanted_secrets`).
 
 from matrix_deploy.operator.declare import SecretFile
 from matrix_deploy.operator.settings import Settings
+from matrix_deploy.services.backup import secret_files as backup
 from matrix_deploy.services.mas import secret_files as mas
 from matrix_deploy.services.synapse import secret_files as synapse
 
 # Secrets that are no file's content but are needed all the same (PostgreSQL's roles).
 ROLE_PASSWORDS = ("mas_db_password", "synapse_db_password")
 
-TABLE: tuple[SecretFile, ...] = (*mas.SECRET_FILES, *synapse.SECRET_FILES)
+TABLE: tuple[SecretFile, ...] = (*mas.SECRET_FILES, *synapse.SECRET_FILES, *backup.SECRET_FILES)
 
 
 def files(s: Settings, role: str) -> dict[str, SecretFile]:
@@ -36,6 +37,6 @@ def stale(s: Settings, role: str, present: list[str]) -> list[str]:
 def wanted_secrets(s: Settings) -> list[str]:
     """Every store entry this deployment needs, in a stable order."""
     needed = set(ROLE_PASSWORDS)
-    for role in ("mas", "synapse", "mas-admin"):
+    for role in ("mas", "synapse", "mas-admin", "backup"):
         needed |= {row.secret for row in files(s, role).values() if row.secret}
     return sorted(needed)

@@ -157,6 +157,10 @@ class Settings:
     firewall_ssh_port: int
     firewall_metrics_scrapers: tuple[str, ...]  # IP addresses, networks or host names
     firewall_open_ports: tuple[int, ...]
+    backup_repository: str | None  # restic's; None: no scheduled backups
+    backup_time: str
+    backup_keep_daily: int
+    backup_keep_weekly: int
     secrets_dir: Path
     secrets_age_identity: Path | None  # the operator's age key: the store is (or becomes) <inventory>.yaml.age
     placement: Placement
@@ -176,6 +180,10 @@ class Settings:
             self.mas_email_smtp_username,
             self.mas_email_from,
         )
+
+    @property
+    def backups(self) -> bool:
+        return self.backup_repository is not None
 
     @property
     def has_workers(self) -> bool:
@@ -400,8 +408,18 @@ def _ssh_port(hosts: dict[str, dict[str, Any]], v: dict[str, Any], problems: lis
             )
 
 
+def _backup(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> None:
+    """Scheduled backups keep at least one."""
+    daily, weekly = v["backup_keep_daily"], v["backup_keep_weekly"]
+    if v["backup_repository"] and daily == 0 and weekly == 0:
+        problems.append(
+            "backup_keep_daily = 0 and backup_keep_weekly = 0: expected at least one backup kept "
+            "(restic forget would remove every snapshot)"
+        )
+
+
 # The cross-field checks, in the order their problems are reported. Each takes (values, raw data, problems).
-TOGETHER = (_public_urls, _synapse_version, _mas_release, _ports, _tls, _mas_email)
+TOGETHER = (_public_urls, _synapse_version, _mas_release, _ports, _tls, _mas_email, _backup)
 
 
 def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Settings:

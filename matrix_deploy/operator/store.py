@@ -65,6 +65,8 @@ GENERATORS = {
     # synapse_workers: Redis's password, and the secret of replication requests between Synapse's processes
     "redis_password": _password,
     "synapse_worker_replication_secret": _password,
+    # backup_repository: the password of the restic repository (without it no backup can be read)
+    "backup_password": _password,
 }
 # Secrets only the operator can put in the store (another service issued them): never generated.
 OPERATOR_SUPPLIED = {
@@ -109,6 +111,7 @@ MIN_LENGTH = {
     "msc3861_client_secret": 32,
     "redis_password": 32,
     "synapse_worker_replication_secret": 32,
+    "backup_password": 32,
 }
 
 

@@ -10,6 +10,10 @@ Last, MAS's own `mas-cli doctor` on each MAS host (over SSH, as the inventory lo
 findings a check of its own, warnings and errors failing, any secret in them masked.
 One line per check; exit 0 when all pass.
 
+With scheduled backups (`backup_repository`), the age of the last good backup on each host with data is read
+over SSH (as the inventory reaches the host, through sudo for a sudo user): older than a day and a bit, or none
+recorded, fails.
+
 Names resolve as usual (DNS); `--connect ADDRESS` sends every request to that address instead
 (a staging proxy before DNS points at it, or a lab host), still with each name in TLS and Host.
 """
@@ -24,18 +28,41 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from matrix_deploy.operator.inventory import Deployment, build
 from matrix_deploy.operator.settings import SettingsError
 from matrix_deploy.services import roles
+from matrix_deploy.services.backup.paths import STAMP
+from matrix_deploy.services.backup.service import data_roles
 from matrix_deploy.services.mas.paths import MAS_CONFIG, MAS_CURRENT, MAS_USER
 
 # A certificate that expires sooner than this fails: renewal should have happened long before.
 MIN_DAYS_LEFT = 14
 # How long a port may take to answer: a firewall drops what it refuses, so "closed" is mostly this long a wait.
 PORT_TIMEOUT = 3
+# A daily backup older than this failed at least once (or its timer does not run).
+MAX_BACKUP_AGE_HOURS = 26
+
+
+def backup_age(d: Deployment, name: str) -> str:
+    """How long ago the last good backup of host `name` ended (its stamp); AssertionError when too long or never."""
+    try:
+        done = subprocess.run(ssh_command(d, name, f"cat {STAMP}"), capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{name} did not answer over SSH within 60 s") from None
+    assert done.returncode == 0 and done.stdout.strip().isdigit(), (
+        f"no good backup recorded ({STAMP}: {done.stderr.strip() or done.stdout.strip() or 'absent'})"
+    )
+    hours = (time.time() - int(done.stdout)) / 3600
+    assert hours <= MAX_BACKUP_AGE_HOURS, (
+        f"the last good backup is {hours:.1f} h old (expected at most {MAX_BACKUP_AGE_HOURS} h: a daily backup "
+        "failed or did not run, see journalctl -u matrix-deploy-backup)"
+    )
+    return f"the last good backup is {hours:.1f} h old"
 
 
 @dataclass
@@ -300,6 +327,10 @@ def checks(d: Deployment, client: Client):
     if s.firewall:
         for name in d.connect:
             yield f"firewall {name}", firewall_check(d, name)
+    if s.backups:
+        for name in s.placement.addresses:
+            if data_roles(d, name):
+                yield f"backup age {name}", lambda name=name: backup_age(d, name)
 
 
 def _strings(value):

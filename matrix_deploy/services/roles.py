@@ -3,6 +3,7 @@ service (deploy.py composes the stages from it; services never import each other
 
 from matrix_deploy.engine import host_state
 from matrix_deploy.engine.firewall import Door
+from matrix_deploy.services.backup import service as backup
 from matrix_deploy.services.base import service as base
 from matrix_deploy.services.firewall import service as firewall
 from matrix_deploy.services.mas import service as mas
@@ -15,24 +16,36 @@ ROLE_MODULES = {"db": postgres, "mas": mas, "synapse": synapse, "proxy": nginx}
 
 
 def packages(
-    roles: set[str], tls: str = "self-signed", redis_here: bool = False, firewall_on: bool = False
+    roles: set[str],
+    tls: str = "self-signed",
+    redis_here: bool = False,
+    firewall_on: bool = False,
+    backup_here: bool = False,
 ) -> list[str]:
     """The Debian packages of `roles`; an ACME proxy also gets certbot, the main Synapse host with workers Redis,
-    every host nftables when the firewall is on."""
+    every host nftables when the firewall is on, a host with data restic when backups are set."""
     extra = set(nginx.ACME_PACKAGES) if "proxy" in roles and tls == "acme" else set()
     extra |= set(redis.NEEDS.packages) if redis_here else set()
     extra |= set(firewall.NEEDS.packages) if firewall_on else set()
+    extra |= set(backup.PACKAGES) if backup_here else set()
     return sorted({p for role in roles for p in ROLE_MODULES[role].NEEDS.packages} | extra)
 
 
-def snapshot_needs(roles: set[str], tls: str, redis_here: bool = False, firewall_on: bool = False) -> host_state.Needs:
+def snapshot_needs(
+    roles: set[str],
+    tls: str,
+    redis_here: bool = False,
+    firewall_on: bool = False,
+    backup_here: bool = False,
+    extra_paths=None,
+) -> host_state.Needs:
     """What the snapshot reads on a host with `roles`: its roles' packages, and every role's paths, users and
-    units (the same on every host, as before roles declared them)."""
-    every = [base.NEEDS, *(m.NEEDS for m in ROLE_MODULES.values()), redis.NEEDS, firewall.NEEDS]
+    units (the same on every host, as before roles declared them); `extra_paths` (path -> depth) besides."""
+    every = [base.NEEDS, *(m.NEEDS for m in ROLE_MODULES.values()), redis.NEEDS, firewall.NEEDS, backup.NEEDS]
     return host_state.Needs(
-        paths={path: depth for n in every for path, depth in n.paths.items()},
+        paths={**{path: depth for n in every for path, depth in n.paths.items()}, **(extra_paths or {})},
         users=tuple(dict.fromkeys(user for n in every for user in n.users)),
-        packages=tuple(packages(roles, tls, redis_here, firewall_on)),
+        packages=tuple(packages(roles, tls, redis_here, firewall_on, backup_here)),
         units=tuple(dict.fromkeys(unit for n in every for unit in n.units)),
     )
 

@@ -16,6 +16,7 @@ GROUPS = [
         "tests/lab/test_split.py",
         "tests/lab/test_federation.py",
         "tests/lab/test_browser_login.py",
+        "tests/lab/test_backup.py",
     ],
     [
         "tests/lab/test_msc3861.py",

@@ -155,6 +155,20 @@ BAD = [
     ({"backup_dir": "backups"}, "backup_dir = 'backups': expected an absolute directory path"),
     ({"backup_keep": 0}, "backup_keep = 0: expected a whole number of dumps to keep, 1 or more"),
     ({"secrets_dir": ""}, "secrets_dir = '': expected a directory path"),
+    # Scheduled backups (issue 21): the repository's form is checked before any connection.
+    ({"backup_repository": "backups"}, "backup_repository = 'backups': expected an absolute directory on the hosts"),
+    ({"backup_repository": "sftp:backup.example.org:/srv/restic"},
+     "backup_repository = 'sftp:backup.example.org:/srv/restic': expected an absolute directory on the hosts"),
+    ({"backup_repository": "sftp:u@host:relative"}, "backup_repository = 'sftp:u@host:relative': expected"),
+    ({"backup_repository": "s3:s3.amazonaws.com/bucket"}, "backup_repository = 's3:s3.amazonaws.com/bucket': expected"),
+    ({"backup_repository": "/srv/$(reboot)"}, "backup_repository = '/srv/$(reboot)': expected"),
+    ({"backup_repository": "/srv/../etc"}, "backup_repository = '/srv/../etc': expected"),
+    ({"backup_time": "daily"}, "backup_time = 'daily': expected a time of day HH:MM"),
+    ({"backup_time": "24:00"}, "backup_time = '24:00': expected a time of day HH:MM"),
+    ({"backup_keep_daily": -1}, "backup_keep_daily = -1: expected a whole number of daily backups to keep"),
+    ({"backup_keep_weekly": "4"}, "backup_keep_weekly = '4': expected a whole number of weekly backups to keep"),
+    ({"backup_repository": "/srv/restic", "backup_keep_daily": 0, "backup_keep_weekly": 0},
+     "backup_keep_daily = 0 and backup_keep_weekly = 0: expected at least one backup kept"),
     # Production shapes and the rollout.
     (
         {"tls": "files", "tls_certificate": "/etc/hostname"},

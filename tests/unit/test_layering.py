@@ -13,6 +13,8 @@ INTERFACES = {
     "matrix_deploy.services.delegation": "delegation between MAS and Synapse: the mode, its record, its client",
     "matrix_deploy.services.synapse.workers": "the workers nginx routes to",
     "matrix_deploy.services.redis.service": "Redis, configured by Synapse's stage before its processes restart",
+    "matrix_deploy.services.postgres.databases": "the databases, created alike by PostgreSQL's stage and a restore",
+    "matrix_deploy.services.synapse.paths": "where Synapse's config, data and signing key are: what backups hold",
 }
 # The one module that knows every service: which runs for each role (deploy.py composes the stages from it).
 REGISTRY = "matrix_deploy.services.roles"

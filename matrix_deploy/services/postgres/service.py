@@ -11,6 +11,7 @@ from matrix_deploy.engine.render import render
 from matrix_deploy.engine.units import drop_in_file
 from matrix_deploy.engine.wants import File, Restart
 from matrix_deploy.operator.inventory import Deployment
+from matrix_deploy.services.postgres.databases import DATABASES
 
 POSTGRES_SQL = f"{STATE}/postgres-roles.sql"  # root only; psql reads it on its standard input
 
@@ -28,10 +29,8 @@ NEEDS = host_state.Needs(
 def roles_sql(d: Deployment) -> str:
     """Idempotent SQL that creates (or updates the passwords of) the roles and databases."""
     lines = ["\\set ON_ERROR_STOP on", "SET password_encryption = 'scram-sha-256';"]
-    for name, password, extra in (
-        ("synapse", d.secrets["synapse_db_password"], "ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"),
-        ("mas", d.secrets["mas_db_password"], "ENCODING 'UTF8' TEMPLATE template0"),
-    ):
+    for name, extra in DATABASES.items():
+        password = d.secrets[f"{name}_db_password"]
         quoted = password.replace("'", "''")
         lines += [
             f"SELECT 'CREATE ROLE {name} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') \\gexec",
