@@ -243,14 +243,14 @@ def test_registration_email_and_a_provider_deploy_and_show_in_mas(host, before_m
     assert "create" in discovery["prompt_values_supported"]
     assert fetch(host, "GET", "/register/password", vhost="auth.lab.test")[0] == 200
     login_page = fetch(host, "GET", "/login", vhost="auth.lab.test")[1]
-    assert f'data-provider-id="{PROVIDER_ID}"' in login_page and "Lab IdP" in login_page
+    assert f'href="/upstream/authorize/{PROVIDER_ID}"' in login_page and "Continue with Lab IdP" in login_page
     assert mas_providers(host, enabled=True) == [PROVIDER_ID]
 
     # Removed from the settings: MAS disables it (its users' links kept), registration off again.
     LAB_SETTINGS.write_text(json.dumps(MSC3861))
     result = pyinfra()
     assert result.returncode == 0, result.stdout[-3000:]
-    assert f'data-provider-id="{PROVIDER_ID}"' not in fetch(host, "GET", "/login", vhost="auth.lab.test")[1]
+    assert f"/upstream/authorize/{PROVIDER_ID}" not in fetch(host, "GET", "/login", vhost="auth.lab.test")[1]
     assert fetch(host, "GET", "/register/password", vhost="auth.lab.test")[0] == 303
     assert mas_providers(host, enabled=False) == [PROVIDER_ID]
     assert f"upstream_{PROVIDER_ID}_client_secret" not in ssh(host, "ls /etc/mas/secrets").stdout

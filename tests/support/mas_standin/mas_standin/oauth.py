@@ -576,8 +576,9 @@ def login_page(handler, error: str | None = None, username: str = "", status: in
             '<button type="submit">Continue</button></form>'
         )
     links = "".join(
-        f'<li><a href="{html.escape(_route(handler, "/upstream/authorize/" + p["id"]) + params)}"'
-        f' data-provider-id="{p["id"]}">Continue with {html.escape(p["human_name"] or p["id"])}</a></li>'
+        # templates/pages/login.html: a link to /upstream/authorize/<id>, "Continue with <name>".
+        f'<li><a href="{html.escape(_route(handler, "/upstream/authorize/" + p["id"]) + params)}">'
+        f"Continue with {html.escape(p['human_name'] or p['id'])}</a></li>"
         for p in providers
     )
     parts.append(f"<ul>{links}</ul>")
