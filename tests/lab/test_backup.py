@@ -7,7 +7,6 @@ password) is kept on this machine, as the README asks. Single layout, Debian 13,
 """
 
 import asyncio
-import base64
 import io
 import re
 import socket
@@ -20,7 +19,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver
-from cryptography.hazmat.primitives import serialization
 from nio import AsyncClient, DownloadResponse, LoginResponse, RoomMessagesResponse, RoomSendResponse, UploadResponse
 
 from matrix_deploy import lab
@@ -32,9 +30,11 @@ from tests.support.lab import (
     ROOT,
     changed_operations,
     fresh_secrets,
+    holding_secrets,
     lab_settings,
     pyinfra,
     readable_files_holding,
+    secret_fragments,
     sh,
     ssh,
 )
@@ -94,37 +94,6 @@ def carry(host, tarball: Path, out: bool) -> None:
     else:
         with tarball.open("rb") as f:
             subprocess.run([*command, "tar -C / -xf -"], stdin=f, check=True)
-
-
-def _key_windows(pem: str) -> set[str]:
-    """12 characters in a row of a PEM key's base64, within one line, that encode only bytes of its private
-    numbers (RSA's d, p, q, EC's scalar): the ASN.1 around them is in every key of the kind (TLS libraries' test
-    keys), and 12 characters spanning it and a byte or two of the key would match one of those now and then."""
-    key = serialization.load_pem_private_key(pem.encode(), password=None)
-    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    body = "".join(line.strip() for line in pem.strip().splitlines() if not line.startswith("-----"))
-    assert base64.b64decode(body) == der, "a key stored in another form than PKCS#8 DER in PEM"
-    numbers = key.private_numbers()
-    private = [numbers.private_value] if hasattr(numbers, "private_value") else [numbers.d, numbers.p, numbers.q]
-    found = set()
-    for value in private:
-        raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
-        start = der.find(raw)
-        assert start > 0
-        first, last = -(-start * 4 // 3) + 1, (start + len(raw)) * 4 // 3 - 1  # characters of these bytes only
-        found |= {body[i : i + 12] for i in range(first, last - 11) if i // 64 == (i + 11) // 64}
-    return found
-
-
-def windows(secrets: dict[str, str]) -> list[str]:
-    """Every 12 characters in a row of every secret (of a PEM key: of its private numbers, _key_windows)."""
-    found = set()
-    for value in secrets.values():
-        if value.lstrip().startswith("-----BEGIN"):
-            found |= _key_windows(value)
-        else:
-            found |= {line[i : i + 12] for line in value.strip().splitlines() for i in range(len(line) - 11)}
-    return sorted(found)
 
 
 def signing(host) -> str:
@@ -196,7 +165,7 @@ def drill():
     before["check"] = ssh(host, f"RESTIC_REPOSITORY={REPOSITORY} RESTIC_PASSWORD_FILE={PASSWORD_FILE} restic check")
     before["journal"] = sh(host, f"journalctl -u {UNIT}.service --no-pager -o cat")
     sh(host, "id watcher >/dev/null 2>&1 || useradd --create-home --shell /bin/sh watcher")  # another local user
-    before["readable"] = readable_files_holding(host, windows(deployment.secrets.values))
+    before["readable"] = readable_files_holding(host, secret_fragments(deployment.secrets.values))
     before["repository_mode"] = sh(host, f"stat -c %a {REPOSITORY}").strip()
     before["verify"] = subprocess.run(
         [str(ROOT / ".venv/bin/matrix-deploy"), "verify", "inventories/lab.py", "--connect", host.address,
@@ -255,7 +224,7 @@ def test_verify_reports_the_age_of_the_last_good_backup(drill):
 def test_no_secret_in_the_backups_journal_or_readable_by_others(drill):
     _, deployment, before, _ = drill
     assert "backup_password" in deployment.secrets.values
-    assert [w for w in windows(deployment.secrets.values) if w in before["journal"]] == []
+    assert holding_secrets(before["journal"].splitlines(), secret_fragments(deployment.secrets.values)) == []
     assert before["readable"] == set(), before["readable"]
 
 

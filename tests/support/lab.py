@@ -108,8 +108,9 @@ def _runs(text: str) -> set[str]:
 
 
 def _pem_runs(value: str) -> set[str]:
-    """The runs of a PEM private key's body that encode a part of its private numbers (RSA's d, p, q and the
-    rest, EC's scalar): not those of the DER structure every key of its kind has, nor of the public key."""
+    """The runs of a PEM private key's body that encode only bytes of its private numbers (RSA's d, p, q and the
+    rest, EC's scalar): not the DER structure every key of its kind has (and TLS libraries' test keys), nor a run
+    spanning it and a byte or two of the key (it would match one of those now and then), nor the public key."""
     key = serialization.load_pem_private_key(value.encode(), None)
     if isinstance(key, rsa.RSAPrivateKey):
         n = key.private_numbers()
@@ -128,7 +129,7 @@ def _pem_runs(value: str) -> set[str]:
     for line in body:
         for i in range(len(line) - WINDOW + 1):
             first, last = (offset + i) * 6 // 8, ((offset + i + WINDOW) * 6 - 1) // 8  # the bytes it encodes
-            if not private.isdisjoint(range(first, last + 1)):
+            if private.issuperset(range(first, last + 1)):
                 runs.add(line[i : i + WINDOW])
         offset += len(line)
     return runs
@@ -137,7 +138,7 @@ def _pem_runs(value: str) -> set[str]:
 def secret_fragments(secrets: dict[str, str]) -> list[str]:
     """What would betray a secret: each whole value, and every run of 12 characters of its secret part: of each
     word of a line (the Synapse signing key's seed, not its public "ed25519 a_xyz"), and of a PEM key's body
-    where it encodes the private numbers."""
+    where it encodes its private numbers only."""
     fragments = set()
     for value in secrets.values():
         fragments.add(value.strip())
