@@ -576,15 +576,21 @@ def login_page(handler, error: str | None = None, username: str = "", status: in
             '<button type="submit">Continue</button></form>'
         )
     links = "".join(
-        # templates/pages/login.html: a link to /upstream/authorize/<id>, "Continue with <name>".
-        f'<li><a href="{html.escape(_route(handler, "/upstream/authorize/" + p["id"]) + params)}">'
-        f"Continue with {html.escape(p['human_name'] or p['id'])}</a></li>"
+        # templates/pages/login.html: a link to /upstream/authorize/<id>, "Continue with <name>", escaped as
+        # minijinja escapes HTML (a slash too: href="&#x2f;upstream&#x2f;authorize&#x2f;<id>").
+        f'<li><a href="{minijinja_escape(_route(handler, "/upstream/authorize/" + p["id"]) + params)}">'
+        f"Continue with {minijinja_escape(p['human_name'] or p['id'])}</a></li>"
         for p in providers
     )
     parts.append(f"<ul>{links}</ul>")
     if app.password_registration_enabled:
         parts.append(f'<a href="{html.escape(_route(handler, "/register/password") + params)}">Create account</a>')
     handler.send(status, _html("Sign in", "".join(parts)), {"Set-Cookie": cookie})
+
+
+def minijinja_escape(text: str) -> str:
+    """minijinja's HTML auto-escaping (MAS's templates): & < > " ' and / as entities."""
+    return html.escape(text).replace("/", "&#x2f;")
 
 
 def login_post(handler) -> None:
