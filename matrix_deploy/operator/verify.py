@@ -147,8 +147,9 @@ def firewall_check(d: Deployment, name: str):
     return check
 
 
-# doctor.rs logs each finding as one tracing event: `<time> LEVEL <span/target>: <emoji> message`, maybe on more lines.
-DOCTOR_EVENT = re.compile(r"^\S+\s+(INFO|WARN|ERROR)\s+(?:\S+: )+(.*)$")
+# doctor.rs logs each finding as one tracing event, maybe on more lines, in mas_context's format
+# (crates/context/src/fmt.rs): `<time> LEVEL <target>:<line> <emoji> message`.
+DOCTOR_EVENT = re.compile(r"^\S+\s+(INFO|WARN|ERROR)\s+\S+\s(.*)$")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 MARKS = "✅⚠❌💡\ufe0f"
 

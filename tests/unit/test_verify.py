@@ -5,12 +5,13 @@ from pathlib import Path
 from matrix_deploy.operator import verify
 from matrix_deploy.operator.inventory import Deployment
 
-DOCTOR = """\x1b[2m2026-12-03T09:00:00.1Z\x1b[0m \x1b[32m INFO\x1b[0m cli.doctor: mas_cli::commands::doctor: 💡 Running diagnostics, make sure that both MAS and Synapse are running
-2026-12-03T09:00:00.2Z  INFO cli.doctor: mas_cli::commands::doctor: ✅ Homeserver is reachable at "http://hs:8008/_matrix/client/versions"
-2026-12-03T09:00:00.3Z ERROR cli.doctor: mas_cli::commands::doctor: ❌ A Synapse MAS API endpoint at "http://hs:8008/x" replied with 403.
+# As MAS 1.22.0 prints it (seen running this deployment: `... INFO mas_cli::commands::doctor:312 ✅ ...`).
+DOCTOR = """\x1b[2m2026-12-03T09:00:00.1Z\x1b[0m \x1b[32m INFO\x1b[0m mas_cli::commands::doctor:30 💡 Running diagnostics, make sure that both MAS and Synapse are running
+2026-12-03T09:00:00.2Z  INFO mas_cli::commands::doctor:134 ✅ Homeserver is reachable at "http://hs:8008/_matrix/client/versions"
+2026-12-03T09:00:00.3Z ERROR mas_cli::commands::doctor:246 ❌ A Synapse MAS API endpoint at "http://hs:8008/x" replied with 403.
 Make sure the homeserver is running, and that the MAS config has the correct `matrix.secret`.
     secret: "sup3r-secret-value-12345"
-2026-12-03T09:00:00.4Z  WARN cli.doctor: mas_cli::commands::doctor: ⚠️ The legacy login API at "https://m/_matrix/client/v3/login" is reachable, but it doesn't look to be handled by MAS.
+2026-12-03T09:00:00.4Z  WARN mas_cli::commands::doctor:316 ⚠️ The legacy login API at "https://m/_matrix/client/v3/login" is reachable, but it doesn't look to be handled by MAS.
 """  # noqa: E501
 
 

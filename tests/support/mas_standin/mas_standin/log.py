@@ -26,7 +26,10 @@ def emit(level: str, target: str, message: str, **fields) -> None:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     extra = "".join(f" {key.replace('__', '.')}={_value(value)}" for key, value in fields.items())
     with _lock:
-        print(f"{now} {level.upper():>5} {target}: {message}{extra}", file=sys.stderr, flush=True)
+        # mas_context's EventFormatter (crates/context/src/fmt.rs): the target and the line it was emitted at
+        # (here the stand-in's caller's), then the message: `... INFO mas_cli::commands::doctor:312 ✅ ...`.
+        line = sys._getframe(2).f_lineno
+        print(f"{now} {level.upper():>5} {target}:{line} {message}{extra}", file=sys.stderr, flush=True)
 
 
 def info(target: str, message: str, **fields) -> None:
