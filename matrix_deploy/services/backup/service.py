@@ -16,10 +16,11 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import server
 
-from matrix_deploy.engine import host_state, remote, stages
+from matrix_deploy.engine import host_state, remote, stages, wants
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
-from matrix_deploy.engine.units import system_user
+from matrix_deploy.engine.units import system_user, unit_file
+from matrix_deploy.engine.wants import Directory, File
 from matrix_deploy.operator import secret_table
 from matrix_deploy.operator.inventory import Deployment
 from matrix_deploy.services.backup.paths import (
@@ -104,20 +105,18 @@ def install(d: Deployment, local_repository: str | None = None):
     """The backup script, its password, a oneshot unit and its daily timer, on a host with data; the repository's
     directory when it is a local one (deploy.py adds it to the host's snapshot)."""
     s, here = d.settings, host.name
-    host_state.directory("restic's cache", CACHE, "root", "root", "700")
+    directories = [Directory("restic's cache", CACHE, "root", "root", "700")]
     if local_repository:
-        host_state.directory("restic repository directory", local_repository, "root", "root", "700")
+        directories.append(Directory("restic repository directory", local_repository, "root", "root", "700"))
+    wants.apply(directories)
     _password(d)
-    host_state.put("Backup script", BACKUP_SCRIPT, backup_script(d, here), "root", "root", "700")
     variables = {"server_name": s.matrix_server_name, "script": BACKUP_SCRIPT, "writable": _writable(d)}
-    service = host_state.put(
-        "Backup systemd unit", f"/etc/systemd/system/{UNIT}.service", render("backup/backup.service.j2", **variables)
-    )
-    timer = host_state.put(
-        "Backup systemd timer",
-        f"/etc/systemd/system/{UNIT}.timer",
-        render("backup/backup.timer.j2", server_name=s.matrix_server_name, time=s.backup_time),
-    )
+    timer_text = render("backup/backup.timer.j2", server_name=s.matrix_server_name, time=s.backup_time)
+    _, service, timer = wants.apply([
+        File("Backup script", BACKUP_SCRIPT, backup_script(d, here), "root", "root", "700"),
+        unit_file("Backup", f"{UNIT}.service", "backup/backup.service.j2", **variables),
+        File("Backup systemd timer", f"/etc/systemd/system/{UNIT}.timer", timer_text),
+    ])  # fmt: skip
     changed = [op for op in (service, timer) if op is not None]
     if changed:
         server.shell(

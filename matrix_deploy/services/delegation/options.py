@@ -3,6 +3,13 @@
 from matrix_deploy.operator.declare import Option, boolean, one_of
 
 AUTH_MODES = ("native", "msc3861")
+
+
+def msc3861(s) -> bool:
+    """Of the Settings: the older delegation, with MAS's client for Synapse (secret files on both sides)."""
+    return s.auth_mode == "msc3861"
+
+
 # The first Synapse with the `matrix_authentication_service` section.
 NATIVE_MIN_SYNAPSE = (1, 136, 0)
 # The newest Synapse that still has `experimental_features.msc3861` (1.157.0 removed it).

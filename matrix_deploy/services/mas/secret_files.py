@@ -2,11 +2,8 @@
 
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.operator.declare import SecretFile, always, never
+from matrix_deploy.services.delegation.options import msc3861
 from matrix_deploy.services.mas.paths import MAS_SECRETS, MAS_USER
-
-
-def _msc3861(s) -> bool:
-    return s.auth_mode == "msc3861"
 
 
 def _admin(s) -> bool:
@@ -24,7 +21,7 @@ SECRET_FILES = (
     SecretFile("mas", f"{MAS_SECRETS}/signing_rsa.pem", "mas_signing_key_rsa", always, MAS_USER),
     SecretFile("mas", f"{MAS_SECRETS}/signing_ec.pem", "mas_signing_key_ec", always, MAS_USER),
     # msc3861 only: the secret of MAS's client for Synapse (clients[].client_secret_file).
-    SecretFile("mas", f"{MAS_SECRETS}/synapse_client_secret", "msc3861_client_secret", _msc3861, MAS_USER),
+    SecretFile("mas", f"{MAS_SECRETS}/synapse_client_secret", "msc3861_client_secret", msc3861, MAS_USER),
     # admin_user only: the secret of the admin API client (clients[].client_secret_file).
     SecretFile("mas", f"{MAS_SECRETS}/admin_client_secret", "mas_admin_client_secret", _admin, MAS_USER),
     # SMTP with a login: email.password_file.
