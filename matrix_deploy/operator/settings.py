@@ -58,6 +58,7 @@ class Placement:
     synapse: tuple[str, ...]  # the first runs Synapse's main process, the others workers only
     proxy: tuple[str, ...]
     addresses: dict[str, str] = field(hash=False)
+    ssh_ports: dict[str, int] = field(hash=False, default_factory=dict)  # the inventory's ssh_port, where it sets one
 
     @property
     def synapse_main(self) -> str:
@@ -70,6 +71,10 @@ class Placement:
     def mas_for(self, client: str) -> str:
         """The MAS instance `client` (a Synapse host) asks: its own host's, else the first."""
         return client if client in self.mas else self.mas[0]
+
+    def ssh_port(self, name: str, firewall_ssh_port: int | None) -> int:
+        """The port host `name`'s SSH door keeps open: firewall_ssh_port, else the inventory's, else 22."""
+        return firewall_ssh_port or self.ssh_ports.get(name, 22)
 
     def reach(self, client: str, server: str) -> str:
         """Address `client` uses to talk to `server`: loopback when they are the same host (a name is fine)."""
@@ -154,7 +159,7 @@ class Settings:
     acme_email: str | None
     acme_directory_ca: Path | None
     firewall: bool
-    firewall_ssh_port: int
+    firewall_ssh_port: int | None
     firewall_metrics_scrapers: tuple[str, ...]  # IP addresses, networks or host names
     firewall_open_ports: tuple[int, ...]
     backup_repository: str | None  # restic's; None: no scheduled backups
@@ -248,7 +253,10 @@ def _placement(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]], p
         internal_address(f"internal_address of host {name}", addresses[name], problems)
     if any(not chosen[r] or (r in SINGLE_INSTANCE_ROLES and len(chosen[r]) != 1) for r in ROLES):
         return None
-    return Placement(chosen["db"][0], tuple(chosen["mas"]), tuple(chosen["synapse"]), tuple(chosen["proxy"]), addresses)
+    ssh_ports = {name: data["ssh_port"] for name, data in hosts.items() if data.get("ssh_port") is not None}
+    return Placement(
+        chosen["db"][0], tuple(chosen["mas"]), tuple(chosen["synapse"]), tuple(chosen["proxy"]), addresses, ssh_ports
+    )
 
 
 def _workers(hosts: dict[str, dict[str, Any]], placement: Placement | None, problems: list[str]) -> dict:
@@ -394,8 +402,9 @@ def _mas_email(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> 
 
 
 def _ssh_port(hosts: dict[str, dict[str, Any]], v: dict[str, Any], problems: list[str]) -> None:
-    """The firewall keeps firewall_ssh_port open: the port the inventory connects to, where it says one, or the run
-    would shut itself out (the fresh SSH check would roll it back, but better refused here)."""
+    """A firewall_ssh_port that is set must be the port the inventory connects to, where it says one, or the run
+    would shut itself out (the fresh SSH check would roll it back, but better refused here). Unset, each host's
+    door is the inventory's own port for it."""
     wanted = v["firewall_ssh_port"]
     if not v["firewall"] or wanted is None:
         return

@@ -5,7 +5,6 @@ table survives a run; rules that would cut SSH are rolled back by themselves; a 
 
 import json
 import re
-import socket
 import subprocess
 import time
 
@@ -14,7 +13,7 @@ import pytest
 from matrix_deploy import lab
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
-from tests.support.lab import LAB_SETTINGS, ROOT, changed_operations, pyinfra, sh, ssh
+from tests.support.lab import LAB_SETTINGS, ROOT, answers_from, answers_here, changed_operations, pyinfra, sh, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -40,31 +39,13 @@ def split():
     lab.down()
 
 
-def answers_here(address: str, port: int) -> str:
-    """From this machine: open, refused (a reset: nothing listens) or dropped (no answer: the firewall)."""
-    try:
-        socket.create_connection((address, port), timeout=3).close()
-        return "open"
-    except ConnectionRefusedError:
-        return "refused"
-    except TimeoutError:
-        return "dropped"
-
-
-def answers_from(client, server: str, port: int) -> str:
-    """From lab host `client` to `server` (a name its /etc/hosts knows), as answers_here."""
-    out = ssh(client, f"timeout 3 bash -c '</dev/tcp/{server}/{port}' 2>/dev/null; echo $?").stdout.split()[-1]
-    return {"0": "open", "124": "dropped"}.get(out, "refused")
-
-
 def test_from_this_machine_only_the_public_ports_answer(split):
     hosts, _ = split
     for role, host in hosts.items():
-        for port in PUBLIC.get(role, [22]):
-            assert answers_here(host.address, port) == "open", (role, port)
-        for port in INTERNAL.get(role, []):
-            # The service listens on its internal address (test_split), and the firewall drops what comes.
-            assert answers_here(host.address, port) == "dropped", (role, port)
+        public, internal = PUBLIC.get(role, [22]), INTERNAL.get(role, [])
+        # The services listen on their internal addresses (test_split), and the firewall drops what comes.
+        expected = {**dict.fromkeys(public, "open"), **dict.fromkeys(internal, "dropped")}
+        assert answers_here(host.address, [*public, *internal]) == expected, role
 
 
 def test_each_deployment_host_reaches_exactly_what_its_role_needs(split):
@@ -73,17 +54,15 @@ def test_each_deployment_host_reaches_exactly_what_its_role_needs(split):
         for server, ports in INTERNAL.items():
             if server == client:
                 continue
-            for port in ports:
-                expected = "open" if (client, server, port) in NEEDED else "dropped"
-                assert answers_from(hosts[client], hosts[server].name, port) == expected, (client, server, port)
+            expected = {port: "open" if (client, server, port) in NEEDED else "dropped" for port in ports}
+            assert answers_from(hosts[client], hosts[server].name, ports) == expected, (client, server)
 
 
 def test_a_host_that_is_no_part_of_the_deployment_reaches_no_internal_port(split):
     hosts, _ = split
     for server, ports in INTERNAL.items():
-        for port in ports:
-            assert answers_from(hosts["extra"], hosts[server].name, port) == "dropped", (server, port)
-    assert answers_from(hosts["extra"], hosts["proxy"].name, 443) == "open"
+        assert answers_from(hosts["extra"], hosts[server].name, ports) == dict.fromkeys(ports, "dropped"), server
+    assert answers_from(hosts["extra"], hosts["proxy"].name, [443]) == {443: "open"}
 
 
 def test_the_firewall_is_loaded_at_boot_from_the_confirmed_rules(split):
@@ -142,10 +121,10 @@ def test_firewall_false_removes_ours_only_and_true_brings_it_back(split):
     assert (
         ssh(db, "ls /etc/matrix-deploy/firewall.nft /etc/systemd/system/matrix-deploy-firewall.service").returncode != 0
     )
-    assert answers_here(db.address, 5432) == "open"  # PostgreSQL listens there: only pg_hba stands in the way
+    assert answers_here(db.address, [5432]) == {5432: "open"}  # PostgreSQL listens there: only pg_hba stands in the way
     on = pyinfra()
     assert on.returncode == 0, on.stdout[-3000:]
-    assert answers_here(db.address, 5432) == "dropped"
+    assert answers_here(db.address, [5432]) == {5432: "dropped"}
     assert sh(db, "systemctl is-active matrix-deploy-firewall").strip() == "active"
     sh(db, "nft delete table inet operator_own")
 

@@ -1,6 +1,7 @@
 """Past one machine (`LAYOUT=scale`, Debian 13 through the sudo user): two Synapse hosts (scale1: the main
 process, Redis, a generic worker and the event persister; scale2: a generic worker and the federation sender)
-and two MAS instances (one on each), behind nginx on scale1.
+and two MAS instances (one on each), behind nginx on scale1; beside them lab-extra, a host that is no part of
+the deployment, for the host firewall (issue 22).
 
 Requests go through nginx as clients send them; who served them is read from each process's own Prometheus
 metrics (requests counted per servlet) and from the database (the instance that persisted each event).
@@ -17,16 +18,29 @@ from matrix_deploy import lab
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.synapse import workers as synapse_workers
-from tests.support.lab import LAB_SETTINGS, ROOT, changed_operations, compat_login, fetch, pyinfra, sh, ssh
+from tests.support.lab import (
+    LAB_SETTINGS,
+    ROOT,
+    answers_from,
+    answers_here,
+    changed_operations,
+    compat_login,
+    fetch,
+    pyinfra,
+    sh,
+    ssh,
+)
 
 pytestmark = pytest.mark.lab
+
+SPEC = [*lab.LAYOUTS["scale"], ("lab-extra", ())]
 
 
 @pytest.fixture(scope="module")
 def stack():
     lab.down()
     LAB_SETTINGS.unlink(missing_ok=True)
-    hosts = {h.name: h for h in lab.up("scale")}
+    hosts = {h.name: h for h in lab.up("scale", spec=SPEC) if h.roles}
     prepare_release()
     first = pyinfra()
     assert first.returncode == 0, first.stdout[-4000:]
@@ -153,6 +167,57 @@ def test_metrics_are_on_internal_addresses_only(stack):
         assert bound == sorted([f"127.0.0.1:{port}", f"{host.address}:{port}"]), (name, bound)
     assert fetch(hosts["scale1"], "GET", "/_synapse/metrics")[0] == 404
     assert fetch(hosts["scale1"], "GET", "/metrics")[0] == 404
+
+
+def listening(host) -> set[int]:
+    """The TCP ports `host` listens on at an address other hosts can reach (not loopback only)."""
+    found = set()
+    for local in sh(host, "ss -Hltn | awk '{print $4}'").split():
+        address, port = local.rsplit(":", 1)
+        if not (address.startswith("127.") or address == "[::1]"):
+            found.add(int(port))
+    return found
+
+
+def who_may_reach(deployment) -> dict[tuple[str, int], set[str]]:
+    """(server, port) -> the hosts that must reach it, as the issue says who needs what (written out here, not
+    taken from the product's doors): PostgreSQL from the MAS and Synapse hosts, each MAS's web listener from the
+    proxy and the Synapse hosts, the main process from the proxy, MAS and the other Synapse hosts (replication),
+    the workers from the proxy and the other Synapse hosts, Redis from the other Synapse hosts. SSH (and HTTP,
+    HTTPS on the proxy) is for anyone; metrics for the scrapers, none named here."""
+    s = deployment.settings
+    synapse = {"scale1", "scale2"}  # both Synapse hosts; both run MAS; scale1 is the proxy and the database
+    needed = {("scale1", s.postgres_port): synapse, ("scale1", s.synapse_port): synapse,
+              ("scale1", s.redis_port): synapse}  # fmt: skip
+    for server in ("scale1", "scale2"):
+        needed[server, s.mas_port] = {"scale1", *synapse}
+    for w in synapse_workers.workers(s):
+        needed[w.host, w.port] = {"scale1", *synapse}
+    return {key: clients - {key[0]} for key, clients in needed.items()}  # a host reaches itself on loopback
+
+
+def public(name: str) -> set[int]:
+    return {22, 80, 443} if name == "scale1" else {22}
+
+
+def test_the_firewall_opens_each_listening_port_to_exactly_the_hosts_that_need_it(stack):
+    """Every port a deployment host listens on beyond loopback, tried from the other deployment host, from
+    lab-extra and from this machine: open exactly where the role needs it, dropped everywhere else."""
+    hosts, deployment, _ = stack
+    extra = next(h for h in lab.read_hosts() if h.name == "lab-extra")
+    needed = who_may_reach(deployment)
+    for server, host in hosts.items():
+        ports = sorted(listening(host))
+        # What the issue names must listen here (so the loop below tries it), the metrics ports too.
+        assert {port for (name, port) in needed if name == server} | public(server) <= set(ports), (server, ports)
+        assert deployment.settings.synapse_metrics_port in ports or server != "scale1", ports
+        for client in [*(c for c in hosts if c != server), "lab-extra"]:
+            expected = {
+                p: "open" if p in public(server) or client in needed.get((server, p), ()) else "dropped" for p in ports
+            }
+            source = extra if client == "lab-extra" else hosts[client]
+            assert answers_from(source, server, ports) == expected, (client, server)
+        assert answers_here(host.address, ports) == {p: "open" if p in public(server) else "dropped" for p in ports}
 
 
 def test_a_second_run_changes_nothing(stack):

@@ -5,11 +5,13 @@ import json
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -31,6 +33,31 @@ from matrix_deploy.lab.probe import (  # noqa: F401  (the tests' helpers, with t
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB_SECRETS = LAB_DIR / "secrets"  # the lab inventory's secrets store
+
+
+def answers_here(address: str, ports) -> dict[int, str]:
+    """From this machine to each of `ports` at once: open, refused (a reset: nothing listens) or dropped (no answer
+    within 3 s: a firewall)."""
+
+    def one(port):
+        try:
+            socket.create_connection((address, port), timeout=3).close()
+            return "open"
+        except ConnectionRefusedError:
+            return "refused"
+        except TimeoutError:
+            return "dropped"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return dict(zip(ports, pool.map(one, ports), strict=True))
+
+
+def answers_from(client: LabHost, server: str, ports) -> dict[int, str]:
+    """From lab host `client` to `server` (a name its /etc/hosts knows, or an address), each of `ports` at once,
+    as answers_here."""
+    tries = " ".join(f"(timeout 3 bash -c '</dev/tcp/{server}/{port}' 2>/dev/null; echo {port} $?) &" for port in ports)
+    codes = dict(line.split() for line in sh(client, f"{tries} wait").splitlines() if line.strip())
+    return {port: {"0": "open", "124": "dropped"}.get(codes[str(port)], "refused") for port in ports}
 
 
 def root_file(host: LabHost, path: str, content: str) -> None:

@@ -83,6 +83,15 @@ def test_operator_ports_and_ssh_port():
     assert "22" not in accepted(s, "db")
 
 
+def test_each_host_keeps_the_ssh_port_the_inventory_reaches_it_on():
+    ports = {"db": {"ssh_port": 2201}, "mas": {"ssh_port": 2202}, "syn": {}, "px": {"ssh_port": 22}}
+    hosts = {h: {"internal_address": f"10.0.0.{i}", **port} for i, (h, port) in enumerate(ports.items(), 1)}
+    s = make_settings(hosts=hosts, groups=SPLIT)
+    ssh = [next(d.ports for d in firewall.doors(s, h) if d.what == "SSH") for h in hosts]
+    assert ssh == [(2201,), (2202,), (22,), (22,)]
+    assert accepted(s, "db")["2201"] == {"anyone"} and "22" not in accepted(s, "db")
+
+
 def test_only_our_own_table_and_replaced_in_one_transaction():
     text = firewall.render_rules(split(), "db", roles.doors(split(), "db"), resolve)
     assert "flush" not in text

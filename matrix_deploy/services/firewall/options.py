@@ -40,6 +40,11 @@ def open_ports(key, value, problems):
     return tuple(dict.fromkeys(found))
 
 
+def ssh_port(key, value, problems):
+    """Unset (None), or a TCP port."""
+    return None if value is None else port(key, value, problems)
+
+
 OPTIONS = (
     Option(
         "firewall", True,
@@ -48,9 +53,10 @@ OPTIONS = (
         boolean,
     ),
     Option(
-        "firewall_ssh_port", 22,
-        "the SSH port the firewall keeps open to anyone; where the inventory sets `ssh_port`, it must be the same",
-        port,
+        "firewall_ssh_port", None,
+        "the SSH port the firewall keeps open to anyone on every host; unset: each host's own, the `ssh_port` the "
+        "inventory connects to (22 where it sets none); set: where the inventory sets `ssh_port`, it must be the same",
+        ssh_port,
     ),
     Option(
         "firewall_metrics_scrapers", [],

@@ -37,8 +37,8 @@ NEEDS = host_state.Needs(
 
 
 def doors(s, here: str) -> list[Door]:
-    """SSH (the inventory's port) and the operator's own open ports, for anyone, on every host."""
-    found = [Door("SSH", (s.firewall_ssh_port,))]
+    """SSH (the inventory's port for this host) and the operator's own open ports, for anyone, on every host."""
+    found = [Door("SSH", (s.placement.ssh_port(here, s.firewall_ssh_port),))]
     if s.firewall_open_ports:
         found.append(Door("firewall_open_ports", tuple(s.firewall_open_ports)))
     return found

@@ -13,7 +13,6 @@ from matrix_deploy.operator.inventory import check
 
 _data = {
     "ssh_port": int(os.environ["MATRIX_DEPLOY_PROBE_PORT"]),
-    "firewall_ssh_port": int(os.environ["MATRIX_DEPLOY_PROBE_PORT"]),  # the firewall keeps the inventory's port
     "ssh_user": "root",
     "ssh_connect_retries": 0,
     **json.loads(os.environ["MATRIX_DEPLOY_PROBE_SETTINGS"]),
