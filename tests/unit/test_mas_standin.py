@@ -15,6 +15,7 @@ import re
 import secrets
 import subprocess
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -477,16 +478,30 @@ listener.serve_forever()
 
 @contextlib.contextmanager
 def _serve_without_database(mas_cli):
-    command = ["/usr/bin/python3", "-c", SERVE_WITHOUT_DATABASE, ADMIN_CLIENT]
-    process = subprocess.Popen(command, env={"PYTHONPATH": str(mas_cli)}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        port = process.stdout.readline().strip()
-        assert port, process.stderr.read()
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    """The stand-in's HTTP server without a database; yields its base URL and `logs(*waited_for)`, which returns
+    what it has logged once each of `waited_for` is there (a request's line is written after its answer is sent,
+    in the request's thread), or after ten seconds."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        command = ["/usr/bin/python3", "-c", SERVE_WITHOUT_DATABASE, ADMIN_CLIENT]
+        process = subprocess.Popen(command, env={"PYTHONPATH": str(mas_cli)}, stdout=subprocess.PIPE,
+                                   stderr=stderr, text=True)  # fmt: skip
+
+        def logs(*waited_for):
+            deadline = time.monotonic() + 10
+            while True:
+                stderr.seek(0)
+                text = stderr.read()
+                if all(w in text for w in waited_for) or time.monotonic() > deadline:
+                    return text
+                time.sleep(0.05)
+
+        try:
+            port = process.stdout.readline().strip()
+            assert port, logs()
+            yield f"http://127.0.0.1:{port}", logs
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -593,10 +608,10 @@ def test_admin_api_refusals_made_before_the_database(no_database_server, headers
 
 
 def test_refusals_log_no_secret_and_use_no_database(mas_cli):
-    with _serve_without_database(mas_cli) as (base, process):
+    with _serve_without_database(mas_cli) as (base, logged):
         _call(f"{base}/oauth2/token", b"grant_type=client_credentials&scope=urn:mas:admin+", {**FORM, **BASIC})
         _call(f"{base}/api/admin/v1/users/by-username/admin", None, {"Authorization": "Bearer do-not-log-this-token"})
-    logs = process.stderr.read()
+        logs = logged("POST /oauth2/token 500", "GET /api/admin/v1/users/")
     assert "POST /oauth2/token 500" in logs
     assert CLIENT_SECRET not in logs and "do-not-log-this-token" not in logs
     assert "Basic" not in logs and "Bearer" not in logs
