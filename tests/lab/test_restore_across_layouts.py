@@ -18,9 +18,10 @@ import pytest
 from nio import DownloadResponse, RoomMessagesResponse, RoomSendResponse, UploadResponse
 
 from matrix_deploy import lab
+from matrix_deploy.lab import network
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.operator.inventory import build
-from matrix_deploy.services.backup.paths import PASSWORD_FILE, RESTORE_PENDING, UNIT
+from matrix_deploy.services.backup.paths import BACKUP_SCRIPT, PASSWORD_FILE, RESTORE_PENDING, UNIT
 from tests.lab.test_backup import IMAGE, REPOSITORY, carry, client, login, restore_run, signing
 from tests.support.lab import LAB_SETTINGS, ROOT, changed_operations, fresh_secrets, lab_settings, pyinfra, sh, ssh
 
@@ -72,7 +73,8 @@ def across():
 
 def test_restore_onto_the_split_layout_succeeds_and_each_host_with_data_restores_its_part(across):
     hosts, _, _, restore = across
-    assert restore.returncode == 0, restore.stdout[-5000:]
+    refusals = [line for line in restore.stdout.splitlines() if "restore of snapshot" in line]
+    assert restore.returncode == 0, "\n".join([*refusals, restore.stdout[-3000:]])
     assert "Restore snapshot latest of lab.test" in restore.stdout
     for host in hosts.values():
         assert ssh(host, f"test -e {RESTORE_PENDING}").returncode != 0, host.name
@@ -138,3 +140,23 @@ def test_the_split_hosts_back_up_their_own_parts_afterwards(across):
         )
         newest = max(json.loads(listed), key=lambda snapshot: snapshot["time"])
         assert newest["tags"] == [role], newest
+
+
+def test_an_sftp_repository_that_does_not_answer_is_refused_before_anything_changes(across):
+    """backup_repository moved to an SFTP server that does not answer (a lab address no host has) and, in the same
+    run, backup_time changed: the run stops in its first look at the hosts, naming the setting; no unit changed."""
+    hosts, _, _, _ = across
+    units = f"{BACKUP_SCRIPT} /etc/systemd/system/{UNIT}.service /etc/systemd/system/{UNIT}.timer"
+    before = {role: sh(hosts[role], f"sha256sum {units}") for role in ("db", "synapse")}
+    nowhere = f"sftp:root@{network.SUBNET}.250:/srv/restic"
+    lab_settings(hosts["db"], backup_repository=nowhere, backup_time="05:00")
+    try:
+        refused = pyinfra()
+    finally:
+        lab_settings(hosts["db"], backup_repository=REPOSITORY, backup_time="04:30")
+    assert refused.returncode != 0, refused.stdout[-3000:]
+    refusal = f": backup_repository = {nowhere!r}: no SFTP session as root to root@{network.SUBNET}.250 ("
+    assert any(f"{host}{refusal}" in refused.stdout for host in ("lab-db", "lab-synapse")), refused.stdout[-3000:]
+    assert "nothing was changed. Expected an SFTP server" in refused.stdout
+    assert "Starting operation" not in refused.stdout, refused.stdout[-3000:]
+    assert {role: sh(hosts[role], f"sha256sum {units}") for role in ("db", "synapse")} == before
