@@ -37,6 +37,7 @@ state = host_state.read(
     ),
     apt_busy=base.APT_BUSY,
     resolve=[*settings.placement.addresses.values(), *firewall.names(settings)],
+    probes=backup.probes(deployment) if backup_here else None,
 )
 release = platform.release(*state.os)
 if release is None:
@@ -44,6 +45,8 @@ if release is None:
         f"{host.name} runs {' '.join(state.os).strip() or 'an unknown system'} (from /etc/os-release); "
         f"matrix-deploy supports {platform.SUPPORTED}. Nothing on it was changed."
     )
+if backup_here:
+    backup.check_repository(deployment)  # reachable and usable from here, before anything changes
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
 base.prepare(

@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import scale  # noqa: E402  (bench/ beside this script)
+import backup  # noqa: E402  (bench/ beside this script)
+import scale  # noqa: E402
 from downtime import Poller, introspection, login, whoami  # noqa: E402
 
 from matrix_deploy import lab  # noqa: E402
@@ -105,6 +106,10 @@ def main() -> None:
             lab.down(log=lambda *_: None)
         table(scale.measure(run, OLD, fresh_time, noop_median, REPEAT))
         return
+    if sys.argv[1:] == ["--backup"]:  # the backup and the restore onto a fresh host alone
+        prepare_release(NEW["mas_version"], real=REAL_MAS)
+        table(backup.measure(run, NEW))
+        return
     try:
         fresh_time, floor_time, deploy_host = fresh_install()
 
@@ -146,6 +151,7 @@ def main() -> None:
 
     noop_median, trivial_median = statistics.median(noop_times), statistics.median(trivial_times)
     scale_rows = scale.measure(run, OLD, fresh_time, noop_median, REPEAT)
+    backup_rows = backup.measure(run, NEW)  # the release prepared last is NEW's
     rows = [
         ("fresh install: deploy / floor", f"{fresh_time:.0f} s / {floor_time:.0f} s = {fresh_time / floor_time:.2f}x",
          "<= 1.15x", fresh_time <= 1.15 * floor_time),
@@ -164,6 +170,7 @@ def main() -> None:
         ("no-op re-run: commands sent to the host", str(commands), "(watch for regressions)", None),
         ("peak memory of a deploy process (operator side)", f"{peak_mb:.0f} MB", "", None),
         *scale_rows,
+        *backup_rows,
     ]  # fmt: skip
     table(rows)
 

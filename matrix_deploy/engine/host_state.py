@@ -60,6 +60,7 @@ class HostState:
     addresses: list[str] = field(default_factory=list)  # the host's own non-loopback addresses
     upload_dir: str = ""  # a directory only the login user can read (the sudo user's, or root's)
     lock: tuple[str, str] | None = None  # (busy|leftover, details) when the run could not start
+    probes: dict[str, list[str]] = field(default_factory=dict)  # a role's probe -> its output lines
 
     def entry(self, path: str) -> Entry | None:
         if not any(
@@ -158,7 +159,7 @@ class Snapshot(FactBase):
     """Every managed path under `roots` (type, owner, mode, link target, sha1 of small files), the
     given users, groups, packages and units, and whether `apt_busy` (a command) prints anything: one command."""
 
-    def command(self, roots, names, packages, units, apt_busy, resolve=(), holder=""):
+    def command(self, roots, names, packages, units, apt_busy, resolve=(), holder="", probes=None):
         # The release first: a host the deploy does not support is left exactly as it is, not even locked.
         supported = "|".join(f'"debian {r}"' for r in RELEASES)
         lines = [
@@ -189,6 +190,9 @@ class Snapshot(FactBase):
             n = shlex.quote(name)
             lines.append(f"getent ahosts {n} | awk '{{print $1}}' | sort -u | sed 's/^/N\\t'{n}'\\t/'")
         lines.append("for a in $(hostname -I 2>/dev/null); do printf 'A\\t%s\\n' \"$a\"; done")
+        # A role's own question to the host (a shell that prints its answer and exits 0), under the run lock.
+        for name, probe in (probes or {}).items():
+            lines.append(f"{{ {probe}\n}} 2>&1 | sed 's/^/R\\t{name}\\t/'")
         # A directory only the login user can read, for uploads (with sudo, pyinfra would stage them in /tmp,
         # readable by every local user): the sudo user's, or root's in the state directory; emptied of what a
         # killed run left.
@@ -236,6 +240,9 @@ class Snapshot(FactBase):
                 state.addresses.append(rest)
             elif tag == "T":
                 state.upload_dir = rest
+            elif tag == "R":
+                name, _, answer = rest.partition("\t")
+                state.probes.setdefault(name, []).append(answer)
             elif tag == "L":
                 kind, _, details = rest.partition("\t")
                 state.lock = (kind, details)
@@ -283,7 +290,7 @@ fi
 _snapshots: dict[str, HostState] = {}
 
 
-def read(needs: Needs, apt_busy: str, resolve=()) -> HostState:
+def read(needs: Needs, apt_busy: str, resolve=(), probes: dict[str, str] | None = None) -> HostState:
     """Take this host's snapshot (once per run) of what `needs` names.
 
     Refuses (DeployError) when another run holds the host or a dead run's command never finished.
@@ -292,7 +299,7 @@ def read(needs: Needs, apt_busy: str, resolve=()) -> HostState:
     state = host.get_fact(
         Snapshot, roots=needs.paths, names=list(needs.users), packages=list(needs.packages), units=list(needs.units),
         apt_busy=apt_busy,
-        resolve=sorted(set(resolve)), holder=holder,
+        resolve=sorted(set(resolve)), holder=holder, probes=probes or {},
     )  # fmt: skip
     if state.lock and state.lock[0] == "busy":
         raise DeployError(

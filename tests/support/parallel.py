@@ -24,6 +24,7 @@ GROUPS = [
         "tests/lab/test_lab.py",
         "tests/lab/test_scale.py",
         "tests/lab/test_firewall.py",
+        "tests/lab/test_restore_across_layouts.py",
         "tests/lab/test_lab_teardown.py",
     ],
 ]

@@ -141,3 +141,10 @@ def test_restore_refuses_a_bad_snapshot_or_no_repository_before_any_connection(t
     assert (refused.returncode, connections) == (2, 0) and "backup_repository = 'ftp://x/': expected" in refused.stderr
     control, connections = _restore(tmp_path, {"backup_repository": "/srv/restic"})
     assert control.returncode != 0 and connections >= 1  # a good one reaches the host (a counter, no SSH server)
+
+
+def test_the_backup_service_sends_its_commands_under_the_work_lock():
+    """remote.shell (engine/remote.py), as the other services: a dead run's command is waited for by the next."""
+    source = Path(backup.__file__).read_text()
+    assert "remote.shell(" in source
+    assert "server.shell(" not in source and "server.service(" not in source, "use remote.shell"

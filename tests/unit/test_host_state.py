@@ -85,3 +85,16 @@ def test_every_role_declares_what_it_reads_and_every_host_reads_every_roles_path
     for module in services.ROLE_MODULES.values():
         assert module.NEEDS.paths.items() <= needs.paths.items() and set(module.NEEDS.users) <= set(needs.users)
     assert needs.packages == ("postgresql",) and "certbot" in services.packages({"proxy"}, "acme")
+
+
+def test_a_probes_answer_is_read_back_by_its_name_and_a_failing_probe_cannot_stop_the_snapshot():
+    import subprocess
+
+    command = Snapshot().command({}, [], [], [], "true", probes={"mine": "echo first; echo second >&2; false"})
+    # The probe's lines, stderr included, each tagged with its name; what follows it in the command still runs.
+    probe_part = command[command.index("{ echo first") : command.index("/'", command.index("{ echo first")) + 2]
+    out = subprocess.run(["sh", "-c", probe_part + "\necho after"], capture_output=True, text=True).stdout
+    assert out.splitlines() == ["R\tmine\tfirst", "R\tmine\tsecond", "after"]
+    state = snapshot([*OUTPUT, "R\tmine\tfirst", "R\tmine\tsecond", "R\tother\tok"])
+    assert state.probes == {"mine": ["first", "second"], "other": ["ok"]}
+    assert snapshot().probes == {}

@@ -14,7 +14,6 @@ import re
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.operations import server
 
 from matrix_deploy.engine import host_state, remote, stages, wants
 from matrix_deploy.engine.paths import STATE
@@ -23,6 +22,7 @@ from matrix_deploy.engine.units import system_user, unit_file
 from matrix_deploy.engine.wants import Directory, File
 from matrix_deploy.operator import secret_table
 from matrix_deploy.operator.inventory import Deployment
+from matrix_deploy.services.backup import reach
 from matrix_deploy.services.backup.paths import (
     BACKUP_SCRIPT,
     CACHE,
@@ -117,14 +117,28 @@ def install(d: Deployment, local_repository: str | None = None):
         unit_file("Backup", f"{UNIT}.service", "backup/backup.service.j2", **variables),
         File("Backup systemd timer", f"/etc/systemd/system/{UNIT}.timer", timer_text),
     ])  # fmt: skip
-    changed = [op for op in (service, timer) if op is not None]
-    if changed:
-        server.shell(
+    if service is not None or timer is not None:
+        remote.shell(
             name="Backup timer: systemd reads the new units",
-            commands=[f"systemctl daemon-reload && systemctl restart {UNIT}.timer"],
+            commands=[
+                f"systemctl daemon-reload && systemctl enable --quiet {UNIT}.timer && systemctl restart {UNIT}.timer"
+            ],
         )
-    if not host_state.current().unit_running(f"{UNIT}.timer"):
-        server.service(name="Backup timer enabled", service=f"{UNIT}.timer", running=True, enabled=True)
+    elif not host_state.current().unit_running(f"{UNIT}.timer"):
+        remote.shell(name="Backup timer enabled", commands=[f"systemctl enable --now --quiet {UNIT}.timer"])
+
+
+def probes(d: Deployment) -> dict[str, str]:
+    """host_state's probe of this host's view of the repository (reach.py), in the run's first look at it."""
+    return {reach.PROBE: reach.probe(d.settings.backup_repository)}
+
+
+def check_repository(d: Deployment) -> None:
+    """Refuses (DeployError) a repository this host cannot use, before the run changes anything."""
+    answer = host_state.current().probes.get(reach.PROBE, [])
+    message = reach.problem(host.name, d.settings.backup_repository, answer)
+    if message:
+        raise DeployError(message)
 
 
 SNAPSHOT = re.compile(r"^(latest|[0-9a-f]{8,64})$")
