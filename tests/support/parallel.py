@@ -17,6 +17,7 @@ GROUPS = [
         "tests/lab/test_federation.py",
         "tests/lab/test_browser_login.py",
         "tests/lab/test_backup.py",
+        "tests/lab/test_restore_across_layouts.py",
     ],
     [
         "tests/lab/test_msc3861.py",
@@ -24,7 +25,6 @@ GROUPS = [
         "tests/lab/test_lab.py",
         "tests/lab/test_scale.py",
         "tests/lab/test_firewall.py",
-        "tests/lab/test_restore_across_layouts.py",
         "tests/lab/test_lab_teardown.py",
     ],
 ]
