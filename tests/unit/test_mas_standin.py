@@ -667,6 +667,9 @@ def test_password_registration_answers_as_mas_does(mas_cli, enabled):
         process.wait(timeout=10)
 
 
+DISCOVERY_COUNTED_3 = r'^http_server_duration_count\{[^}]*http_route="/.well-known/openid-configuration"[^}]*\} 3$'
+
+
 @pytest.mark.parametrize("exporter", ["prometheus", None], ids=["prometheus", "no-exporter"])
 def test_metrics_answer_as_mas_does(mas_cli, exporter):
     """telemetry.rs: /metrics exports the http.server.duration histogram server.rs records per request, only
@@ -679,7 +682,13 @@ def test_metrics_answer_as_mas_does(mas_cli, exporter):
         base = f"http://127.0.0.1:{process.stdout.readline().strip()}"
         for _ in range(3):
             assert _call(f"{base}/.well-known/openid-configuration")[0] == 200
-        status, text = _call(f"{base}/metrics")
+        # A request is recorded after its answer is sent, in its own thread: a scrape right after may come first.
+        deadline = time.monotonic() + 10
+        while True:
+            status, text = _call(f"{base}/metrics")
+            if status != 200 or time.monotonic() > deadline or re.search(DISCOVERY_COUNTED_3, text, re.M):
+                break
+            time.sleep(0.05)
     finally:
         process.terminate()
         process.wait(timeout=10)
