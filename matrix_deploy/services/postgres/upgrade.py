@@ -1,12 +1,13 @@
 """PostgreSQL across Debian releases: a Debian 12 host upgraded in place to 13 keeps PostgreSQL 15's cluster (the
-data) and gets 17's packages, whose postinst makes an empty 17/main beside it on the next free port. The deploy
-upgrades the data into 17/main with Debian's `pg_upgradecluster` and keeps the old cluster, stopped, as the way back.
+data) and gets 17's packages (trixie's postinst makes no 17/main beside an existing cluster; one made by hand
+would be empty, on the next free port). The deploy upgrades the data into 17/main with Debian's `pg_upgradecluster`
+and keeps the old cluster, stopped, as the way back.
 
 The snapshot decides: an older release's cluster config (`/etc/postgresql/15/main/postgresql.conf`) without the
 record of its upgrade (`/var/lib/matrix-deploy/postgres-upgraded-15`) is an upgrade due. One command does it, under
 the work lock, resumable after a kill at any point:
 
-1. a new-version cluster beside the old one is dropped only when it is Debian's empty one (no database but
+1. a new-version cluster beside the old one is dropped only when it is empty (no database but
    template0, template1 and postgres) or the half-done one of our own killed upgrade (its `-begun` record); one
    holding databases stops the run, nothing changed;
 2. MAS and Synapse on this host stop (their restart markers written first: their own stages start them again,
@@ -64,8 +65,9 @@ def script(d: Deployment, old: int, new: int, clients: list[tuple[str, str]]) ->
     return f"""
 set -e
 cd /
-manual() {{ grep -qx manual {conf}/start.conf 2>/dev/null; }}
-if ! manual; then
+# pg_upgradecluster's last steps: the old cluster set to start by hand, beside the new one.
+finished() {{ grep -qx manual {conf}/start.conf 2>/dev/null && [ -d /etc/postgresql/{new}/main ]; }}
+if ! finished; then
     if [ -d /etc/postgresql/{new}/main ]; then
         if [ ! -e {begun(old)} ]; then
             data=$(pg_conftool -s {new} main show data_directory 2>/dev/null || echo /var/lib/postgresql/{new}/main)
