@@ -93,7 +93,9 @@ if ! finished; then
     mv "$target.partial" "$target"
     rm -f {conf}/conf.d/matrix-deploy.conf
     touch {begun(old)}
-    pg_upgradecluster -v {new} -m dump {old} main
+    # Without the work lock's descriptor (flock's, inherited): the clusters pg_upgradecluster starts outside systemd
+    # would hold the lock for as long as they run, also after a kill.
+    pg_upgradecluster -v {new} -m dump {old} main 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
 fi
 rm -f {conf}/conf.d/matrix-deploy.conf
 touch {record(old)}
