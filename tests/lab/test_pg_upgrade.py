@@ -50,16 +50,17 @@ apt-get full-upgrade -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::
 # cluster's restricted instance stays, as it would. ("[p]": not this loop's own command line.)
 KILL_UPGRADE = (
     f"for i in $(seq 60000); do [ -e {upgrade.begun(15)} ] && pgrep -x 'pg_dump|pg_restore' >/dev/null && break; "
-    "sleep 0.01; done; pids=$(pgrep -f '[p]g_upgradecluster'); [ -n \"$pids\" ] && kill -9 $pids && "
+    "[ -e /root/stop-killing ] && break; sleep 0.01; done; pids=$(pgrep -f '[p]g_upgradecluster'); "
+    '[ -n "$pids" ] && kill -9 $pids && '
     "pkill -9 -x 'pg_dump|pg_restore' ; echo \"killed $pids\""
 )
 
 
 def release_upgrade(host) -> str:
     """Debian 12 -> 13 in the host, detached from this SSH connection (sshd is upgraded too); its log."""
-    sh(host, "cat > /root/release-upgrade.sh && rm -f /root/release-upgrade.status && "
-             "nohup sh -c 'sh /root/release-upgrade.sh > /root/release-upgrade.log 2>&1; echo $? > "
-             "/root/release-upgrade.status' >/dev/null 2>&1 &", input=RELEASE_UPGRADE)  # fmt: skip
+    sh(host, "cat > /root/release-upgrade.sh && rm -f /root/release-upgrade.status", input=RELEASE_UPGRADE)
+    sh(host, "nohup sh -c 'sh /root/release-upgrade.sh > /root/release-upgrade.log 2>&1; echo $? > "
+             "/root/release-upgrade.status' >/dev/null 2>&1 &")  # fmt: skip
     while ssh(host, "test -e /root/release-upgrade.status").returncode != 0:
         time.sleep(5)
     status = sh(host, "cat /root/release-upgrade.status").strip()
@@ -101,6 +102,7 @@ def upgraded():
     # The first deploy on Debian 13, killed on the host while pg_upgradecluster restores into PostgreSQL 17.
     killer = ssh_background(host, KILL_UPGRADE)
     found["killed_run"] = Running().result(timeout=1800)
+    sh(host, "touch /root/stop-killing")  # a deploy that ended without the kill: the loop ends, and says so
     found["killer"] = killer.communicate(timeout=120)[0]
     found["after_kill"] = sh(host, "pg_lsclusters -h; ls /var/lib/matrix-deploy")
     found["deploy"] = pyinfra()
