@@ -144,8 +144,9 @@ def test_the_next_deploy_converges_and_postgresql_17_serves_the_data(upgraded):
     # What Synapse's database connection reaches is PostgreSQL 17, and it holds the message.
     version = sh(host, "cd / && runuser -u postgres -- psql -X -At -p 5432 -d synapse -c 'SHOW server_version'")
     assert version.startswith("17."), version
-    events = sh(host, "cd / && runuser -u postgres -- psql -X -At -p 5432 -d synapse -c "
-                      f"\"SELECT json FROM event_json WHERE event_id = '{found['event']}'\"")  # fmt: skip
+    # The query on stdin: an event ID begins with "$", which a shell would expand.
+    events = sh(host, "cd / && runuser -u postgres -- psql -X -At -p 5432 -d synapse -f -",
+                input=f"SELECT json FROM event_json WHERE event_id = '{found['event']}';")  # fmt: skip
     assert WORDS in events
 
 
