@@ -31,10 +31,11 @@ backup_here = settings.backups and bool(backup.data_roles(deployment, host.name)
 local_repository = settings.backup_repository if backup_here and settings.backup_repository.startswith("/") else None
 
 # One look at the host (after taking its run lock); operations are only added for what is not already as wanted.
+extra_paths = {local_repository: 0} if local_repository else {}
+if "synapse" in roles:
+    extra_paths |= synapse.virtualenv_needs(settings.synapse_version)
 state = host_state.read(
-    services.snapshot_needs(
-        roles, settings.tls, redis, settings.firewall, backup_here, {local_repository: 0} if local_repository else None
-    ),
+    services.snapshot_needs(roles, settings.tls, redis, settings.firewall, backup_here, extra_paths),
     apt_busy=base.APT_BUSY,
     resolve=[*settings.placement.addresses.values(), *firewall.names(settings)],
     probes=backup.probes(deployment) if backup_here else None,
@@ -52,14 +53,14 @@ if roles & {"mas", "synapse"}:
 base.prepare(
     roles,
     services.packages(roles, settings.tls, redis, settings.firewall, backup_here),
-    (lambda: synapse.build_virtualenv(settings.synapse_version)) if "synapse" in roles else None,
+    (lambda: synapse.build_virtualenv(settings.synapse_version, release.python)) if "synapse" in roles else None,
 )
 done("Host base")
 # Before any service listens on an internal address: each port only ever open to the hosts that need it.
 firewall.install(deployment, host.name, services.doors(settings, host.name))
 done("Firewall")
 if "db" in roles:
-    postgres.install(deployment, release)
+    postgres.install(deployment, release, services.database_clients(settings, host.name))
 done("PostgreSQL")
 if settings.backups:
     # Only with `matrix-deploy restore` (or a restore a dead run began): the data, before MAS and Synapse start.
@@ -68,7 +69,7 @@ if "mas" in roles:
     mas.install(deployment)
 done("MAS")
 if "synapse" in roles:
-    synapse.install(deployment)
+    synapse.install(deployment, release)
 done("Synapse")
 if "proxy" in roles:
     nginx.install(deployment, release)

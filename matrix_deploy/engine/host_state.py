@@ -94,6 +94,12 @@ class HostState:
         self.entry(directory)
         return sorted(p for p in self.paths if p.rsplit("/", 1)[0] == directory)
 
+    def forget(self, directory: str) -> None:
+        """Forget what was found in `directory`: this run replaces it wholesale (a PostgreSQL cluster upgraded), so
+        each file there is written, whatever the snapshot saw."""
+        self.entry(directory)
+        self.paths = {p: e for p, e in self.paths.items() if p != directory and not p.startswith(directory + "/")}
+
     def exists(self, path) -> bool:
         return self.entry(path) is not None
 

@@ -15,6 +15,7 @@ confirmation.
 
 import shlex
 
+from pyinfra import host
 from pyinfra.operations import files
 from pyinfra.operations.util import any_changed
 
@@ -55,6 +56,17 @@ def mark_now(service: str, due: str):
                       create_remote_dir=True)  # fmt: skip
 
 
+# Work an earlier stage of this run makes due on this host: (host, work) -> its operations. PostgreSQL's upgrade
+# stops MAS and Synapse (their markers written on the host first); their own stages start them, in the usual order.
+_made_due: dict[tuple[str, str], list] = {}
+
+
+def made_due(work: str, operation) -> None:
+    """Record that `work` is due on this host when `operation` changes something (it writes the marker itself)."""
+    if operation is not None:
+        _made_due.setdefault((host.name, work), []).append(operation)
+
+
 def due(service: str, marked):
     """A condition for `_if`: a restart of `service` is pending (from this run or an interrupted one).
 
@@ -63,6 +75,7 @@ def due(service: str, marked):
     """
     recorded = host_state.current().exists(f"{MARKERS}/{service}")
     marks = [m for m in (marked if isinstance(marked, list) else [marked]) if m is not None]
+    marks += _made_due.get((host.name, service), [])
     if not marks:
         return (lambda: True) if recorded else None
     return lambda: recorded or any(m.did_change() for m in marks)

@@ -121,9 +121,11 @@ def up(
     release: str = image.DEFAULT_RELEASE,
     login: str = "sudo",
     log=print,
+    unified: bool = False,
 ) -> list[LabHost]:
     """Boot the hosts of `layout` (or of an explicit name/roles `spec`) on Debian `release`, deployed to
-    as root or through the sudo user (`login`); harmless when already up."""
+    as root or through the sudo user (`login`); harmless when already up. `unified`: cgroup v2 on Debian 12 too,
+    for a host that is to be upgraded in place to 13 (machines.boot)."""
     require_root()
     image.suite(release)
     if login not in LOGINS:
@@ -162,7 +164,7 @@ def up(
         booted = []
         for host in hosts:
             root = machines.prepare(host.name, host.address, {**addresses, **public}, public_key, img)
-            booted.append((host, machines.boot(host.name, root, release)))
+            booted.append((host, machines.boot(host.name, root, release, unified)))
         for host, pid in booted:
             machines.wait_for_ssh(host.name, host.address, pid)
         proxy = next((h for h in hosts if "proxy" in h.roles), None)

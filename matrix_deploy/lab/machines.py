@@ -64,10 +64,12 @@ def machine_name(name: str) -> str:
     return name if not LAB_INDEX else f"{name}-{LAB_INDEX}"
 
 
-def boot(name: str, root: Path, release: str) -> int:
-    log = open(MACHINES_DIR / f"{name}.log", "wb")
+def boot(name: str, root: Path, release: str, unified: bool = False) -> int:
+    """Start the container; `unified`: the cgroup v2 hierarchy on Debian 12 too (a host upgraded in place to 13
+    runs trixie's systemd, which needs it, from the moment apt re-executes it)."""
+    log = open(MACHINES_DIR / f"{name}.log", "ab")
     env = dict(os.environ)
-    if release != "12":
+    if release != "12" or unified:
         # This machine mounts cgroups in hybrid mode; trixie's systemd 257 shuts down at once on a v1 hierarchy.
         env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
     proc = subprocess.Popen(
@@ -89,6 +91,20 @@ def boot(name: str, root: Path, release: str) -> int:
         env=env,
     )
     return proc.pid
+
+
+def restart(name: str, address: str, release: str) -> int:
+    """Power the container off cleanly (SIGTERM to its nspawn) and boot its disk again, as `release`: a reboot."""
+    pids = [pid for pid, n in running().items() if n == name]
+    if len(pids) != 1:
+        raise LabError(f"lab host {name}: expected one running container, found {pids}")
+    os.kill(pids[0], signal.SIGTERM)
+    if not _wait_until(lambda: not _alive(pids[0]), STOP_TIMEOUT * 4):
+        raise LabError(f"lab host {name} did not power off within {STOP_TIMEOUT * 4}s")
+    _reap(pids)
+    pid = boot(name, MACHINES_DIR / name, release)
+    wait_for_ssh(name, address, pid)
+    return pid
 
 
 def wait_for_ssh(name: str, address: str, pid: int) -> None:

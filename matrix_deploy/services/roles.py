@@ -11,6 +11,7 @@ from matrix_deploy.services.nginx import service as nginx
 from matrix_deploy.services.postgres import service as postgres
 from matrix_deploy.services.redis import service as redis
 from matrix_deploy.services.synapse import service as synapse
+from matrix_deploy.services.synapse import workers as synapse_workers
 
 ROLE_MODULES = {"db": postgres, "mas": mas, "synapse": synapse, "proxy": nginx}
 
@@ -48,6 +49,15 @@ def snapshot_needs(
         packages=tuple(packages(roles, tls, redis_here, firewall_on, backup_here)),
         units=tuple(dict.fromkeys(unit for n in every for unit in n.units)),
     )
+
+
+def database_clients(settings, here: str) -> list[tuple[str, str]]:
+    """(restart marker, unit) of each service on host `here` that uses the database, in the order they start: what
+    an upgrade of the cluster there stops, and their stages start again."""
+    p = settings.placement
+    found = [("mas", "mas")] if here in p.mas else []
+    found += [("synapse", "synapse")] if here == p.synapse_main else []
+    return found + [(f"synapse-worker-{w.name}", w.unit) for w in synapse_workers.workers(settings) if w.host == here]
 
 
 def doors(settings, here: str) -> list[Door]:

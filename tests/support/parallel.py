@@ -25,6 +25,7 @@ GROUPS = [
         "tests/lab/test_lab.py",
         "tests/lab/test_scale.py",
         "tests/lab/test_firewall.py",
+        "tests/lab/test_pg_upgrade.py",
         "tests/lab/test_lab_teardown.py",
     ],
 ]

@@ -43,8 +43,8 @@ def test_snapshot_reads_release_names_addresses_upload_dir_and_lock():
 
 
 def test_release_decides_postgres_and_nginx_and_refuses_the_rest():
-    assert platform.release("debian", "13") == platform.Release("13", "trixie", 17, True)
-    assert platform.release("debian", "12") == platform.Release("12", "bookworm", 15, False)
+    assert platform.release("debian", "13") == platform.Release("13", "trixie", 17, "3.13", True)
+    assert platform.release("debian", "12") == platform.Release("12", "bookworm", 15, "3.11", False)
     for other in (("debian", "11"), ("ubuntu", "24.04"), ("", "")):
         assert platform.release(*other) is None
     assert platform.POSTGRES_UNITS == ("postgresql@15-main", "postgresql@17-main")

@@ -6,7 +6,8 @@ OPTIONS = (
     Option("postgres_port", 5432, "PostgreSQL's port", port),
     Option(
         "backup_dir", "/var/backups/matrix-deploy",
-        "where `pg_dump`s taken before database migrations go, on the MAS and Synapse hosts", host_directory,
+        "where `pg_dump`s taken before database migrations go, on the MAS and Synapse hosts (and the `pg_dumpall` "
+        "before a PostgreSQL upgrade across Debian releases, on the database host)", host_directory,
     ),
     Option("backup_keep", 5, "how many dumps of each database to keep", dumps_to_keep),
 )  # fmt: skip

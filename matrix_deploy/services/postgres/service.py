@@ -11,6 +11,7 @@ from matrix_deploy.engine.render import render
 from matrix_deploy.engine.units import drop_in_file
 from matrix_deploy.engine.wants import File, Restart
 from matrix_deploy.operator.inventory import Deployment
+from matrix_deploy.services.postgres import upgrade
 from matrix_deploy.services.postgres.databases import DATABASES
 
 POSTGRES_SQL = f"{STATE}/postgres-roles.sql"  # root only; psql reads it on its standard input
@@ -23,6 +24,7 @@ NEEDS = host_state.Needs(
     },
     packages=("postgresql",),
     units=POSTGRES_UNITS,
+    # The record of an older release's cluster upgraded (upgrade.py) is in the state directory, base's need.
 )
 
 
@@ -77,11 +79,15 @@ def wanted(d: Deployment, release: Release, own_addresses, resolve) -> tuple[lis
 
 
 @deploy("PostgreSQL")
-def install(d: Deployment, release: Release):
+def install(d: Deployment, release: Release, clients: list[tuple[str, str]] = ()):
+    """`clients`: (restart marker, unit) of each service on this host that uses the database (what an upgrade of
+    the cluster stops), in the order they start."""
     s, state = d.settings, host_state.current()
     unit = postgres_unit(release.postgres)
+    # First: an older release's cluster upgraded into this release's, whose files are then written below.
+    upgraded = upgrade.upgrade(d, release, list(clients))
     files, restart = wanted(d, release, state.bind_address, state.resolve)
-    wants.restart(restart, wants.apply(files))
+    wants.restart(restart, [upgraded, *wants.apply(files)])
     if not state.unit_running(unit):
         server.service(name="PostgreSQL is running", service=unit, running=True, enabled=True)
     # Root only; psql (as postgres) reads it on its standard input, opened by root.

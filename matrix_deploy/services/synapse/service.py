@@ -8,6 +8,7 @@ from pyinfra.api import deploy
 
 from matrix_deploy.engine import host_state, pending, remote, stages, wants
 from matrix_deploy.engine.config_files import install_checked
+from matrix_deploy.engine.debian import Release
 from matrix_deploy.engine.firewall import Door, to
 from matrix_deploy.engine.paths import STATE
 from matrix_deploy.engine.render import render
@@ -236,33 +237,43 @@ VIRTUALENV_LOCK = f"{STATE}/synapse-virtualenv.lock"
 VIRTUALENV_LOG = f"{STATE}/synapse-virtualenv.log"
 
 
-def _virtualenv_files(version: str) -> tuple[str, str, str, str]:
-    """(virtualenv, lock file on the host, the lock's text, a shell test that the virtualenv is built from it)."""
+def virtualenv_needs(version: str) -> dict[str, int]:
+    """The snapshot's view of the virtualenv's Python: its lib/pythonX.Y directory (needs: path -> depth)."""
+    return {f"{SYNAPSE_HOME}/{version}/lib": 1}
+
+
+def _virtualenv_files(version: str, python: str) -> tuple[str, str, str, str]:
+    """(virtualenv, lock file on the host, the lock's text, a shell test that the virtualenv is built from it for
+    the host's `python`)."""
     venv, lock_text = f"{SYNAPSE_HOME}/{version}", locks.path(version).read_text()
-    # .complete holds the lock's digest: a regenerated lock rebuilds the virtualenv.
-    complete = f'[ "$(cat {venv}/.complete 2>/dev/null)" = {host_state.sha1(lock_text)} ]'
+    # .complete holds the lock's digest: a regenerated lock rebuilds the virtualenv. A virtualenv of another
+    # Python (Debian 12's 3.11 on a host upgraded in place to 13's 3.13) cannot run: rebuilt too.
+    complete = (
+        f'[ "$(cat {venv}/.complete 2>/dev/null)" = {host_state.sha1(lock_text)} ] && [ -d {venv}/lib/python{python} ]'
+    )
     return venv, f"{SYNAPSE_HOME}/{version}.lock", lock_text, complete
 
 
-def _virtualenv_due(version: str) -> bool:
-    venv, lock_file, lock_text, _ = _virtualenv_files(version)
+def _virtualenv_due(version: str, python: str) -> bool:
+    venv, lock_file, lock_text, _ = _virtualenv_files(version, python)
     state = host_state.current()
     return not (
         state.is_file(lock_file, lock_text, "root", "root", "644")
         and state.is_file(f"{venv}/.complete", host_state.sha1(lock_text) + "\n")
+        and state.is_dir(f"{venv}/lib/python{python}")
     )
 
 
-def build_virtualenv(version: str):
+def build_virtualenv(version: str, python: str):
     """Start installing Synapse into /opt/synapse/<version> from its lock, in the background, once python3-venv is
     there (base.prepare): it builds while the other packages install and the PostgreSQL and MAS stages run, and
     _virtualenv waits for it. A half-done or outdated install is redone; a dead run's build is waited for first.
 
     Beside the running version: the current link moves to it only at the restart (pending.restart's switch).
     """
-    if not _virtualenv_due(version):
+    if not _virtualenv_due(version, python):
         return None
-    venv, lock_file, lock_text, complete = _virtualenv_files(version)
+    venv, lock_file, lock_text, complete = _virtualenv_files(version, python)
     host_state.put(f"Synapse {version} lock", lock_file, lock_text, "root", "root", "644")
     build = (
         f"rm -rf {venv} && python3 -m venv {venv}"
@@ -274,24 +285,24 @@ def build_virtualenv(version: str):
                         VIRTUALENV_LOCK, VIRTUALENV_LOG, complete)  # fmt: skip
 
 
-def _virtualenv(version: str):
+def _virtualenv(version: str, python: str):
     """Wait for the build build_virtualenv started in the Host base stage; fails with pip's output if it failed."""
-    if not _virtualenv_due(version):
+    if not _virtualenv_due(version, python):
         return None
-    venv, _, _, complete = _virtualenv_files(version)
+    venv, _, _, complete = _virtualenv_files(version, python)
     return remote.wait(f"Synapse {version} installed into {venv}", VIRTUALENV_LOCK, VIRTUALENV_LOG, complete,
                        f"Installing Synapse {version} into {venv} (started in the Host base stage)")  # fmt: skip
 
 
 @deploy("Synapse")
-def install(d: Deployment):
+def install(d: Deployment, release: Release):
     """On the first Synapse host the main process, then its workers; on the others their workers. The main
     process restarts first, then every worker in turn across hosts (stages.in_turn), each healthy first."""
     s, p, here = d.settings, d.settings.placement, host.name
     main = here == p.synapse_main
     wants.apply(HOME)
     venv = f"{SYNAPSE_HOME}/{s.synapse_version}"
-    installed = _virtualenv(s.synapse_version)
+    installed = _virtualenv(s.synapse_version, release.python)
     # A version to switch to is a restart due before anything else happens: a run that dies before the
     # restart still switches and restarts next time.
     switch = None
