@@ -121,8 +121,9 @@ def restore_run() -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def drill():
+def homeserver_with_data(room_name: str, words: str):
+    """A fresh single lab host deployed with backups into REPOSITORY, holding the admin's room `room_name` with
+    `words` and an image, sent by a client whose session is kept: (host, deployment, what to find after a restore)."""
     lab.down()
     fresh_secrets()
     (host,) = lab.up("single")
@@ -136,8 +137,8 @@ def drill():
     async def speak():
         c, session = await login(host, deployment.secrets["admin_password"], "kept client")
         try:
-            room = (await c.room_create(name="restore drill")).room_id
-            sent = await c.room_send(room, "m.room.message", {"msgtype": "m.text", "body": WORDS})
+            room = (await c.room_create(name=room_name)).room_id
+            sent = await c.room_send(room, "m.room.message", {"msgtype": "m.text", "body": words})
             assert isinstance(sent, RoomSendResponse), sent
             uploaded, _ = await c.upload(io.BytesIO(IMAGE), content_type="image/png", filesize=len(IMAGE))
             assert isinstance(uploaded, UploadResponse), uploaded
@@ -146,6 +147,45 @@ def drill():
             await c.close()
 
     before["room"], before["token"], before["device"], before["image"] = asyncio.run(speak())
+    return host, deployment, before
+
+
+def assert_history_and_image_back(proxy, deployment, before, words: str) -> None:
+    """Through `proxy`: the admin logs in with the password, and the room's `words` and the image are there."""
+
+    async def check():
+        c, _ = await login(proxy, deployment.secrets["admin_password"], "after the restore")
+        try:
+            messages = await c.room_messages(before["room"], start="", limit=50)
+            assert isinstance(messages, RoomMessagesResponse), messages
+            assert words in [getattr(e, "body", None) for e in messages.chunk]
+            image = await c.download(before["image"])
+            assert isinstance(image, DownloadResponse) and image.body == IMAGE, image
+        finally:
+            await c.close()
+
+    asyncio.run(check())
+
+
+def assert_kept_session_works(proxy, before) -> None:
+    """Through `proxy`: the kept client's access token is still the admin's, on its own device."""
+
+    async def whoami():
+        c = client(proxy)
+        c.restore_login("@admin:lab.test", before["device"], before["token"])
+        try:
+            me = await c.whoami()
+            assert getattr(me, "user_id", None) == "@admin:lab.test", me
+            assert getattr(me, "device_id", None) == before["device"], me
+        finally:
+            await c.close()
+
+    asyncio.run(whoami())
+
+
+@pytest.fixture(scope="module")
+def drill():
+    host, deployment, before = homeserver_with_data("restore drill", WORDS)
     # A one-time key Synapse holds at backup time: it must not be handed out again after the restore.
     sh(host, "runuser -u postgres -- psql -d synapse -qc \"INSERT INTO e2e_one_time_keys_json VALUES "
              "('@admin:lab.test', 'DEVICE', 'signed_curve25519', 'AAAAAQ', 1, '{}')\"")  # fmt: skip
@@ -245,35 +285,12 @@ def test_restore_onto_a_fresh_host_succeeds(drill):
 
 def test_the_user_logs_in_with_the_password_and_the_history_and_image_are_back(drill):
     host, deployment, before, _ = drill
-
-    async def check():
-        c, _ = await login(host, deployment.secrets["admin_password"], "after the restore")
-        try:
-            messages = await c.room_messages(before["room"], start="", limit=50)
-            assert isinstance(messages, RoomMessagesResponse), messages
-            assert WORDS in [getattr(e, "body", None) for e in messages.chunk]
-            image = await c.download(before["image"])
-            assert isinstance(image, DownloadResponse) and image.body == IMAGE, image
-        finally:
-            await c.close()
-
-    asyncio.run(check())
+    assert_history_and_image_back(host, deployment, before, WORDS)
 
 
 def test_the_kept_clients_session_still_works(drill):
     host, _, before, _ = drill
-
-    async def whoami():
-        c = client(host)
-        c.restore_login("@admin:lab.test", before["device"], before["token"])
-        try:
-            me = await c.whoami()
-            assert getattr(me, "user_id", None) == "@admin:lab.test", me
-            assert getattr(me, "device_id", None) == before["device"], me
-        finally:
-            await c.close()
-
-    asyncio.run(whoami())
+    assert_kept_session_works(host, before)
 
 
 def test_the_signing_key_is_the_old_one_and_one_time_keys_are_gone(drill):

@@ -8,22 +8,25 @@ before it is lost and put where the setting says on both hosts that restore from
 be. The secrets store stays on this machine. Debian 13, MAS as the lab runs it.
 """
 
-import asyncio
-import io
 import json
 import tempfile
 from pathlib import Path
 
 import pytest
-from nio import DownloadResponse, RoomMessagesResponse, RoomSendResponse, UploadResponse
 
 from matrix_deploy import lab
 from matrix_deploy.lab import network
-from matrix_deploy.lab.release import prepare as prepare_release
-from matrix_deploy.operator.inventory import build
 from matrix_deploy.services.backup.paths import BACKUP_SCRIPT, PASSWORD_FILE, RESTORE_PENDING, UNIT
-from tests.lab.test_backup import IMAGE, REPOSITORY, carry, client, login, restore_run, signing
-from tests.support.lab import LAB_SETTINGS, ROOT, changed_operations, fresh_secrets, lab_settings, pyinfra, sh, ssh
+from tests.lab.test_backup import (
+    REPOSITORY,
+    assert_history_and_image_back,
+    assert_kept_session_works,
+    carry,
+    homeserver_with_data,
+    restore_run,
+    signing,
+)
+from tests.support.lab import LAB_SETTINGS, changed_operations, lab_settings, pyinfra, sh, ssh
 
 pytestmark = pytest.mark.lab
 
@@ -32,29 +35,7 @@ WORDS = "backed up on one host, restored onto four"
 
 @pytest.fixture(scope="module")
 def across():
-    lab.down()
-    fresh_secrets()
-    (single,) = lab.up("single")
-    lab_settings(single, backup_repository=REPOSITORY, backup_time="04:30")
-    prepare_release()
-    deployment = build(ROOT / "inventories/lab.py")
-    first = pyinfra()
-    assert first.returncode == 0, first.stdout[-4000:]
-    before = {"signing": signing(single)}
-
-    async def speak():
-        c, session = await login(single, deployment.secrets["admin_password"], "kept client")
-        try:
-            room = (await c.room_create(name="restore across layouts")).room_id
-            sent = await c.room_send(room, "m.room.message", {"msgtype": "m.text", "body": WORDS})
-            assert isinstance(sent, RoomSendResponse), sent
-            uploaded, _ = await c.upload(io.BytesIO(IMAGE), content_type="image/png", filesize=len(IMAGE))
-            assert isinstance(uploaded, UploadResponse), uploaded
-            return room, session.access_token, session.device_id, uploaded.content_uri
-        finally:
-            await c.close()
-
-    before["room"], before["token"], before["device"], before["image"] = asyncio.run(speak())
+    single, deployment, before = homeserver_with_data("restore across layouts", WORDS)
     backup = ssh(single, f"systemctl start {UNIT}.service")
     assert backup.returncode == 0, sh(single, f"journalctl -u {UNIT}.service --no-pager -n 30")
     tarball = Path(tempfile.mkdtemp(prefix="restore-across-")) / "repository.tar"
@@ -85,35 +66,12 @@ def test_restore_onto_the_split_layout_succeeds_and_each_host_with_data_restores
 
 def test_the_user_logs_in_with_the_password_and_the_history_and_image_are_back(across):
     hosts, deployment, before, _ = across
-
-    async def check():
-        c, _ = await login(hosts["proxy"], deployment.secrets["admin_password"], "after the restore")
-        try:
-            messages = await c.room_messages(before["room"], start="", limit=50)
-            assert isinstance(messages, RoomMessagesResponse), messages
-            assert WORDS in [getattr(e, "body", None) for e in messages.chunk]
-            image = await c.download(before["image"])
-            assert isinstance(image, DownloadResponse) and image.body == IMAGE, image
-        finally:
-            await c.close()
-
-    asyncio.run(check())
+    assert_history_and_image_back(hosts["proxy"], deployment, before, WORDS)
 
 
 def test_the_kept_clients_session_still_works(across):
     hosts, _, before, _ = across
-
-    async def whoami():
-        c = client(hosts["proxy"])
-        c.restore_login("@admin:lab.test", before["device"], before["token"])
-        try:
-            me = await c.whoami()
-            assert getattr(me, "user_id", None) == "@admin:lab.test", me
-            assert getattr(me, "device_id", None) == before["device"], me
-        finally:
-            await c.close()
-
-    asyncio.run(whoami())
+    assert_kept_session_works(hosts["proxy"], before)
 
 
 def test_the_signing_key_is_the_old_one(across):
