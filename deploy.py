@@ -1,4 +1,5 @@
-"""The whole stack, in order: the host firewall, PostgreSQL, MAS, Synapse, nginx, then the optional admin user.
+"""The whole stack, in order: the host firewall, PostgreSQL, MAS, (an adoption,) Synapse, nginx, then the optional
+admin user.
 
 pyinfra orders each host's operations as written, but interleaves different hosts' operations by
 their position in each host's list. A stage barrier (an operation every host runs at the same line,
@@ -14,6 +15,7 @@ from matrix_deploy.engine import host_state
 from matrix_deploy.engine.stages import done
 from matrix_deploy.operator.inventory import current
 from matrix_deploy.services import roles as services
+from matrix_deploy.services.adoption import service as adoption
 from matrix_deploy.services.backup import service as backup
 from matrix_deploy.services.base import service as base
 from matrix_deploy.services.delegation import service as auth_mode
@@ -48,6 +50,8 @@ if release is None:
     )
 if backup_here:
     backup.check_repository(deployment)  # reachable and usable from here, before anything changes
+# A Synapse to adopt: read (its secrets into the store) and refused if it cannot be, before anything changes.
+old_homeserver = adoption.read(deployment)
 if roles & {"mas", "synapse"}:
     auth_mode.check(deployment)
 base.prepare(
@@ -60,17 +64,25 @@ done("Host base")
 firewall.install(deployment, host.name, services.doors(settings, host.name))
 done("Firewall")
 if "db" in roles:
-    postgres.install(deployment, release, services.database_clients(settings, host.name))
+    postgres.install(
+        deployment, release, services.database_clients(settings, host.name),
+        adoption.hba_lines(deployment, old_homeserver, host.name),
+    )  # fmt: skip
 done("PostgreSQL")
 if settings.backups:
     # Only with `matrix-deploy restore` (or a restore a dead run began): the data, before MAS and Synapse start.
     backup.restore(deployment)
 if "mas" in roles:
-    mas.install(deployment)
+    mas.install(deployment, hold=not adoption.imported(old_homeserver))  # not before syn2mas has imported
 done("MAS")
+if old_homeserver is not None:
+    if adoption.adopt(deployment, old_homeserver) or not adoption.imported(old_homeserver):
+        mas.start_held(deployment)
+    done("Adoption")
 if "synapse" in roles:
     synapse.install(deployment, release)
 done("Synapse")
+adoption.finish(deployment, old_homeserver)
 if "proxy" in roles:
     nginx.install(deployment, release)
 done("nginx")

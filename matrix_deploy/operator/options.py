@@ -25,6 +25,7 @@ from matrix_deploy.operator.declare import (
     internal_address,
     text,
 )
+from matrix_deploy.services.adoption import options as adoption
 from matrix_deploy.services.backup import options as backup
 from matrix_deploy.services.delegation import options as delegation
 from matrix_deploy.services.firewall import options as firewall
@@ -78,6 +79,7 @@ OPTIONS = (
     *nginx.OPTIONS,
     *firewall.OPTIONS,
     *backup.OPTIONS,
+    *adoption.OPTIONS,
     *OPERATOR,
 )
 BY_NAME = {option.name: option for option in OPTIONS}
@@ -100,6 +102,7 @@ PREFIXES = (
     "secrets_",
     "backup_",
     "firewall_",
+    "adopt_",
 )
 
 

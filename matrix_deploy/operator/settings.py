@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from matrix_deploy.engine.addresses import resolve_literal
 from matrix_deploy.operator.declare import internal_address
 from matrix_deploy.operator.options import BY_NAME, OPTIONS, PREFIXES, REMOVED
+from matrix_deploy.services.adoption.options import Source as AdoptSource
 from matrix_deploy.services.delegation.options import (
     MAS_API_MIN_SYNAPSE,
     MSC3861_MAX_SYNAPSE,
@@ -166,6 +167,8 @@ class Settings:
     backup_time: str
     backup_keep_daily: int
     backup_keep_weekly: int
+    adopt_synapse: AdoptSource | None  # the Synapse that already runs, to take over (services/adoption)
+    adopt_accept_warnings: tuple[str, ...]
     secrets_dir: Path
     secrets_age_identity: Path | None  # the operator's age key: the store is (or becomes) <inventory>.yaml.age
     placement: Placement
@@ -427,6 +430,30 @@ def _backup(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> Non
         )
 
 
+def _adoption(v: dict[str, Any], placement: Placement | None, problems: list[str]) -> None:
+    """The Synapse to adopt runs where this deployment keeps its data: its database is moved within the cluster
+    of the database host, its media within the host, and syn2mas reads it from the first MAS instance."""
+    source = v["adopt_synapse"]
+    if source is None or placement is None:
+        return
+    if source.host not in placement.addresses:
+        problems.append(f"adopt_synapse.host = {source.host!r}: expected a host of the inventory")
+        return
+    where = {"db": placement.db, "synapse": placement.synapse_main, "mas": placement.mas_primary}
+    elsewhere = [f"{role} on {h}" for role, h in where.items() if h != source.host]
+    if elsewhere:
+        problems.append(
+            f"adopt_synapse.host = {source.host!r}: expected the host of the database, Synapse's main process and "
+            f"the first MAS instance (an adoption moves the old database and media within one host), not "
+            f"{', '.join(elsewhere)}; adopt onto a single-host layout, then move roles out"
+        )
+    if v["auth_mode"] != "native":
+        problems.append(
+            f"adopt_synapse with auth_mode = {v['auth_mode']!r}: expected auth_mode 'native' (syn2mas moves a "
+            "homeserver to MAS's native delegation)"
+        )
+
+
 # The cross-field checks, in the order their problems are reported. Each takes (values, raw data, problems).
 TOGETHER = (_public_urls, _synapse_version, _mas_release, _ports, _tls, _mas_email, _backup)
 
@@ -454,6 +481,7 @@ def load(hosts: dict[str, dict[str, Any]], groups: dict[str, list[str]]) -> Sett
     v["synapse_workers"] = _workers(hosts, placement, problems)
     together(v, first, problems)
     _ssh_port(hosts, v, problems)
+    _adoption(v, placement, problems)
     if problems:
         raise SettingsError(problems)
     return Settings(**v, placement=placement)

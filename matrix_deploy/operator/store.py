@@ -72,12 +72,16 @@ GENERATORS = {
 OPERATOR_SUPPLIED = {
     "mas_smtp_password": "the SMTP password of mas_email_smtp_username",
 }
+# Secrets an adoption takes from the Synapse it adopts (services/adoption), put here by the deploy: never generated.
+ADOPTED = {
+    "synapse_password_pepper": "the adopted Synapse's password_config.pepper (empty when it had none)",
+}
 # An upstream provider's client secret: mas_upstream_client_secret_<provider id>.
 UPSTREAM_SECRET = re.compile(r"^mas_upstream_client_secret_([0123456789ABCDEFGHJKMNPQRSTVWXYZ]{26})$")
 
 
 def known(name: str) -> bool:
-    return name in GENERATORS or name in OPERATOR_SUPPLIED or bool(UPSTREAM_SECRET.match(name))
+    return name in GENERATORS or name in OPERATOR_SUPPLIED or name in ADOPTED or bool(UPSTREAM_SECRET.match(name))
 
 
 def _explain_missing(name: str) -> str:
@@ -112,6 +116,7 @@ MIN_LENGTH = {
     "redis_password": 32,
     "synapse_worker_replication_secret": 32,
     "backup_password": 32,
+    "synapse_password_pepper": 0,
 }
 
 
@@ -264,7 +269,8 @@ def load(path: Path, wanted: list[str], identity_file: Path | None = None) -> Se
     """Read the store, generate and save the wanted secrets it lacks, and return them all."""
     values = _read(path, identity_file) if path.exists() else {}
     _check(path, values)
-    absent = [name for name in wanted if name not in values and name not in GENERATORS]
+    # An adoption puts its secrets in when it reads the old homeserver, before anything is deployed.
+    absent = [name for name in wanted if name not in values and name not in GENERATORS and name not in ADOPTED]
     if absent:
         raise SettingsError(
             [
@@ -272,11 +278,23 @@ def load(path: Path, wanted: list[str], identity_file: Path | None = None) -> Se
                 for name in absent
             ]
         )
-    missing = [name for name in wanted if name not in values]
+    missing = [name for name in wanted if name not in values and name not in ADOPTED]
     if missing:
         values.update({name: GENERATORS[name]() for name in missing})
         write(path, values, identity_file)
     return Secrets(values)
+
+
+def adopt(path: Path, secrets: Secrets, taken: dict[str, str], identity_file: Path | None = None) -> list[str]:
+    """Put the secrets an adoption took from the old homeserver in the store, in place of generated ones (once:
+    the same values again change nothing); returns the names of those that changed."""
+    changed = sorted(name for name, value in taken.items() if secrets.values.get(name) != value)
+    if changed:
+        values = {**secrets.values, **taken}
+        _check(path, values)
+        write(path, values, identity_file)
+        secrets.values.update(taken)
+    return changed
 
 
 def main(argv: list[str]) -> int:

@@ -59,11 +59,15 @@ def names(paths) -> set[str]:
         (
             {"auth_mode": "msc3861", "synapse_version": "1.156.0"},
             {"synapse_client_secret"},
-            {"admin_client_secret", "smtp_password"},
+            {"admin_client_secret", "smtp_password", "synapse_password_pepper"},
         ),
         # Native with admin_user never removed a stale msc3861 client secret.
-        ({"admin_user": "admin"}, {"admin_client_secret"}, {"synapse_client_secret", "smtp_password"}),
-        ({}, set(), {"synapse_client_secret", "admin_client_secret", "smtp_password"}),
+        (
+            {"admin_user": "admin"},
+            {"admin_client_secret"},
+            {"synapse_client_secret", "smtp_password", "synapse_password_pepper"},
+        ),
+        ({}, set(), {"synapse_client_secret", "admin_client_secret", "smtp_password", "synapse_password_pepper"}),
     ],
     ids=["msc3861-without-admin", "native-with-admin", "native"],
 )

@@ -14,6 +14,11 @@ def _smtp_login(s) -> bool:
     return bool(s.mas_email and s.mas_email.username)
 
 
+def _adopting(s) -> bool:
+    return s.adopt_synapse is not None
+
+
+PEPPER = f"{MAS_SECRETS}/synapse_password_pepper"
 SECRET_FILES = (
     SecretFile("mas", f"{MAS_SECRETS}/matrix_secret", "matrix_shared_secret", always, MAS_USER),
     SecretFile("mas", f"{MAS_SECRETS}/database_password", "mas_db_password", always, MAS_USER),
@@ -24,6 +29,8 @@ SECRET_FILES = (
     SecretFile("mas", f"{MAS_SECRETS}/synapse_client_secret", "msc3861_client_secret", msc3861, MAS_USER),
     # admin_user only: the secret of the admin API client (clients[].client_secret_file).
     SecretFile("mas", f"{MAS_SECRETS}/admin_client_secret", "mas_admin_client_secret", _admin, MAS_USER),
+    # An adopted Synapse's password pepper: passwords.schemes[0].secret_file (its users' bcrypt hashes).
+    SecretFile("mas", PEPPER, "synapse_password_pepper", _adopting, MAS_USER),
     # SMTP with a login: email.password_file.
     SecretFile("mas", f"{MAS_SECRETS}/smtp_password", "mas_smtp_password", _smtp_login, MAS_USER),
     # The deploy's own credentials for MAS's admin API: root only, in the deploy's 0700 state directory

@@ -116,7 +116,7 @@ def config(d: Deployment, here: str | None = None, net=None) -> dict:
             "endpoint": f"http://{p.endpoint(here, p.synapse_main, s.synapse_port)}/",
             "secret_file": f"{MAS_SECRETS}/matrix_secret",
         },
-        "passwords": {"enabled": True},
+        "passwords": _passwords(d),
         **mas_settings.config(s, _secret_path),
     }
     clients = {}
@@ -131,6 +131,17 @@ def config(d: Deployment, here: str | None = None, net=None) -> dict:
             for c, f in clients.items()
         ]
     return deep_merge(base, s.mas_extra_config)
+
+
+def _passwords(d: Deployment) -> dict:
+    """MAS's passwords; for an adopted Synapse, its bcrypt hashes (with its pepper, NFKC as Synapse) verified as
+    version 1, each upgraded to argon2id (version 2) at its user's next login, as MAS's migration guide says."""
+    if not d.settings.adopt_synapse:
+        return {"enabled": True}
+    bcrypt = {"version": 1, "algorithm": "bcrypt", "unicode_normalization": True}
+    if d.secrets.values.get("synapse_password_pepper"):
+        bcrypt["secret_file"] = mas_secret_files.PEPPER
+    return {"enabled": True, "schemes": [bcrypt, {"version": 2, "algorithm": "argon2id"}]}
 
 
 def render_config(d: Deployment, here: str | None = None, net=None) -> str:
@@ -276,10 +287,15 @@ def _migrate_and_sync(d: Deployment, release_dir: str, marked: list) -> None:
         )
 
 
+# MAS instances installed but not started in this run (host -> what start_held needs): an adoption imports first.
+_held: dict[str, tuple[list, str]] = {}
+
+
 @deploy("matrix-authentication-service")
-def install(d: Deployment):
+def install(d: Deployment, hold: bool = False):
     """Each MAS instance; the first runs the database migrations and config sync, once per change, before any
-    instance restarts; then they restart one at a time (stages.in_turn), each healthy first."""
+    instance restarts; then they restart one at a time (stages.in_turn), each healthy first. With `hold`, they
+    do not start until start_held()."""
     p, here, state = d.settings.placement, host.name, host_state.current()
     primary = here == p.mas_primary
     wants.apply(HOME)
@@ -339,10 +355,23 @@ def install(d: Deployment):
     # the first instance's host: every instance starts with --no-migrate --no-sync (the unit).
     if primary:
         _migrate_and_sync(d, release_dir, marked)
-    for _ in stages.in_turn("MAS instance", list(p.mas), str):
-        pending.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_internal_port}/health", marked,
-                         switch=(MAS_CURRENT, release_dir))  # fmt: skip
+    if hold:
+        _held[here] = (marked, release_dir)
+    else:
+        _start(d, marked, release_dir)
     auth_mode.record(d)
+
+
+def _start(d: Deployment, marked: list, release_dir: str) -> None:
+    for _ in stages.in_turn("MAS instance", list(d.settings.placement.mas), str):
+        pending.restart("mas", "mas", f"curl -fsS http://127.0.0.1:{d.settings.mas_internal_port}/health", marked,
+                        switch=(MAS_CURRENT, release_dir))  # fmt: skip
+
+
+def start_held(d: Deployment) -> None:
+    """The instances install(hold=True) left stopped, started (restarted) now, one at a time, each healthy first."""
+    if host.name in _held:
+        _start(d, *_held.pop(host.name))
 
 
 @deploy("MAS admin user")

@@ -60,7 +60,7 @@ def hba_clients(d: Deployment, resolve=None) -> list[str]:
     )
 
 
-def wanted(d: Deployment, release: Release, own_addresses, resolve) -> tuple[list[File], Restart]:
+def wanted(d: Deployment, release: Release, own_addresses, resolve, extra_hba=()) -> tuple[list[File], Restart]:
     """The cluster's config, client authentication and sandboxing, and the restart they call for.
 
     `own_addresses` and `resolve`: the database host's addresses and name lookup (host_state's snapshot)."""
@@ -71,7 +71,7 @@ def wanted(d: Deployment, release: Release, own_addresses, resolve) -> tuple[lis
         File("PostgreSQL listens where MAS and Synapse reach it", f"{conf_dir}/conf.d/matrix-deploy.conf",
              render("postgres/matrix-deploy.conf.j2", listen=listen, port=s.postgres_port), "postgres", "postgres", "644"),
         File("PostgreSQL client authentication (scram-sha-256)", f"{conf_dir}/pg_hba.conf",
-             render("postgres/pg_hba.conf.j2", clients=hba_clients(d, resolve)), "postgres", "postgres", "640"),
+             render("postgres/pg_hba.conf.j2", clients=hba_clients(d, resolve), extra=list(extra_hba)), "postgres", "postgres", "640"),
         # Only what a cluster run by its owner needs: no capabilities, no privileged system calls.
         drop_in_file("PostgreSQL", f"{unit}.service", "postgres/hardening.conf.j2", denied_syscalls="@privileged"),
     ]  # fmt: skip
@@ -79,14 +79,14 @@ def wanted(d: Deployment, release: Release, own_addresses, resolve) -> tuple[lis
 
 
 @deploy("PostgreSQL")
-def install(d: Deployment, release: Release, clients: list[tuple[str, str]] = ()):
+def install(d: Deployment, release: Release, clients: list[tuple[str, str]] = (), extra_hba=()):
     """`clients`: (restart marker, unit) of each service on this host that uses the database (what an upgrade of
-    the cluster stops), in the order they start."""
+    the cluster stops), in the order they start; `extra_hba`: pg_hba.conf lines besides the deployment's own."""
     s, state = d.settings, host_state.current()
     unit = postgres_unit(release.postgres)
     # First: an older release's cluster upgraded into this release's, whose files are then written below.
     upgraded = upgrade.upgrade(d, release, list(clients))
-    files, restart = wanted(d, release, state.bind_address, state.resolve)
+    files, restart = wanted(d, release, state.bind_address, state.resolve, extra_hba)
     wants.restart(restart, [upgraded, *wants.apply(files)])
     if not state.unit_running(unit):
         server.service(name="PostgreSQL is running", service=unit, running=True, enabled=True)

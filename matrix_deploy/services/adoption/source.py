@@ -1,0 +1,325 @@
+"""What an adoption reads from the Synapse it takes over, and what it refuses, before anything changes.
+
+One look at the old homeserver's host (the `Source` fact, as root): its config read by its own Python and
+PyYAML, merged as Synapse merges its `--config-path`s (files in order, a directory's `*.yaml` files sorted, each
+file's top-level keys over the earlier ones); its version; its unit; the cluster's databases; and the adoption's
+record on the host. The old homeserver's secrets (signing key, macaroon and form secrets, password pepper) are
+not in the fact's output: the same command writes them into the login user's own upload directory, from where
+they are fetched over SFTP into memory and removed (never on a command line, in output or in a file another
+user can read), then put in the secrets store.
+"""
+
+import io
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from pyinfra import inventory
+from pyinfra.api import FactBase
+from pyinfra.api.exceptions import DeployError
+
+from matrix_deploy.engine.paths import STATE, UPLOAD_DIR
+from matrix_deploy.operator import store
+from matrix_deploy.operator.inventory import Deployment
+from matrix_deploy.operator.settings import version_tuple
+
+RECORD = f"{STATE}/adoption"  # where the adoption stands: checked, migrating, migrated, delegated
+STATES = ("checked", "migrating", "migrated", "delegated")
+SECRETS_FILE = "adoption-secrets.json"
+# The secrets store's entries an adoption takes from the old config (key in the old config -> entry).
+TAKEN = {
+    "signing_key": "synapse_signing_key",
+    "macaroon_secret_key": "synapse_macaroon_secret_key",
+    "form_secret": "synapse_form_secret",
+    "pepper": "synapse_password_pepper",
+}
+# Password provider modules that mean LDAP (MAS cannot take LDAP logins: an OIDC bridge such as Dex can).
+LDAP_MODULES = ("ldap_auth_provider",)
+
+# Run by the old Synapse's Python: argv = secrets file ("-": none), then the config paths.
+READ_CONFIG = r"""
+import json, os, sys
+import yaml
+out, paths = sys.argv[1], sys.argv[2:]
+files = []
+for path in paths:
+    if os.path.isdir(path):
+        files += sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".yaml") and not f.startswith("."))
+    else:
+        files.append(path)
+config = {}
+for path in files:
+    try:
+        with open(path) as f:
+            config.update(yaml.safe_load(f) or {})
+    except Exception as e:  # only where and what: a YAML error would quote the line, maybe a secret
+        mark = getattr(e, "problem_mark", None)
+        print("%s: %s%s" % (path, type(e).__name__, " at line %d" % (mark.line + 1) if mark else ""))
+        sys.exit(0)
+import synapse
+def enabled(section):
+    return isinstance(section, dict) and section.get("enabled", True) is not False
+database = config.get("database") or {"name": "sqlite3", "args": {"database": "homeserver.db"}}
+args = database.get("args") or {}
+password = config.get("password_config") or {}
+providers = []
+if enabled(config.get("oidc_config")):
+    providers.append((config["oidc_config"] or {}).get("idp_id") or "oidc")
+for p in config.get("oidc_providers") or []:
+    i = p.get("idp_id")
+    providers.append("oidc" if i in (None, "oidc") else "oidc-" + i)
+modules = [m.get("module") for m in config.get("modules") or [] if isinstance(m, dict)]
+facts = {
+    "version": synapse.__version__,
+    "files": files,
+    "server_name": config.get("server_name"),
+    "database": {"name": database.get("name"), "dbname": args.get("dbname") or args.get("database"),
+                 "user": args.get("user"), "host": args.get("host"), "port": args.get("port")},
+    "allow_guest_access": bool(config.get("allow_guest_access")),
+    "enable_3pid_changes": bool(config.get("enable_3pid_changes")),
+    "cas": enabled(config.get("cas_config")) and bool(config.get("cas_config")),
+    "saml2": enabled(config.get("saml2_config")) and bool(config.get("saml2_config")),
+    "jwt": enabled(config.get("jwt_config")) and bool(config.get("jwt_config")),
+    "password_providers": [p.get("module") for p in config.get("password_providers") or [] if isinstance(p, dict)],
+    "modules": modules,
+    "oidc_providers": providers,
+    "password_enabled": password.get("enabled", True) is not False,
+    "media_store_path": config.get("media_store_path"),
+    "signing_key_path": config.get("signing_key_path"),
+    "has_pepper": bool(password.get("pepper")),
+}
+print("C\t" + json.dumps(facts))
+if out != "-":
+    with open(config["signing_key_path"]) as f:
+        key = f.read()
+    taken = {"signing_key": key, "pepper": password.get("pepper") or ""}
+    for name in ("macaroon_secret_key", "form_secret"):
+        if config.get(name):
+            taken[name] = config[name]
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(taken, f)
+"""
+
+
+@dataclass
+class Old:
+    """The old homeserver as its host showed it (no secrets)."""
+
+    record: str = ""  # the adoption's record on the host: "" (not begun) or one of STATES
+    active: str = ""  # its unit's systemctl is-active
+    enabled: str = ""
+    config: dict = field(default_factory=dict)  # READ_CONFIG's facts; {} when they could not be read
+    problem: str = ""  # why the config could not be read
+    databases: list[str] = field(default_factory=list)  # the databases of the cluster
+    mas_users: int = 0  # users in MAS's database
+    synapse_tables: int = 0  # tables in the deployment's Synapse database (when it is not the old one)
+    secrets_file: str = ""  # where the command left the secrets for the download ("" when it did not)
+
+
+class Source(FactBase):
+    """The old homeserver, its cluster and the adoption's record (see the module docstring)."""
+
+    def command(self, python, config, unit, port, secrets):
+        q = shlex.quote
+        paths = " ".join(q(p) for p in config)
+        psql = f"runuser -u postgres -- psql -X -At -p {int(port)}"
+        out = "-"
+        lines = [f"printf 'M\\t%s\\n' \"$(cat {RECORD} 2>/dev/null)\""]
+        if secrets:
+            # The login user's own directory, as the snapshot's uploads (host_state): the sudo user's, or root's.
+            up = q(UPLOAD_DIR)
+            lines.append(
+                'if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then'
+                ' home=$(getent passwd "$SUDO_USER" | cut -d: -f6); dir="$home/"' + up + ";"
+                ' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$dir";'
+                f' else dir={STATE}/uploads; install -d -m 700 "$dir"; fi; out="$dir/{SECRETS_FILE}"'
+            )
+            out = '"$out"'
+        lines += [
+            f'printf \'S\\t%s\\t%s\\n\' "$(systemctl is-active {q(unit)})" "$(systemctl is-enabled {q(unit)} 2>/dev/null)"',
+            f"if [ -x {q(python)} ]; then",
+            f"  (cd / && umask 077 && {q(python)} -c {q(READ_CONFIG)} {out} {paths}) 2>&1 | sed '/^C\t/!s/^/E\t/'",
+            f"else printf 'E\\t%s\\n' 'no executable {python}'; fi",
+        ]
+        if secrets:
+            lines.append(
+                '[ ! -f "$out" ] || { [ -z "${SUDO_USER:-}" ] || chown "$SUDO_USER" "$out"; printf \'F\\t%s\\n\' "$out"; }'
+            )
+        lines += [
+            f"if {psql} -c 'SELECT 1' >/dev/null 2>&1; then",
+            f"  {psql} -c 'SELECT datname FROM pg_database' | sed 's/^/D\\t/'",
+            f"  {psql} -d mas -c 'SELECT count(*) FROM users' 2>/dev/null | sed 's/^/U\\t/'",
+            f"  {psql} -d synapse -c \"SELECT count(*) FROM pg_tables WHERE schemaname = 'public'\" 2>/dev/null"
+            " | sed 's/^/T\\t/'",
+            "fi",
+            "true",
+        ]
+        return "\n".join(lines)
+
+    def process(self, output):
+        old, errors = Old(), []
+        for line in output:
+            tag, _, rest = line.partition("\t")
+            if tag == "M":
+                old.record = rest.strip()
+            elif tag == "S":
+                old.active, _, old.enabled = rest.partition("\t")
+            elif tag == "C":
+                old.config = json.loads(rest)
+            elif tag == "E":
+                errors.append(rest)
+            elif tag == "D":
+                old.databases.append(rest)
+            elif tag == "U" and rest.isdigit():
+                old.mas_users = int(rest)
+            elif tag == "T" and rest.isdigit():
+                old.synapse_tables = int(rest)
+            elif tag == "F":
+                old.secrets_file = rest
+        if not old.config:
+            # The last lines of what went wrong (a traceback ends with the error).
+            old.problem = " / ".join(e.strip() for e in errors[-3:] if e.strip()) or "no output"
+        return old
+
+
+def refusals(d: Deployment, old: Old) -> list[str]:
+    """Why this homeserver cannot be adopted by this deployment: each problem with what is expected. Only what
+    could still change is checked once the adoption has migrated (the record says how far it went)."""
+    s, source = d.settings, d.settings.adopt_synapse
+    where = f"adopt_synapse (host {source.host})"
+    if old.record in ("migrated", "delegated"):
+        return []
+    if not old.config:
+        return [
+            f"{where}: the old Synapse's config could not be read with {source.python} from "
+            f"{', '.join(source.config)} ({old.problem}); expected adopt_synapse.python and .config to be those of "
+            "the running Synapse (its unit's ExecStart shows them)"
+        ]
+    c, problems = old.config, []
+    database = c["database"]
+    if database["name"] != "psycopg2":
+        return [
+            f"{where}: the old Synapse's database is {database['name']} ({database.get('dbname') or '?'}): syn2mas reads "
+            "PostgreSQL only; expected a Synapse on PostgreSQL: port it first with synapse_port_db "
+            "(https://element-hq.github.io/synapse/latest/postgres.html), then run again"
+        ]
+    if c["server_name"] != s.matrix_server_name:
+        problems.append(
+            f"{where}: the old Synapse's server_name is {c['server_name']!r}, matrix_server_name is "
+            f"{s.matrix_server_name!r}: expected the same name (user IDs, rooms and the signing key belong to it)"
+        )
+    if version_tuple(c["version"]) > version_tuple(s.synapse_version):
+        problems.append(
+            f"{where}: the old Synapse is {c['version']}, newer than synapse_version = {s.synapse_version!r}: its "
+            f"database schema would be ahead of the software; expected synapse_version {c['version']} or newer"
+        )
+    for key, what in (
+        ("allow_guest_access", "guest access is enabled (allow_guest_access): MAS has no guests"),
+        ("enable_3pid_changes", "enable_3pid_changes is true: with MAS, emails are changed in MAS"),
+        ("cas", "it logs users in with CAS (cas_config): MAS cannot take CAS logins"),
+        ("saml2", "it logs users in with SAML (saml2_config): MAS cannot take SAML logins (an OIDC bridge such as Dex can)"),
+        ("jwt", "it logs users in with JWT (jwt_config): MAS cannot take JWT logins"),
+    ):  # fmt: skip
+        if c[key]:
+            problems.append(f"{where}: {what}; expected it turned off in the old Synapse's config, then run again")
+    providers = [*c["password_providers"], *(m for m in c["modules"] if m and m.startswith(LDAP_MODULES))]
+    if providers:
+        problems.append(
+            f"{where}: password providers {', '.join(map(str, providers))}: MAS cannot take them (an LDAP directory can "
+            "be reached through an OIDC bridge such as Dex); expected none in the old Synapse's config"
+        )
+    if c["oidc_providers"]:
+        problems.append(
+            f"{where}: the old Synapse logs users in through OIDC providers ({', '.join(c['oidc_providers'])}): "
+            "taking their links to MAS upstream providers is not supported yet; expected no oidc_providers"
+        )
+    if not c["password_enabled"]:
+        problems.append(f"{where}: password_config.enabled is false: expected the old Synapse's own password logins")
+    if not c.get("signing_key_path"):
+        problems.append(f"{where}: the old config has no signing_key_path: expected the path of its signing key")
+    if not c.get("media_store_path") or not str(c["media_store_path"]).startswith("/"):
+        problems.append(f"{where}: media_store_path = {c.get('media_store_path')!r}: expected an absolute path")
+    problems += _database_problems(d, old, where)
+    return problems
+
+
+LOCAL = (None, "", "localhost", "127.0.0.1", "::1")
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _database_problems(d: Deployment, old: Old, where: str) -> list[str]:
+    s, database = d.settings, old.config["database"]
+    name, user = database["dbname"], database["user"]
+    problems = []
+    if not all(isinstance(n, str) and IDENTIFIER.match(n) for n in (name, user)):
+        return [
+            f"{where}: the old database {name!r} (role {user!r}): expected plain PostgreSQL names (lower-case letters, "
+            "digits and _)"
+        ]
+    local = database["host"] in LOCAL or str(database["host"]).startswith("/")
+    if not local or int(database["port"] or 5432) != s.postgres_port:
+        problems.append(
+            f"{where}: the old database is at {database['host']}:{database['port'] or 5432}: expected it in the "
+            f"PostgreSQL cluster of this host (localhost, port {s.postgres_port}, postgres_port)"
+        )
+    if name not in old.databases:
+        problems.append(f"{where}: the old database {name!r} is not in this host's cluster: expected it there")
+    if user in ("synapse", "mas") or name == "mas":
+        problems.append(
+            f"{where}: the old database {name!r} (role {user!r}) uses a name of the deployment's own databases and "
+            "roles (synapse, mas): expected another role name (ALTER ROLE ... RENAME, and the same in homeserver.yaml)"
+        )
+    if old.record == "" and old.mas_users:
+        problems.append(
+            f"{where}: MAS's database already holds {old.mas_users} users: expected an empty MAS database "
+            "(syn2mas imports into a new one)"
+        )
+    if old.record == "" and name != "synapse" and old.synapse_tables:
+        problems.append(
+            f"{where}: the deployment's Synapse database already holds a homeserver ({old.synapse_tables} tables): "
+            "expected a deployment without one (an adoption brings its own)"
+        )
+    return problems
+
+
+_read: dict[str, Old] = {}
+
+
+def read(d: Deployment) -> Old:
+    """The old homeserver (once per run, whichever host asks first), its secrets put in the store while the
+    adoption has not delegated; DeployError when it cannot be adopted."""
+    source = d.settings.adopt_synapse
+    if source.host in _read:
+        return _read[source.host]
+    target = inventory.get_host(source.host)
+    old = target.get_fact(Source, python=source.python, config=list(source.config), unit=source.unit,
+                          port=d.settings.postgres_port, secrets=True)  # fmt: skip
+    taken = {}
+    if old.secrets_file:
+        buffer = io.BytesIO()
+        try:
+            target.get_file(old.secrets_file, buffer)
+        finally:
+            target.run_shell_command(f"rm -f {shlex.quote(old.secrets_file)}", _sudo=False)
+        taken = json.loads(buffer.getvalue().decode())
+    problems = refusals(d, old)
+    if problems:
+        raise DeployError(
+            "the adoption is refused, nothing was changed and the old Synapse still runs:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+    if taken and old.record not in ("migrated", "delegated"):
+        _take(d, taken)
+    _read[source.host] = old
+    return old
+
+
+def _take(d: Deployment, taken: dict[str, str]) -> None:
+    values = {TAKEN[key]: value for key, value in taken.items() if key in TAKEN}
+    # Keep the deployment's own where the old one would not do (too short for the store's rules).
+    for name in ("synapse_macaroon_secret_key", "synapse_form_secret"):
+        if name in values and len(values[name].strip()) < store.MIN_LENGTH[name]:
+            del values[name]
+    store.adopt(d.secrets_file, d.secrets, values, d.settings.secrets_age_identity)

@@ -1,0 +1,174 @@
+"""Adopting a Synapse that already runs (services/adoption): its settings are checked before any connection, and
+what MAS cannot take is refused from the old homeserver's facts before anything changes. The lab test
+(tests/lab/test_adoption.py) runs the whole adoption on a real old homeserver."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from matrix_deploy.operator import store as secrets_store
+from matrix_deploy.operator.inventory import Deployment, wanted_secrets
+from matrix_deploy.operator.settings import SettingsError
+from matrix_deploy.services.adoption.source import Old, refusals
+from matrix_deploy.services.mas import service as mas
+from tests.conftest import make_settings
+
+FACTS = {
+    "version": "1.162.0",
+    "files": ["/etc/matrix-synapse/homeserver.yaml", "/etc/matrix-synapse/conf.d/server_name.yaml"],
+    "server_name": "example.org",
+    "database": {"name": "psycopg2", "dbname": "synapse", "user": "synapse_user", "host": "localhost", "port": 5432},
+    "allow_guest_access": False,
+    "enable_3pid_changes": False,
+    "cas": False,
+    "saml2": False,
+    "jwt": False,
+    "password_providers": [],
+    "modules": [],
+    "oidc_providers": [],
+    "password_enabled": True,
+    "media_store_path": "/var/lib/matrix-synapse/media",
+    "signing_key_path": "/etc/matrix-synapse/homeserver.signing.key",
+    "has_pepper": True,
+}
+
+
+def adopting(tmp_path, **data) -> Deployment:
+    settings = make_settings(secrets_dir=str(tmp_path / "secrets"), adopt_synapse={"host": "hs1"}, **data)
+    store = secrets_store.store_path(settings.secrets_dir, Path("test.py"))
+    return Deployment(Path("test.py"), settings, secrets_store.load(store, wanted_secrets(settings)), store)
+
+
+def old(record="", mas_users=0, synapse_tables=0, **changes) -> Old:
+    facts = copy.deepcopy(FACTS)
+    for key, value in changes.items():
+        if key.startswith("database_"):
+            facts["database"][key.removeprefix("database_")] = value
+        else:
+            facts[key] = value
+    return Old(record=record, active="active", enabled="enabled", config=facts, databases=["postgres", "synapse"],
+               mas_users=mas_users, synapse_tables=synapse_tables)  # fmt: skip
+
+
+def problems(value, **data) -> list[str]:
+    with pytest.raises(SettingsError) as error:
+        make_settings(adopt_synapse=value, **data)
+    return error.value.problems
+
+
+def test_the_debian_package_layout_is_the_default():
+    source = make_settings(adopt_synapse={"host": "hs1"}).adopt_synapse
+    assert source.config == ("/etc/matrix-synapse/homeserver.yaml", "/etc/matrix-synapse/conf.d/")
+    assert (source.python, source.unit) == ("/opt/venvs/matrix-synapse/bin/python", "matrix-synapse.service")
+    own = make_settings(adopt_synapse={"host": "hs1", "config": "/srv/synapse/homeserver.yaml",
+                                       "python": "/srv/synapse/env/bin/python", "unit": "synapse.service"})  # fmt: skip
+    assert own.adopt_synapse.config == ("/srv/synapse/homeserver.yaml",)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("hs1", "adopt_synapse = 'hs1': expected a mapping with host"),
+        ({}, "adopt_synapse.host is not set: expected the inventory host the old Synapse runs on"),
+        ({"host": "hs1", "configs": "/x"}, "adopt_synapse.configs: unknown; expected one of host, config, python, unit"),
+        ({"host": "hs1", "config": "homeserver.yaml"}, "adopt_synapse.config = 'homeserver.yaml': expected an absolute path"),
+        ({"host": "hs1", "python": "python3"}, "adopt_synapse.python = 'python3': expected the absolute path"),
+        ({"host": "hs1", "unit": "synapse"}, "adopt_synapse.unit = 'synapse': expected the old Synapse's systemd unit"),
+        ({"host": "elsewhere"}, "adopt_synapse.host = 'elsewhere': expected a host of the inventory"),
+    ],
+)  # fmt: skip
+def test_bad_adopt_settings_are_refused_naming_the_key(value, expected):
+    assert any(p.startswith(expected) for p in problems(value)), problems(value)
+
+
+def test_the_old_synapse_must_be_on_the_database_synapse_and_mas_host():
+    hosts = {"db1": {}, "hs1": {}}
+    groups = {"db": ["db1"], "mas": ["hs1"], "synapse": ["hs1"], "proxy": ["hs1"]}
+    with pytest.raises(SettingsError) as error:
+        make_settings(hosts, groups, adopt_synapse={"host": "hs1"})
+    assert "expected the host of the database, Synapse's main process and the first MAS instance" in str(error.value)
+    assert "not db on db1" in str(error.value)
+
+
+def test_only_native_delegation_adopts():
+    p = problems({"host": "hs1"}, auth_mode="msc3861", synapse_version="1.156.0")
+    assert any("expected auth_mode 'native'" in x for x in p)
+
+
+def test_accepted_warnings_are_texts():
+    with pytest.raises(SettingsError, match="adopt_accept_warnings = 'registration': expected a list of texts"):
+        make_settings(adopt_accept_warnings="registration")
+    assert make_settings(adopt_accept_warnings=[" registration "]).adopt_accept_warnings == ("registration",)
+
+
+def test_an_adoptable_homeserver_is_not_refused(tmp_path):
+    assert refusals(adopting(tmp_path), old()) == []
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"allow_guest_access": True}, "guest access is enabled (allow_guest_access)"),
+        ({"enable_3pid_changes": True}, "enable_3pid_changes is true"),
+        ({"saml2": True}, "MAS cannot take SAML logins"),
+        ({"cas": True}, "MAS cannot take CAS logins"),
+        ({"jwt": True}, "MAS cannot take JWT logins"),
+        ({"password_providers": ["ldap_auth_provider.LdapAuthProviderModule"]},
+         "password providers ldap_auth_provider.LdapAuthProviderModule: MAS cannot take them"),
+        ({"modules": ["ldap_auth_provider.LdapAuthProviderModule"]}, "MAS cannot take them"),
+        ({"server_name": "old.example.org"},
+         "the old Synapse's server_name is 'old.example.org', matrix_server_name is 'example.org': expected the same"),
+        ({"database_name": "sqlite3", "database_dbname": "/var/lib/matrix-synapse/homeserver.db"},
+         "syn2mas reads PostgreSQL only; expected a Synapse on PostgreSQL: port it first with synapse_port_db"),
+        ({"version": "1.200.0"}, "the old Synapse is 1.200.0, newer than synapse_version = '1.163.2'"),
+        ({"database_host": "db.example.org"}, "expected it in the PostgreSQL cluster of this host"),
+        ({"database_user": "synapse"}, "uses a name of the deployment's own databases and roles"),
+        ({"oidc_providers": ["oidc-dex"]}, "OIDC providers (oidc-dex)"),
+    ],
+)  # fmt: skip
+def test_what_mas_cannot_take_is_refused(tmp_path, changes, expected):
+    found = refusals(adopting(tmp_path), old(**changes))
+    assert any(expected in p for p in found), found
+    assert all(p.startswith("adopt_synapse (host hs1): ") for p in found)
+
+
+def test_a_mas_database_with_users_is_refused_until_the_adoption_has_begun(tmp_path):
+    d = adopting(tmp_path)
+    assert any("MAS's database already holds 3 users" in p for p in refusals(d, old(mas_users=3)))
+    # A migrate that died left them: the adoption's own, handled by its script.
+    assert refusals(d, old(record="migrating", mas_users=3)) == []
+
+
+def test_a_deployment_with_a_homeserver_of_its_own_is_refused(tmp_path):
+    d = adopting(tmp_path)
+    found = refusals(d, old(database_dbname="matrix", synapse_tables=12))
+    assert any("the deployment's Synapse database already holds a homeserver (12 tables)" in p for p in found), found
+
+
+def test_once_migrated_the_old_config_is_no_longer_judged(tmp_path):
+    assert refusals(adopting(tmp_path), old(record="delegated", allow_guest_access=True)) == []
+
+
+def test_adopted_secrets_replace_generated_ones_once(tmp_path):
+    d = adopting(tmp_path)
+    key = "ed25519 a_old1 " + "A" * 43 + "\n"
+    taken = {"synapse_signing_key": key, "synapse_password_pepper": "pepper of the old one"}
+    assert secrets_store.adopt(d.secrets_file, d.secrets, taken) == ["synapse_password_pepper", "synapse_signing_key"]
+    assert d.secrets["synapse_signing_key"] == key
+    assert yaml.safe_load(d.secrets_file.read_text())["synapse_password_pepper"] == "pepper of the old one"
+    assert secrets_store.adopt(d.secrets_file, d.secrets, taken) == []
+
+
+def test_mas_verifies_the_old_bcrypt_hashes_with_the_pepper_and_upgrades_them(tmp_path):
+    d = adopting(tmp_path)
+    secrets_store.adopt(d.secrets_file, d.secrets, {"synapse_password_pepper": "pepper of the old one"})
+    passwords = mas.config(d)["passwords"]
+    assert passwords["schemes"] == [
+        {"version": 1, "algorithm": "bcrypt", "unicode_normalization": True,
+         "secret_file": "/etc/mas/secrets/synapse_password_pepper"},
+        {"version": 2, "algorithm": "argon2id"},
+    ]  # fmt: skip
+    files = mas.secret_files(d)
+    assert files["/etc/mas/secrets/synapse_password_pepper"] == "pepper of the old one"
