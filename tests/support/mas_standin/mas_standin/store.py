@@ -53,7 +53,14 @@ def create_user(conn, username: str, hashed_password: str | None, admin: bool | 
 
 
 def set_password(conn, user_id: str, password: str) -> None:
-    conn.run("UPDATE users SET hashed_password = :p WHERE user_id = :i", p=crypto.hash_password(password), i=user_id)
+    conn.run("UPDATE users SET hashed_password = :p, password_version = NULL WHERE user_id = :i",
+             p=crypto.hash_password(password), i=user_id)  # fmt: skip
+
+
+def upgrade_password(conn, user_id: str, version: int, hashed: str) -> None:
+    """A password verified with an older scheme, re-hashed with the newest (MAS adds a user_passwords row)."""
+    conn.run("UPDATE users SET hashed_password = :p, password_version = :v WHERE user_id = :i",
+             p=hashed, v=version, i=user_id)  # fmt: skip
 
 
 def set_admin(conn, user_id: str, admin: bool) -> None:
@@ -77,7 +84,7 @@ def provision(conn, homeserver: SynapseConnection, user: dict) -> bool:
 def active_devices(conn, user_id: str) -> set[str]:
     """The devices of the user's active compat sessions and of its active OAuth 2.0 sessions' device scopes."""
     found = conn.run("SELECT device_id FROM compat_sessions WHERE user_id = :i AND finished_at IS NULL", i=user_id)
-    devices = {row[0] for row in found}
+    devices = {row[0] for row in found if row[0] is not None}  # syn2mas's deviceless sessions have none
     scopes = conn.run("SELECT scope FROM oauth2_sessions WHERE user_id = :i AND finished_at IS NULL", i=user_id)
     prefixes = ("urn:matrix:client:device:", "urn:matrix:org.matrix.msc2967.client:device:")
     for (scope,) in scopes:
@@ -106,11 +113,26 @@ def session_for_token(conn, token: str) -> dict | None:
     """The active compat session of a compat access token, with its user, if both are valid."""
     if crypto.token_type(token) != "compat_access_token":
         return None
-    return one(
+    found = one(
         conn,
-        "SELECT s.compat_session_id, s.device_id, s.is_synapse_admin, s.created_at, u.user_id, u.username"
+        "SELECT s.compat_session_id, s.device_id, s.is_synapse_admin, s.created_at, NULL::TIMESTAMPTZ AS expires_at,"
+        " u.user_id, u.username"
         " FROM compat_sessions s JOIN users u USING (user_id)"
         " WHERE s.access_token = :t AND s.finished_at IS NULL AND u.locked_at IS NULL AND u.deactivated_at IS NULL",
+        t=token,
+    )
+    if found is not None:
+        return found
+    # The compat access tokens of their own table: those syn2mas imported from Synapse (a session may have
+    # several, or no device); valid while not revoked nor expired (CompatAccessToken::is_valid), with the
+    # session and user valid too. `created_at` is the token's, as MAS gives it as `iat`.
+    return one(
+        conn,
+        "SELECT s.compat_session_id, s.device_id, s.is_synapse_admin, t.created_at, t.expires_at,"
+        " u.user_id, u.username"
+        " FROM compat_access_tokens t JOIN compat_sessions s USING (compat_session_id) JOIN users u USING (user_id)"
+        " WHERE t.access_token = :t AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())"
+        " AND s.finished_at IS NULL AND u.locked_at IS NULL AND u.deactivated_at IS NULL",
         t=token,
     )
 
