@@ -83,8 +83,9 @@ register("dave", "davepass")
 call("PUT", "/_synapse/admin/v2/users/@alice:example.org", {
     "threepids": [{"medium": "email", "address": "alice@example.org"}, {"medium": "msisdn", "address": "447700900000"}],
     "external_ids": [{"auth_provider": "oidc-corp", "external_id": "alice-sub"}]}, root)
+refreshable = login("alice", "correct horse", "ALICEDEV2", refresh=True)
 tokens = {"alice1": login("alice", "correct horse", "ALICEDEV1", name="Alice phone")["access_token"],
-          "alice2": login("alice", "correct horse", "ALICEDEV2", refresh=True)["access_token"],
+          "alice2": refreshable["access_token"], "alice2_refresh": refreshable["refresh_token"],
           "bob": login("bob", "bobpass", "BOBDEV")["access_token"],
           "dave": login("dave", "davepass", "DAVEDEV")["access_token"]}
 login("carol", "carolpass", "CAROLDEV")
@@ -120,8 +121,16 @@ whoami = lambda token: call(SYN + "/_matrix/client/v3/account/whoami", token=tok
 login = lambda user, password: call(MAS + "/_matrix/client/v3/login", {"type": "m.login.password",
                                     "identifier": {"type": "m.id.user", "user": user}, "password": password})
 out = {name: whoami(tokens[name]) for name in ("alice1", "alice2", "bob", "dave")}
-out["introspect"] = call(MAS + "/oauth2/introspect", form="token=" + tokens["alice1"],
-                         basic="0000000000000000000SYNAPSE:introspectsecret")
+introspect = lambda token: call(MAS + "/oauth2/introspect", form="token=" + token,
+                               basic="0000000000000000000SYNAPSE:introspectsecret")
+out["introspect"] = introspect(tokens["alice1"])
+# Synapse's refresh token, refreshed through the compat API: a new pair, the old access token expired (asked of
+# the stand-in: Synapse caches introspection answers), the old refresh token consumed.
+status, body = call(MAS + "/_matrix/client/v3/refresh", {"refresh_token": tokens["alice2_refresh"]})
+out["refresh"] = [status, sorted(body), body.get("access_token", "")[:4], body.get("refresh_token", "")[:4]]
+out["refreshed_whoami"] = whoami(body.get("access_token"))
+out["old_after_refresh"] = introspect(tokens["alice2"])[1]["active"]
+out["refresh_again"] = call(MAS + "/_matrix/client/v3/refresh", {"refresh_token": tokens["alice2_refresh"]})
 out["password_before"] = q("SELECT password_version, left(hashed_password, 4) FROM users WHERE username = 'alice'")
 out["wrong"] = login("alice", "wrong")
 status, body = login("alice", "\uff43orrect horse")
@@ -177,6 +186,12 @@ def _mas_files(tmp_path) -> bytes:
             info.size, info.mode = len(data), 0o600
             bundle.addfile(info, io.BytesIO(data))
     return out.getvalue()
+
+
+SESSIONS = ("SELECT u.username || ' ' || s.device_id || ' ' || COALESCE(s.human_name, '-') || ' '"
+            " || s.is_synapse_admin || ' ' || (SELECT count(*) FROM compat_refresh_tokens r"
+            " WHERE r.compat_session_id = s.compat_session_id) FROM compat_sessions s JOIN users u"
+            " USING (user_id) WHERE s.device_id LIKE '%DEV%' ORDER BY 1")  # fmt: skip
 
 
 def synapse_config(mas: bool) -> str:
@@ -239,6 +254,7 @@ def adopted(tmp_path_factory):
         sh(host, 'su postgres -c "psql -q synapse -c \\"DELETE FROM user_threepids WHERE user_id LIKE \'@ghost%\'\\""')
         seen["migrate"] = syn2mas(host, both, "migrate")
         seen["check_after"] = syn2mas(host, both, "check")
+        seen["sessions"] = q(host, SESSIONS)
         seen["users"] = q(host, "SELECT username, can_request_admin, locked_at IS NOT NULL, deactivated_at IS NOT NULL,"
                                 " is_guest, password_version, left(hashed_password, 4) FROM users ORDER BY username")  # fmt: skip
         sh(host, f"cat > {SYNAPSE_CONFIG}", input=synapse_config(mas=True))
@@ -250,7 +266,11 @@ def adopted(tmp_path_factory):
         yield host, seen
     finally:
         # The servers this test started, by their PIDs, so the host powers off at once.
-        ssh(host, "kill $(cat /run/mas.pid /var/lib/synapse/homeserver.pid 2>/dev/null) 2>/dev/null; sleep 2")
+        ssh(
+            host,
+            "kill $(cat /run/mas.pid /var/lib/synapse/homeserver.pid 2>/dev/null) 2>/dev/null; sleep 2;"
+            " systemctl stop postgresql",
+        )
         lab.down()
 
 
@@ -296,18 +316,14 @@ def test_a_migrate_that_failed_half_way_is_reset_by_the_next(adopted):
 def test_the_migrated_rows(adopted):
     host, seen = adopted
     assert seen["users"].splitlines() == ["1234|f|f|f|t||", "alice|f|f|f|f|1|$2b$", "bob|f|f|f|f|1|$2b$", "carol|f|f|t|f||",
-                                  "dave|f|t|f|f|1|$2b$", "root|t|f|f|f|1|$2b$"]  # fmt: skip
+                                          "dave|f|t|f|f|1|$2b$", "root|t|f|f|f|1|$2b$"]  # fmt: skip
     assert q(host, "SELECT email FROM user_emails") == "alice@example.org"
     assert q(host, "SELECT medium, address FROM user_unsupported_third_party_ids") == "msisdn|447700900000"
     assert q(host, "SELECT upstream_oauth_provider_id, subject FROM upstream_oauth_links") == (
         "01JCN7R2CGXQJ2XKM3Z5E9Q1VB|alice-sub"
     )
-    sessions = q(host, "SELECT u.username || ' ' || s.device_id || ' ' || COALESCE(s.human_name, '-') || ' '"
-                       " || s.is_synapse_admin || ' ' || (SELECT count(*) FROM compat_refresh_tokens r"
-                       " WHERE r.compat_session_id = s.compat_session_id) FROM compat_sessions s JOIN users u"
-                       " USING (user_id) WHERE s.device_id LIKE '%DEV%' ORDER BY 1")  # fmt: skip
-    assert sessions.splitlines() == ["alice ALICEDEV1 Alice phone false 0", "alice ALICEDEV2 - false 1",
-                                     "bob BOBDEV - false 0", "dave DAVEDEV - false 0"]  # fmt: skip
+    assert seen["sessions"].splitlines() == ["alice ALICEDEV1 Alice phone false 0", "alice ALICEDEV2 - false 1",
+                                             "bob BOBDEV - false 0", "dave DAVEDEV - false 0"]  # fmt: skip
     assert (
         q(host, "SELECT count(*) FROM compat_sessions s JOIN users u USING (user_id) WHERE u.username = 'carol'") == "0"
     )
@@ -331,3 +347,11 @@ def test_a_synapse_password_logs_in_and_is_upgraded(adopted):
     assert client["password_after"] == "2|$scrypt$"
     assert client["new_token"][0] == 200
     assert client["locked_login"][1]["errcode"] == "M_USER_LOCKED"
+
+
+def test_a_synapse_refresh_token_refreshes_once(adopted):
+    client = adopted[1]["client"]
+    assert client["refresh"] == [200, ["access_token", "expires_in_ms", "refresh_token"], "mct_", "mcr_"]
+    assert client["refreshed_whoami"][1]["device_id"] == "ALICEDEV2"
+    assert client["old_after_refresh"] is False
+    assert client["refresh_again"] == [401, {"errcode": "M_UNKNOWN_TOKEN", "error": "Invalid refresh token"}]

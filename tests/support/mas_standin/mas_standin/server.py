@@ -380,7 +380,10 @@ class App:
         self.issuer = http.get("issuer") or http["public_base"]
         self.passwords_enabled = cfg.passwords_enabled(config)
         # util.rs password_manager_from_config: the schemes (serve() has read their secret files already)
-        self.passwords = passwords.Manager(config.get("passwords")) if self.passwords_enabled else None
+        try:
+            self.passwords = passwords.Manager(config.get("passwords")) if self.passwords_enabled else None
+        except passwords.SchemeError as error:
+            raise Fatal(f"failed to load the password schemes: {error}") from None
         # crates/cli/src/util.rs site_config_from_config
         account = config.get("account") or {}
         self.password_registration_enabled = self.passwords_enabled and account.get(
@@ -391,6 +394,7 @@ class App:
         self.admin_clients = policy.admin_clients(config)
         # experimental.access_token_ttl, 5 minutes by default (crates/config/src/sections/experimental.rs)
         self.access_token_ttl = (config.get("experimental") or {}).get("access_token_ttl", 300)
+        self.compat_token_ttl = (config.get("experimental") or {}).get("compat_token_ttl", 300)
         # telemetry.rs init_meter: the Prometheus exporter only with metrics.exporter = prometheus (default none).
         exporter = ((config.get("telemetry") or {}).get("metrics") or {}).get("exporter", "none")
         self.durations = {} if exporter == "prometheus" else None  # labels -> [count, sum of milliseconds]
@@ -997,8 +1001,18 @@ class Handler(BaseHTTPRequestHandler):
         body = self.json_body()
         if not isinstance(body.get("refresh_token"), str):
             raise matrix_error(400, "M_BAD_JSON", "Missing property 'refresh_token'")
-        # The stand-in never issues refresh tokens, so none is valid.
-        raise matrix_error(401, "M_UNKNOWN_TOKEN", "Invalid refresh token")
+        # compat/refresh.rs: a compat refresh token (those syn2mas imported from Synapse: the stand-in's own compat
+        # logins issue none), unconsumed, of a session not finished: a new pair (`experimental.compat_token_ttl`),
+        # the old refresh token consumed and its access token expired.
+        if crypto.token_type(body["refresh_token"]) != "compat_refresh_token":
+            raise matrix_error(401, "M_UNKNOWN_TOKEN", "Invalid refresh token")
+        with self.app.pool.connection() as conn:
+            pair = store.refresh_compat_session(conn, body["refresh_token"], self.app.compat_token_ttl)
+        if pair is None:
+            raise matrix_error(401, "M_UNKNOWN_TOKEN", "Invalid refresh token")
+        access, refresh = pair
+        self.send(200, {"access_token": access, "refresh_token": refresh,
+                        "expires_in_ms": self.app.compat_token_ttl * 1000})  # fmt: skip
 
     def route_sso_redirect(self, match, resource):
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))

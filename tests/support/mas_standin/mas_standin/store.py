@@ -137,6 +137,40 @@ def session_for_token(conn, token: str) -> dict | None:
     )
 
 
+def refresh_compat_session(conn, refresh_token: str, ttl: int) -> tuple[str, str] | None:
+    """compat/refresh.rs: (new access token, new refresh token), or None for a token that is unknown, consumed or
+    of a finished session."""
+    with transaction(conn):
+        found = one(
+            conn,
+            "SELECT r.compat_refresh_token_id, r.compat_session_id, r.compat_access_token_id FROM compat_refresh_tokens r"
+            " JOIN compat_sessions s USING (compat_session_id)"
+            " WHERE r.refresh_token = :t AND r.consumed_at IS NULL AND s.finished_at IS NULL FOR UPDATE OF r",
+            t=refresh_token,
+        )
+        if found is None:
+            return None
+        access, refresh, access_id = crypto.token("mct"), crypto.token("mcr"), crypto.ulid()
+        conn.run(
+            "INSERT INTO compat_access_tokens (compat_access_token_id, compat_session_id, access_token, expires_at)"
+            " VALUES (:i, :s, :t, now() + make_interval(secs => :ttl))",
+            i=access_id, s=found["compat_session_id"], t=access, ttl=ttl,
+        )  # fmt: skip
+        conn.run(
+            "INSERT INTO compat_refresh_tokens (compat_refresh_token_id, compat_session_id, compat_access_token_id,"
+            " refresh_token) VALUES (:i, :s, :a, :t)",
+            i=crypto.ulid(), s=found["compat_session_id"], a=access_id, t=refresh,
+        )  # fmt: skip
+        conn.run("UPDATE compat_refresh_tokens SET consumed_at = now() WHERE compat_refresh_token_id = :i",
+                 i=found["compat_refresh_token_id"])  # fmt: skip
+        conn.run(
+            "UPDATE compat_access_tokens SET expires_at = now() WHERE compat_access_token_id = :i"
+            " AND (expires_at IS NULL OR expires_at > now())",
+            i=found["compat_access_token_id"],
+        )
+    return access, refresh
+
+
 def finish_sessions(conn, user_id: str, session_id: str | None = None) -> int:
     """End one session (or every active one of the user) and schedule a device sync."""
     with transaction(conn):
