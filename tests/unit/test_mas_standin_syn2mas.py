@@ -14,8 +14,6 @@ from tests.support.mas_standin.build import build
 from tests.support.mas_standin.mas_standin import crypto, passwords, syn2mas
 from tests.unit.test_mas_standin import config  # noqa: F401  (the fixture: a config like the product renders)
 
-bcrypt = pytest.importorskip("bcrypt")
-
 
 def synapse(**extra) -> dict:
     document = {"server_name": "example.org", "database": {"name": "psycopg2", "args": {"user": "synapse"}}}
@@ -208,6 +206,7 @@ def synapse_hash(password: str, pepper: str = "", rounds: int = 4) -> str:
     """How Synapse hashes (synapse/handlers/auth.py): NFKC, the pepper appended, bcrypt."""
     import unicodedata
 
+    bcrypt = pytest.importorskip("bcrypt")  # the test extras have it (Synapse's own hashing library)
     data = unicodedata.normalize("NFKC", password).encode() + pepper.encode()
     return bcrypt.hashpw(data, bcrypt.gensalt(rounds)).decode()
 
