@@ -20,7 +20,11 @@ sessions, OAuth clients and their client_credentials sessions, upstream provider
 live in PostgreSQL (its own small schema, not MAS's; the 1.22.0 build has a migration the 1.21.0
 build has not, so an upgrade migrates: database.py); users and devices are pushed to Synapse through Synapse's MAS API
 (`/_synapse/mas/*`) or, for `matrix.kind: synapse_legacy`, through Synapse's admin API, exactly as
-MAS's `modern.rs` / `legacy.rs` connections do.
+MAS's `modern.rs` / `legacy.rs` connections do. `syn2mas check|migrate [--dry-run]` adopts a Synapse's users,
+passwords, emails, upstream links, devices and tokens as MAS 1.22.0's crates/syn2mas does (syn2mas.py); the
+imported Synapse tokens (`syt_`, macaroons) work at introspection and in the compat API, Synapse's refresh
+tokens at the compat refresh, and its bcrypt hashes at password login, verified by their scheme version
+(`passwords.schemes`) and upgraded to the newest (passwords.py).
 
 Inside the zipapp, this package sits beside its pure-Python dependencies (PyYAML without its C
 extension, fastjsonschema, pg8000 with scramp, asn1crypto, python-dateutil and six).

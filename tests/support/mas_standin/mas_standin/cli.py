@@ -16,6 +16,8 @@
     mas-cli manage kill-sessions U [--dry-run]
     mas-cli manage issue-compatibility-token U [--device-id D] [--yes-i-want-to-grant-synapse-admin-privileges]
     mas-cli templates check
+    mas-cli syn2mas --synapse-config S.yaml [--synapse-config ...] [--synapse-database-uri URI]
+                    [--ignore-missing-auth-providers] check|migrate [--dry-run]      (syn2mas.py)
 
 Errors end the command with `Error: <message>` on stderr and exit status 1 (usage errors: 2).
 Logs go to stderr. Passwords and secrets are never printed.
@@ -28,7 +30,7 @@ import sys
 import yaml
 
 from . import config as cfg
-from . import crypto, doctor, log, server, store, version
+from . import crypto, doctor, log, server, store, syn2mas, version
 from .database import Unavailable, connect, describe, is_database_error, migrate
 from .homeserver import HomeserverError, from_config
 from .server import Fatal
@@ -47,6 +49,19 @@ SECTIONS = {
     ("manage", "issue-compatibility-token"): ("database", "matrix"),
     ("manage", "kill-sessions"): ("database",),
     ("manage", "provision-all-users"): ("database",),
+    # syn2mas.rs: DatabaseConfig, PasswordsConfig, MatrixConfig, CaptchaConfig, BrandingConfig,
+    # UpstreamOAuth2Config; migrate also SyncConfig (secrets, clients) for its config sync.
+    ("syn2mas", "check"): ("database", "passwords", "matrix", "captcha", "branding", "upstream_oauth2"),
+    ("syn2mas", "migrate"): (
+        "database",
+        "passwords",
+        "matrix",
+        "captcha",
+        "branding",
+        "upstream_oauth2",
+        "secrets",
+        "clients",
+    ),
     ("templates", "check"): (
         "templates",
         "branding",
@@ -58,7 +73,7 @@ SECTIONS = {
         "oauth",
     ),  # crates/cli/src/commands/templates.rs
 }
-NOT_IMPLEMENTED = {"syn2mas", "add-email", "verify-email", "issue-user-registration-token", "lock-user",
+NOT_IMPLEMENTED = {"add-email", "verify-email", "issue-user-registration-token", "lock-user",
                    "unlock-user", "generate"}  # fmt: skip
 
 
@@ -134,7 +149,18 @@ def parser() -> argparse.ArgumentParser:
     templates_sub = templates.add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
     command(templates_sub, "check", 2)
     command(commands, "doctor", 1, help="Run diagnostics on the deployment")
-    command(commands, "syn2mas", 1, help="(not implemented by the stand-in)").add_argument("rest", nargs="*")
+    # crates/cli/src/commands/syn2mas.rs: its options are clap `global`, so they may follow the subcommand too.
+    syn2mas = command(commands, "syn2mas", 1, help="Migrate from Synapse's built-in auth system to MAS")
+    syn2mas_sub = syn2mas.add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
+    check = command(syn2mas_sub, "check", 2, help="Check the setup for potential problems before running a migration")
+    migrate_ = command(syn2mas_sub, "migrate", 2, help="Perform a migration. Synapse must be offline during this")
+    migrate_.add_argument("--dry-run", action="store_true")
+    for depth, sub in ((1, syn2mas), (2, check), (2, migrate_)):
+        sub.add_argument("--synapse-config", action="append", dest=f"synapse_config_{depth}",
+                         default=argparse.SUPPRESS, metavar="SYNAPSE_CONFIGURATION_FILES")  # fmt: skip
+        sub.add_argument("--synapse-database-uri", dest=f"synapse_database_uri_{depth}", default=argparse.SUPPRESS)
+        sub.add_argument("--ignore-missing-auth-providers", action="store_true",
+                         dest=f"ignore_missing_auth_providers_{depth}", default=argparse.SUPPRESS)  # fmt: skip
     return root
 
 
@@ -163,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("mas_cli", problem)
         print(f"Error: invalid configuration {paths}: " + "; ".join(error.problems), file=sys.stderr)
         return 1
-    except (Fatal, Unavailable, HomeserverError) as error:
+    except (Fatal, Unavailable, HomeserverError, syn2mas.Fatal) as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
     except Exception as error:
@@ -199,6 +225,18 @@ def run(command: str, sub: str | None, args, config: dict, paths: list[str]) -> 
                 raise Fatal(f"Failed to load the templates at {path}")
         log.info("mas_cli::commands::templates", "Templates look good (the stand-in renders none)")
         return 0
+    if command == "syn2mas":
+        for name, merge in (("synapse_config", True), ("synapse_database_uri", False),
+                            ("ignore_missing_auth_providers", False)):  # fmt: skip
+            given = [getattr(args, f"{name}_{depth}") for depth in (1, 2) if hasattr(args, f"{name}_{depth}")]
+            if merge:
+                value = [path for paths in given for path in paths]
+            else:
+                value = given[-1] if given else (False if name.startswith("ignore") else None)
+            setattr(args, name, value)
+        args.syn2mas_command = sub
+        args.dry_run = getattr(args, "dry_run", False)
+        return syn2mas.run(args, config)
     if command == "doctor":
         return doctor.run(config)
     if command == "server":

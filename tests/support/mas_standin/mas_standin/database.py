@@ -148,6 +148,45 @@ MIGRATIONS = [
             next_refresh_token_id TEXT
         )""",
     ]),
+    # syn2mas (syn2mas.py, MAS's crates/syn2mas): what it imports from Synapse. A password keeps its scheme
+    # version (NULL: the stand-in's own hash, of the newest scheme); a compat session may have no device and
+    # several access tokens (Synapse's), and refresh tokens; emails and other third-party IDs.
+    (6, "syn2mas: password versions, guests, emails, compat access and refresh tokens", [
+        "ALTER TABLE users ADD COLUMN password_version INTEGER, ADD COLUMN is_guest BOOLEAN NOT NULL DEFAULT FALSE",
+        """CREATE TABLE user_emails (
+            user_email_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+            email TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+        "CREATE INDEX user_emails_user_id_idx ON user_emails (user_id)",
+        """CREATE TABLE user_unsupported_third_party_ids (
+            user_id TEXT NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+            medium TEXT NOT NULL,
+            address TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY (user_id, medium, address)
+        )""",
+        "ALTER TABLE compat_sessions ALTER COLUMN device_id DROP NOT NULL, ALTER COLUMN access_token DROP NOT NULL,"
+        " ADD COLUMN last_active_at TIMESTAMPTZ, ADD COLUMN last_active_ip INET, ADD COLUMN user_agent TEXT",
+        """CREATE TABLE compat_access_tokens (
+            compat_access_token_id TEXT PRIMARY KEY,
+            compat_session_id TEXT NOT NULL REFERENCES compat_sessions (compat_session_id) ON DELETE CASCADE,
+            access_token TEXT NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            expires_at TIMESTAMPTZ,
+            revoked_at TIMESTAMPTZ
+        )""",
+        """CREATE TABLE compat_refresh_tokens (
+            compat_refresh_token_id TEXT PRIMARY KEY,
+            compat_session_id TEXT NOT NULL REFERENCES compat_sessions (compat_session_id) ON DELETE CASCADE,
+            compat_access_token_id TEXT NOT NULL
+                REFERENCES compat_access_tokens (compat_access_token_id) ON DELETE CASCADE,
+            refresh_token TEXT NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            consumed_at TIMESTAMPTZ
+        )""",
+    ]),
 ]  # fmt: skip
 
 

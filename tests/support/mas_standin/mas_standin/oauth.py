@@ -549,6 +549,15 @@ def _go_next(handler, action: dict | None) -> str:
     return _route(handler, f"/consent/{action['id']}") if action else _route(handler, "/")
 
 
+def _verify_password(app, user: dict, password: str):
+    """views/login.rs: verify_and_upgrade by the stored scheme version (passwords.py); an unknown version fails."""
+    try:
+        return app.passwords.verify_and_upgrade(user.get("password_version"), password, user["hashed_password"])
+    except Exception as error:  # passwords.SchemeError
+        log.error(TARGET, f"Failed to verify the password: {error}", user__id=user["user_id"])
+        return False, None
+
+
 def login_page(handler, error: str | None = None, username: str = "", status: int = 200) -> None:
     """GET /login: with a browser session, on to what comes next; else the form (and the upstream providers)."""
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(handler.path).query))
@@ -609,9 +618,12 @@ def login_post(handler) -> None:
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(handler.path).query))
     with app.pool.connection() as conn:
         user = store.find_user(conn, localpart)
-        if user is None or not crypto.verify_password(password, user["hashed_password"]):
+        verified, upgraded = (False, None) if user is None else _verify_password(app, user, password)
+        if not verified:
             log.warn(TARGET, "Password login failed")
             return login_page(handler, "Invalid credentials", username)
+        if upgraded is not None:
+            store.upgrade_password(conn, user["user_id"], *upgraded)
         if user["deactivated_at"] is not None or user["locked_at"] is not None:
             log.warn(TARGET, "User is locked or deactivated", user__id=user["user_id"])
             raise _server().Reply(200, _html("Account inactive", "<h1>This account is not active</h1>"))

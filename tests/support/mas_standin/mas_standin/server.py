@@ -69,7 +69,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from . import config as cfg
-from . import crypto, log, oauth, policy, rate_limit, store, version
+from . import crypto, log, oauth, passwords, policy, rate_limit, store, version
 from .database import Pool, Unavailable, describe, migrate, pending, transaction
 from .homeserver import HomeserverError, from_config
 
@@ -379,6 +379,11 @@ class App:
         self.public = http["public_base"].rstrip("/") + "/"
         self.issuer = http.get("issuer") or http["public_base"]
         self.passwords_enabled = cfg.passwords_enabled(config)
+        # util.rs password_manager_from_config: the schemes (serve() has read their secret files already)
+        try:
+            self.passwords = passwords.Manager(config.get("passwords")) if self.passwords_enabled else None
+        except passwords.SchemeError as error:
+            raise Fatal(f"failed to load the password schemes: {error}") from None
         # crates/cli/src/util.rs site_config_from_config
         account = config.get("account") or {}
         self.password_registration_enabled = self.passwords_enabled and account.get(
@@ -389,6 +394,7 @@ class App:
         self.admin_clients = policy.admin_clients(config)
         # experimental.access_token_ttl, 5 minutes by default (crates/config/src/sections/experimental.rs)
         self.access_token_ttl = (config.get("experimental") or {}).get("access_token_ttl", 300)
+        self.compat_token_ttl = (config.get("experimental") or {}).get("compat_token_ttl", 300)
         # telemetry.rs init_meter: the Prometheus exporter only with metrics.exporter = prometheus (default none).
         exporter = ((config.get("telemetry") or {}).get("metrics") or {}).get("exporter", "none")
         self.durations = {} if exporter == "prometheus" else None  # labels -> [count, sum of milliseconds]
@@ -849,17 +855,23 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(200, oauth.introspect(conn, token, kind))
         if kind != "compat_access_token" or session is None:
             return self.send(200, {"active": False})
-        device = session["device_id"]
+        device = session["device_id"]  # None for a deviceless session imported by syn2mas
         scope = set(API_SCOPES)
-        if self.headers.get("X-MAS-Supports-Device-Id") != "1":
+        if self.headers.get("X-MAS-Supports-Device-Id") != "1" and device is not None:
             scope |= {prefix + device for prefix in DEVICE_SCOPE_PREFIXES}
         if session["is_synapse_admin"]:
             scope.add(ADMIN_SCOPE)
         issued = int(session["created_at"].timestamp())
-        self.send(200, {
+        body = {
             "active": True, "scope": " ".join(sorted(scope)), "client_id": "legacy", "username": session["username"],
-            "token_type": "access_token", "iat": issued, "nbf": issued, "sub": session["user_id"], "device_id": device,
-        })  # fmt: skip
+            "token_type": "access_token", "iat": issued, "nbf": issued, "sub": session["user_id"],
+        }  # fmt: skip
+        if session.get("expires_at") is not None:  # a Synapse token with `valid_until_ms`
+            body["exp"] = int(session["expires_at"].timestamp())
+            body["expires_in"] = int(session["expires_at"].timestamp() - time.time())
+        if device is not None:
+            body["device_id"] = device
+        self.send(200, body)
 
     # ------------------------------------------------------------ compat (Matrix C-S API)
 
@@ -909,8 +921,21 @@ class Handler(BaseHTTPRequestHandler):
                 raise matrix_error(429, "M_LIMIT_EXCEEDED", "Too many login attempts") from None
             if account["hashed_password"] is None:
                 raise matrix_error(403, "M_FORBIDDEN", "Invalid username/password")
-            if not crypto.verify_password(password, account["hashed_password"]):
+            # verify_and_upgrade (passwords.rs): by the stored scheme version (syn2mas imports Synapse's bcrypt
+            # hashes as version 1); a hash of an older version is replaced by one of the newest.
+            try:
+                verified, upgraded = self.app.passwords.verify_and_upgrade(
+                    account.get("password_version"), password, account["hashed_password"]
+                )
+            except passwords.SchemeError as error:
+                log.error(TARGET, f"Failed to verify the password: {error}", user__id=account["user_id"])
+                raise matrix_error(500, "M_UNKNOWN", "Internal server error") from None
+            if not verified:
                 raise matrix_error(403, "M_FORBIDDEN", "Invalid username/password")
+            if upgraded is not None:
+                log.info(TARGET, "Upgrading the password hash to the newest scheme", user__id=account["user_id"],
+                         scheme=upgraded[0])  # fmt: skip
+                store.upgrade_password(conn, account["user_id"], *upgraded)
             device_id = device_id or crypto.device_id()
             worker = self.app.worker
             lock = worker.user_lock if worker else threading.Lock()
@@ -976,8 +1001,18 @@ class Handler(BaseHTTPRequestHandler):
         body = self.json_body()
         if not isinstance(body.get("refresh_token"), str):
             raise matrix_error(400, "M_BAD_JSON", "Missing property 'refresh_token'")
-        # The stand-in never issues refresh tokens, so none is valid.
-        raise matrix_error(401, "M_UNKNOWN_TOKEN", "Invalid refresh token")
+        # compat/refresh.rs: a compat refresh token (those syn2mas imported from Synapse: the stand-in's own compat
+        # logins issue none), unconsumed, of a session not finished: a new pair (`experimental.compat_token_ttl`),
+        # the old refresh token consumed and its access token expired.
+        if crypto.token_type(body["refresh_token"]) != "compat_refresh_token":
+            raise matrix_error(401, "M_UNKNOWN_TOKEN", "Invalid refresh token")
+        with self.app.pool.connection() as conn:
+            pair = store.refresh_compat_session(conn, body["refresh_token"], self.app.compat_token_ttl)
+        if pair is None:
+            raise matrix_error(401, "M_UNKNOWN_TOKEN", "Invalid refresh token")
+        access, refresh = pair
+        self.send(200, {"access_token": access, "refresh_token": refresh,
+                        "expires_in_ms": self.app.compat_token_ttl * 1000})  # fmt: skip
 
     def route_sso_redirect(self, match, resource):
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))

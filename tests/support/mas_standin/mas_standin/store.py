@@ -53,7 +53,14 @@ def create_user(conn, username: str, hashed_password: str | None, admin: bool | 
 
 
 def set_password(conn, user_id: str, password: str) -> None:
-    conn.run("UPDATE users SET hashed_password = :p WHERE user_id = :i", p=crypto.hash_password(password), i=user_id)
+    conn.run("UPDATE users SET hashed_password = :p, password_version = NULL WHERE user_id = :i",
+             p=crypto.hash_password(password), i=user_id)  # fmt: skip
+
+
+def upgrade_password(conn, user_id: str, version: int, hashed: str) -> None:
+    """A password verified with an older scheme, re-hashed with the newest (MAS adds a user_passwords row)."""
+    conn.run("UPDATE users SET hashed_password = :p, password_version = :v WHERE user_id = :i",
+             p=hashed, v=version, i=user_id)  # fmt: skip
 
 
 def set_admin(conn, user_id: str, admin: bool) -> None:
@@ -77,7 +84,7 @@ def provision(conn, homeserver: SynapseConnection, user: dict) -> bool:
 def active_devices(conn, user_id: str) -> set[str]:
     """The devices of the user's active compat sessions and of its active OAuth 2.0 sessions' device scopes."""
     found = conn.run("SELECT device_id FROM compat_sessions WHERE user_id = :i AND finished_at IS NULL", i=user_id)
-    devices = {row[0] for row in found}
+    devices = {row[0] for row in found if row[0] is not None}  # syn2mas's deviceless sessions have none
     scopes = conn.run("SELECT scope FROM oauth2_sessions WHERE user_id = :i AND finished_at IS NULL", i=user_id)
     prefixes = ("urn:matrix:client:device:", "urn:matrix:org.matrix.msc2967.client:device:")
     for (scope,) in scopes:
@@ -106,13 +113,62 @@ def session_for_token(conn, token: str) -> dict | None:
     """The active compat session of a compat access token, with its user, if both are valid."""
     if crypto.token_type(token) != "compat_access_token":
         return None
-    return one(
+    found = one(
         conn,
-        "SELECT s.compat_session_id, s.device_id, s.is_synapse_admin, s.created_at, u.user_id, u.username"
+        "SELECT s.compat_session_id, s.device_id, s.is_synapse_admin, s.created_at, NULL::TIMESTAMPTZ AS expires_at,"
+        " u.user_id, u.username"
         " FROM compat_sessions s JOIN users u USING (user_id)"
         " WHERE s.access_token = :t AND s.finished_at IS NULL AND u.locked_at IS NULL AND u.deactivated_at IS NULL",
         t=token,
     )
+    if found is not None:
+        return found
+    # The compat access tokens of their own table: those syn2mas imported from Synapse (a session may have
+    # several, or no device); valid while not revoked nor expired (CompatAccessToken::is_valid), with the
+    # session and user valid too. `created_at` is the token's, as MAS gives it as `iat`.
+    return one(
+        conn,
+        "SELECT s.compat_session_id, s.device_id, s.is_synapse_admin, t.created_at, t.expires_at,"
+        " u.user_id, u.username"
+        " FROM compat_access_tokens t JOIN compat_sessions s USING (compat_session_id) JOIN users u USING (user_id)"
+        " WHERE t.access_token = :t AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > now())"
+        " AND s.finished_at IS NULL AND u.locked_at IS NULL AND u.deactivated_at IS NULL",
+        t=token,
+    )
+
+
+def refresh_compat_session(conn, refresh_token: str, ttl: int) -> tuple[str, str] | None:
+    """compat/refresh.rs: (new access token, new refresh token), or None for a token that is unknown, consumed or
+    of a finished session."""
+    with transaction(conn):
+        found = one(
+            conn,
+            "SELECT r.compat_refresh_token_id, r.compat_session_id, r.compat_access_token_id FROM compat_refresh_tokens r"
+            " JOIN compat_sessions s USING (compat_session_id)"
+            " WHERE r.refresh_token = :t AND r.consumed_at IS NULL AND s.finished_at IS NULL FOR UPDATE OF r",
+            t=refresh_token,
+        )
+        if found is None:
+            return None
+        access, refresh, access_id = crypto.token("mct"), crypto.token("mcr"), crypto.ulid()
+        conn.run(
+            "INSERT INTO compat_access_tokens (compat_access_token_id, compat_session_id, access_token, expires_at)"
+            " VALUES (:i, :s, :t, now() + make_interval(secs => :ttl))",
+            i=access_id, s=found["compat_session_id"], t=access, ttl=ttl,
+        )  # fmt: skip
+        conn.run(
+            "INSERT INTO compat_refresh_tokens (compat_refresh_token_id, compat_session_id, compat_access_token_id,"
+            " refresh_token) VALUES (:i, :s, :a, :t)",
+            i=crypto.ulid(), s=found["compat_session_id"], a=access_id, t=refresh,
+        )  # fmt: skip
+        conn.run("UPDATE compat_refresh_tokens SET consumed_at = now() WHERE compat_refresh_token_id = :i",
+                 i=found["compat_refresh_token_id"])  # fmt: skip
+        conn.run(
+            "UPDATE compat_access_tokens SET expires_at = now() WHERE compat_access_token_id = :i"
+            " AND (expires_at IS NULL OR expires_at > now())",
+            i=found["compat_access_token_id"],
+        )
+    return access, refresh
 
 
 def finish_sessions(conn, user_id: str, session_id: str | None = None) -> int:
