@@ -4,9 +4,11 @@ Every change to the kernel is recorded in the state directory so `down` can undo
 a crash or from a fresh clone.
 """
 
+import fcntl
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .system import LAB_INDEX, STATE_DIR, LabError, run
@@ -57,7 +59,22 @@ def _route_owner() -> str | None:
     return out.strip() or None
 
 
+@contextmanager
+def _forwarding_lock():
+    """Labs coming up and going down at once take turns here: the saved forwarding value, and which bridges are
+    up, are read and changed by one lab at a time (two labs going down both found it saved, one then failed)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "ip_forward.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def up() -> None:
+    with _forwarding_lock():
+        _up()
+
+
+def _up() -> None:
     if not _link_exists(BRIDGE):
         other = _route_owner()
         if other:
@@ -75,6 +92,11 @@ def up() -> None:
 
 def down() -> list[str]:
     """Undo everything `up` did; returns what was removed."""
+    with _forwarding_lock():
+        return _down()
+
+
+def _down() -> list[str]:
     removed = []
     if _link_exists(BRIDGE):
         run(["ip", "link", "delete", BRIDGE])

@@ -3,6 +3,7 @@ what MAS cannot take is refused from the old homeserver's facts before anything 
 (tests/lab/test_adoption.py) runs the whole adoption on a real old homeserver."""
 
 import copy
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.inventory import Deployment, wanted_secrets
 from matrix_deploy.operator.settings import SettingsError
+from matrix_deploy.services.adoption import service as adoption
 from matrix_deploy.services.adoption.source import Old, refusals
 from matrix_deploy.services.mas import service as mas
 from tests.conftest import make_settings
@@ -172,3 +174,23 @@ def test_mas_verifies_the_old_bcrypt_hashes_with_the_pepper_and_upgrades_them(tm
     ]  # fmt: skip
     files = mas.secret_files(d)
     assert files["/etc/mas/secrets/synapse_password_pepper"] == "pepper of the old one"
+
+
+def test_the_adoption_script_is_valid_shell_and_names_no_secret(tmp_path):
+    d = adopting(tmp_path, adopt_accept_warnings=["registration is enabled"])
+    text = adoption.script(d, old())
+    assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0
+    assert "--synapse-config /etc/matrix-synapse/homeserver.yaml --synapse-config" in text
+    assert "registration is enabled\n" in text and "'synapse_user'::regrole" in text
+    assert not any(len(v) >= 12 and v in text for v in d.secrets.values.values())
+
+
+def test_pg_hba_keeps_the_old_role_in_its_database_on_the_adopted_host_only(tmp_path):
+    d = adopting(tmp_path)
+    lines = adoption.hba_lines(d, old(), "hs1")
+    assert lines == [
+        "host    synapse,synapse_before_mas    synapse_user    127.0.0.1/32    md5",
+        "host    synapse,synapse_before_mas    synapse_user    ::1/128    md5",
+    ]
+    assert adoption.hba_lines(d, old(), "other") == [] and adoption.hba_lines(d, None, "hs1") == []
+    assert adoption.hba_lines(d, old(database_dbname="matrix"), "hs1")[0].startswith("host    matrix    synapse_user")
