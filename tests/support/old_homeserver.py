@@ -24,8 +24,11 @@ import hashlib
 import hmac
 import io
 import json
+import os
 import secrets
 import string
+import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -38,6 +41,7 @@ from nio import AsyncClient, LoginResponse, RoomCreateResponse, RoomSendResponse
 
 from matrix_deploy.lab import LabHost
 from matrix_deploy.lab.probe import sh, ssh
+from matrix_deploy.lab.system import CACHE_DIR
 from matrix_deploy.services.synapse import locks
 
 VENV = "/opt/venvs/matrix-synapse"
@@ -58,6 +62,9 @@ DB_NAME, DB_USER = "synapse", "synapse_user"
 # What files_digest() covers: everything the old homeserver's package and its operator put on the host.
 DIGEST_ROOTS = (ETC, DATA, VENV)
 LOCK_ON_HOST = "/root/old-homeserver-synapse.lock"
+# Virtualenvs built here before, kept on this machine (zstd tarballs of VENV): per lock and Debian release (its
+# Python), and INSTALL's recipe.
+VENV_CACHE = CACHE_DIR / "old-homeserver-venvs"
 INSTALL_LOG = "/root/old-homeserver-install.log"
 PIP_LOG = "/root/old-homeserver-pip.log"
 
@@ -226,43 +233,68 @@ WantedBy=multi-user.target
 
 DEFAULT_FILE = "# Specify environment variables used when running Synapse\n# SYNAPSE_CACHE_FACTOR=0.5 (default)\n"
 
-# Packages (one apt-get for python3-venv, whose virtualenv then builds in the background while PostgreSQL installs),
-# the user and the package's directories. Nothing secret in it: it goes on stdin anyway.
+# Packages, the user and the package's directories. Synapse's virtualenv is pip's, from the lock, built in the
+# background once python3-venv is in, while PostgreSQL installs, and compiled on every core; unless build() brought it
+# from its cache (what an earlier build made of the same lock on the same Debian release). dpkg skips its fsyncs (a
+# lab host is thrown away, never crashed). Nothing secret in it.
 INSTALL = """set -e
 export DEBIAN_FRONTEND=noninteractive
 exec 3>&1 >{log} 2>&1
 mark() {{ echo "$1 $(date +%s.%N)" >&3; }}
-mark begin
+apt="apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-unsafe-io"
+packages=python3-venv
+if [ {postgres} = yes ]; then packages="$packages postgresql"; fi
 apt-get update -q
-apt-get install -y -q --no-install-recommends python3-venv
-mark venv-package
-( python3 -m venv {venv} && {venv}/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes \\
-    --only-binary :all: -r {lock} && mark pip ) > {pip_log} 2>&1 &
-pip=$!
-if [ {postgres} = yes ]; then apt-get install -y -q postgresql; fi
-mark postgresql-package
+pip=
+if [ ! -e {venv}/bin/python ]; then
+    $apt python3-venv
+    mark venv-package
+    (
+        set -e
+        python3 -m venv {venv}
+        {venv}/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes --only-binary :all: \\
+            --no-compile -r {lock}
+        mark pip-installed
+        {venv}/bin/python -m compileall -q -j 0 {venv}/lib
+        mark compiled
+    ) > {pip_log} 2>&1 &
+    pip=$!
+fi
+$apt $packages
+mark packages
 useradd --system --user-group --home-dir {data} --no-create-home --shell /usr/sbin/nologin {user}
 for dir in {data} {log_dir} {etc}; do install -d -o {user} -g nogroup -m 0755 $dir; done
 install -d -o root -g root -m 0755 {etc}/conf.d
-if ! wait $pip; then tail -40 {pip_log} >&3; exit 1; fi
+if [ -n "$pip" ] && ! wait $pip; then tail -40 {pip_log} >&3; exit 1; fi
 if [ {postgres} = yes ]; then
     for i in $(seq 120); do pg_isready -q && break; sleep 0.5; done
     pg_isready
 fi
-mark end
 """
 
+# The config files, each with its owner and mode before it holds anything, from JSON on stdin (path: [content,
+# owner, group, mode]); then the signing key, as the package's postinst makes it: Synapse's --generate-keys, run as
+# the user (who owns /etc/matrix-synapse, as the package's dpkg-statoverride makes it).
+WRITE_FILES = """
+import json, os, pwd, grp, sys
+for path, (content, owner, group, mode) in json.load(sys.stdin).items():
+    fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchown(fd, pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid)
+    os.fchmod(fd, int(mode, 8))
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    os.rename(path + ".new", path)
+"""
+
+# The package's listener, bound to every address: tests on this machine reach it at http://<lab host>:8008.
+LISTENER = {"port": PORT, "tls": False, "type": "http", "x_forwarded": True, "bind_addresses": ["0.0.0.0"],
+            "resources": [{"names": ["client", "federation"], "compress": False}]}  # fmt: skip
 
 # The database as NOTES.md says Synapse wants it; the password comes in on stdin with the statements.
 CREATE_DATABASE = """\\set ON_ERROR_STOP on
 CREATE ROLE {user} LOGIN PASSWORD '{password}';
 CREATE DATABASE {name} ENCODING 'UTF8' LC_COLLATE='C' LC_CTYPE='C' TEMPLATE template0 OWNER {user};
 """
-
-
-def _put(host: LabHost, path: str, content: str, owner: str, group: str, mode: str) -> None:
-    """A file written through stdin, with its owner and mode before it holds anything (umask 077)."""
-    sh(host, f"umask 077 && install -o {owner} -g {group} -m {mode} /dev/stdin {path}", input=content)
 
 
 def _get(url: str, token: str | None = None, timeout: float = 30) -> tuple[int, bytes]:
@@ -340,16 +372,7 @@ def build(
     else:
         db = {"name": "sqlite3", "args": {"database": SQLITE_DB}}
     config = {
-        "listeners": [
-            {
-                "port": PORT,
-                "tls": False,
-                "type": "http",
-                "x_forwarded": True,
-                "bind_addresses": ["0.0.0.0"],
-                "resources": [{"names": ["client", "federation"], "compress": False}],
-            }
-        ],  # fmt: skip
+        "listeners": [LISTENER],
         "database": db,
         "log_config": LOG_CONFIG,
         "media_store_path": MEDIA,
@@ -365,7 +388,13 @@ def build(
     }
     config = deep_merge(config, extra)
 
-    sh(host, f"umask 077 && cat > {LOCK_ON_HOST}", input=locks.path(synapse_version).read_text())
+    lock = locks.path(synapse_version).read_text()
+    recipe = hashlib.sha256((lock + INSTALL).encode()).hexdigest()[:16]
+    cache = VENV_CACHE / f"synapse-{synapse_version}-debian{host.release}-{recipe}.tar.zst"
+    sh(host, f"umask 077 && cat > {LOCK_ON_HOST}", input=lock)
+    if cache.is_file():
+        _push_virtualenv(host, cache)
+        mark("virtualenv-from-cache")
     install = INSTALL.format(log=INSTALL_LOG, venv=VENV, lock=LOCK_ON_HOST, pip_log=PIP_LOG, data=DATA,
                              log_dir=LOG_DIR, etc=ETC, user=USER, postgres="yes" if postgres else "no")  # fmt: skip
     result = ssh(host, "sh -s", input=install, timeout=900)
@@ -374,21 +403,26 @@ def build(
         raise AssertionError(f"installing the old homeserver on {host.name} failed: {result.stdout}{log}")
     for line in result.stdout.splitlines():  # the install's marks: "<step> <epoch seconds>" (one clock: nspawn)
         step, _, at = line.partition(" ")
-        if step not in ("begin", "end"):
-            mark(step, float(at))
+        mark(step, float(at))
+    if not cache.is_file():
+        _pull_virtualenv(host, cache)
+        mark("virtualenv-cached")
+    sh(host, f"rm -f {LOCK_ON_HOST}")
     mark("installed")
     if postgres:
         sh(host, "cd / && runuser -u postgres -- psql -X -q -f -",
            input=CREATE_DATABASE.format(user=DB_USER, password=db_password, name=DB_NAME))  # fmt: skip
-    _put(host, CONFIG, yaml.safe_dump(config, sort_keys=False), "root", USER, "0640")
-    _put(host, f"{CONF_D}/server_name.yaml", _server_name_yaml(server_name), "root", "root", "0644")
-    _put(host, f"{CONF_D}/report_stats.yaml", REPORT_STATS_YAML, "root", "root", "0644")
-    _put(host, LOG_CONFIG, _log_config(), "root", "root", "0644")
-    _put(host, "/etc/default/matrix-synapse", DEFAULT_FILE, "root", "root", "0644")
-    _put(host, UNIT_FILE, UNIT_TEXT, "root", "root", "0644")
-    # The signing key, as the package's postinst makes it: Synapse's --generate-keys (as the user, who owns /etc/...).
-    sh(host, f"cd / && runuser -u {USER} -- {VENV}/bin/python -m synapse.app.homeserver --config-path={CONFIG}"
-             f" --config-path={CONF_D}/ --generate-keys && chmod 0600 {SIGNING_KEY}")  # fmt: skip
+    files = {
+        CONFIG: [yaml.safe_dump(config, sort_keys=False), "root", USER, "0640"],
+        f"{CONF_D}/server_name.yaml": [_server_name_yaml(server_name), "root", "root", "0644"],
+        f"{CONF_D}/report_stats.yaml": [REPORT_STATS_YAML, "root", "root", "0644"],
+        LOG_CONFIG: [_log_config(), "root", "root", "0644"],
+        "/etc/default/matrix-synapse": [DEFAULT_FILE, "root", "root", "0644"],
+        UNIT_FILE: [UNIT_TEXT, "root", "root", "0644"],
+    }
+    sh(host, f"python3 -c {_quote(WRITE_FILES)} && cd / && runuser -u {USER} -- {VENV}/bin/python -m "
+             f"synapse.app.homeserver --config-path={CONFIG} --config-path={CONF_D}/ --generate-keys"
+             f" && chmod 0600 {SIGNING_KEY}", input=json.dumps(files))  # fmt: skip
     mark("configured")
     started_unit = ssh(host, f"systemctl daemon-reload && systemctl enable --now {UNIT}", timeout=300)
     old = Old(host, server_name, synapse_version, database, config, shared, macaroon, form, pepper, db_password)
@@ -399,6 +433,33 @@ def build(
     wait_healthy(old)
     mark("healthy")
     return Old(**{**old.__dict__, "build_seconds": timings["healthy"], "timings": timings})
+
+
+def _ssh_argv(host: LabHost, command: str) -> list[str]:
+    return ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"{host.ssh_user}@{host.address}", command]  # fmt: skip
+
+
+def _push_virtualenv(host: LabHost, cache) -> None:
+    """A cached virtualenv into VENV on the host, as it was (owners, modes, times: its .pyc files stay valid)."""
+    with subprocess.Popen(["zstd", "-q", "-d", "-c", str(cache)], stdout=subprocess.PIPE) as unzstd:
+        subprocess.run(_ssh_argv(host, "tar -C / -xf -"), stdin=unzstd.stdout, check=True, timeout=300)
+    assert unzstd.returncode == 0, f"zstd -d {cache} exited {unzstd.returncode}"
+
+
+def _pull_virtualenv(host: LabHost, cache) -> None:
+    """The host's freshly built VENV into the cache, whole or not at all (another build may be filling it too)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".incoming-")
+    os.close(fd)
+    try:
+        with subprocess.Popen(_ssh_argv(host, f"tar -C / -cf - {VENV.lstrip('/')}"), stdout=subprocess.PIPE) as tar:
+            subprocess.run(["zstd", "-q", "-f", "-T0", "-o", tmp], stdin=tar.stdout, check=True, timeout=300)
+        assert tar.returncode == 0, f"tar of {VENV} on {host.name} exited {tar.returncode}"
+        os.rename(tmp, cache)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def running(old: Old) -> bool:
