@@ -133,6 +133,26 @@ def test_the_files_are_unchanged_by_a_stop_and_a_start(populated):
     assert status == 200 and me["user_id"] == "@alice:lab.test", me
 
 
+def test_fill_bulk_inserts_users_and_tokens_that_work(populated):
+    """Last of the PostgreSQL tests: it adds 10,000 users and 50,000 tokens to the old database."""
+    old, _ = populated
+    count = (
+        "SELECT count(*) FROM users; SELECT count(*) FROM access_tokens; SELECT count(DISTINCT token) FROM access_tokens;"
+        " SELECT count(*) FROM devices; SELECT count(*) FROM user_threepids; SELECT count(*) FROM profiles;"
+    )
+    before = [int(c) for c in old_homeserver.psql(old, count).split()]
+    filled = old_homeserver.fill(old, users=10_000, tokens=50_000)
+    print(f"old homeserver: filled in {filled.seconds}s")
+    after = [int(c) for c in old_homeserver.psql(old, count).split()]
+    added = [a - b for a, b in zip(after, before, strict=True)]
+    assert added == [10_000, 50_000, 50_000, 50_000, 10_000, 10_000], (before, after)
+    status, session = old_homeserver.login(old, "bench-00042", filled.password)
+    assert status == 200 and session["user_id"] == "@bench-00042:lab.test", session
+    token = old_homeserver.psql(old, "SELECT token FROM access_tokens WHERE user_id = '@bench-09999:lab.test' LIMIT 1;")
+    status, me = old_homeserver.api(old, "GET", "/_matrix/client/v3/account/whoami", token=token.strip())
+    assert status == 200 and me["user_id"] == "@bench-09999:lab.test" and me["device_id"].startswith("BENCH"), me
+
+
 def test_the_sqlite_variant_on_debian_13_answers_health():
     """On a fresh Debian 13 host (Python 3.13): SQLite, and an extra setting merged into homeserver.yaml."""
     lab.down()
