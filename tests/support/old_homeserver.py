@@ -11,7 +11,11 @@ Debian's PostgreSQL (database `synapse` owned by `synapse_user`) or SQLite.
 - `build(host, ...)` installs and starts it on a fresh lab host (Debian 12 or 13) and waits for `/health`;
 - `populate(old)` gives it users, a room with messages and an image, and a logged-in client, through its HTTP APIs;
 - `fill(old, users, tokens)` bulk-inserts generated users, devices, tokens and emails into its PostgreSQL (benchmarks);
-- `running(old)`, `files_digest(host)`, `login(old, ...)`, `psql(old, ...)`: what the tests look at.
+- `running(old)`, `stop(old)`, `start(old)`, `files_digest(host)`, `login(old, ...)`, `api(old, ...)`,
+  `psql(old, ...)`, `insert_external_id(old, ...)`: what the tests look at and do.
+
+The first build of a lock on a Debian release makes the virtualenv with pip; it is then kept on this machine
+(VENV_CACHE, a zstd tarball) and later builds unpack it instead: the same files, in seconds.
 
 Secrets (the database password, the registration shared secret, the pepper...) travel to the host on stdin only and
 land in files closed to other users; the dataclasses keep them out of their reprs.
