@@ -28,8 +28,7 @@ deploy-lab: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -v -m "not lab"
-	$(BIN)/python -m tests.support.parallel  # the lab modules: two groups side by side, each with a lab of its own
+	$(BIN)/python -m tests.support.parallel  # the unit tests beside two groups of lab modules, each with a lab of its own
 
 bench: venv ## deploy timings against the floor on lab hosts; prints one table (several minutes)
 	$(BIN)/python bench/bench.py

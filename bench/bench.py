@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import backup  # noqa: E402  (bench/ beside this script)
+import adoption  # noqa: E402  (bench/ beside this script)
+import backup  # noqa: E402
 import scale  # noqa: E402
 from downtime import Poller, introspection, login, whoami  # noqa: E402
 
@@ -110,6 +111,10 @@ def main() -> None:
         prepare_release(NEW["mas_version"], real=REAL_MAS)
         table(backup.measure(run, NEW))
         return
+    if sys.argv[1:] == ["--adoption"]:  # the adoption of a generated homeserver alone
+        prepare_release(NEW["mas_version"], real=REAL_MAS)
+        table(adoption.measure(run, NEW))
+        return
     try:
         fresh_time, floor_time, deploy_host = fresh_install()
 
@@ -152,6 +157,7 @@ def main() -> None:
     noop_median, trivial_median = statistics.median(noop_times), statistics.median(trivial_times)
     scale_rows = scale.measure(run, OLD, fresh_time, noop_median, REPEAT)
     backup_rows = backup.measure(run, NEW)  # the release prepared last is NEW's
+    adoption_rows = adoption.measure(run, NEW)
     rows = [
         ("fresh install: deploy / floor", f"{fresh_time:.0f} s / {floor_time:.0f} s = {fresh_time / floor_time:.2f}x",
          "<= 1.15x", fresh_time <= 1.15 * floor_time),
@@ -171,6 +177,7 @@ def main() -> None:
         ("peak memory of a deploy process (operator side)", f"{peak_mb:.0f} MB", "", None),
         *scale_rows,
         *backup_rows,
+        *adoption_rows,
     ]  # fmt: skip
     table(rows)
 

@@ -1,4 +1,4 @@
-"""The adoption tests' old homeserver (tests/support/old_homeserver.py) on a lab host, seen from this machine.
+"""The adoption tests' old homeserver (matrix_deploy/lab/old_homeserver.py) on a lab host, seen from this machine.
 
 On a fresh Debian 12 host: the matrix.org package's layout with Synapse 1.162.0 on PostgreSQL, populated through
 its HTTP APIs; alice logs in with her password, bob (deactivated) cannot, the kept session of alice syncs, the
@@ -11,7 +11,7 @@ import time
 import pytest
 
 from matrix_deploy import lab
-from tests.support import old_homeserver
+from matrix_deploy.lab import old_homeserver
 from tests.support.lab import sh
 
 pytestmark = pytest.mark.lab

@@ -1,8 +1,9 @@
-"""Runs the lab test modules in two pytest processes side by side, each with a lab of its own.
+"""Runs every test: the unit tests, and the lab test modules in two pytest processes, all three side by side, each
+lab group with a lab of its own.
 
-pytest-xdist cannot run these tests (pyinfra's gevent blocks its workers), so `make test` runs the
-unit tests, then this: two groups of lab modules of about equal length, on MATRIX_DEPLOY_LAB_INDEX
-0 and 1, each line prefixed with its lab; the exit status fails if either group fails.
+pytest-xdist cannot run these tests (pyinfra's gevent blocks its workers), so `make test` runs this: the unit
+tests (no lab; given an index no group uses) beside two groups of lab modules of about equal length, on
+MATRIX_DEPLOY_LAB_INDEX 0 and 1, each line prefixed with its part; the exit status fails if any part fails.
 """
 
 import os
@@ -18,6 +19,7 @@ GROUPS = [
         "tests/lab/test_browser_login.py",
         "tests/lab/test_backup.py",
         "tests/lab/test_restore_across_layouts.py",
+        "tests/lab/test_adoption.py",
     ],
     [
         "tests/lab/test_msc3861.py",
@@ -31,13 +33,18 @@ GROUPS = [
 ]
 
 
+UNIT_INDEX = 9  # no lab group's: a unit test that reached for a lab would find none of theirs
+
+
 def main() -> int:
     codes = side_by_side(
-        [(f"[lab{index}] ", [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *files],
-          {**os.environ, "MATRIX_DEPLOY_LAB_INDEX": str(index)})
-         for index, files in enumerate(GROUPS)]
+        [("[unit] ", [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "not lab"],
+          {**os.environ, "MATRIX_DEPLOY_LAB_INDEX": str(UNIT_INDEX)})]
+        + [(f"[lab{index}] ", [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", *files],
+            {**os.environ, "MATRIX_DEPLOY_LAB_INDEX": str(index)})
+           for index, files in enumerate(GROUPS)]
     )  # fmt: skip
-    print(f"lab test groups: exit statuses {codes}")
+    print(f"test parts (unit, lab0, lab1): exit statuses {codes}")
     return 0 if all(c == 0 for c in codes) else 1
 
 

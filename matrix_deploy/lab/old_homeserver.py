@@ -1,5 +1,6 @@
-"""Test support for the adoption tests (issue 20): a pre-existing ("old") homeserver on a lab host, built the way an
-operator would have installed Synapse with the matrix.org Debian package, before matrix-deploy and MAS take it over.
+"""The lab's old homeserver, for the adoption tests and `make bench` (adopt_synapse): a homeserver that already
+runs on a lab host, built the way an operator would have installed Synapse with the matrix.org Debian package,
+before matrix-deploy and MAS take it over.
 
 The package's layout, with Synapse from PyPI (the repository's hash lock, `locks/synapse-<version>.txt`, installed as
 matrix-deploy installs it): a system user `matrix-synapse`, the virtualenv `/opt/venvs/matrix-synapse`, the config in

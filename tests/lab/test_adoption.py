@@ -1,0 +1,261 @@
+"""Adopting a homeserver that already runs (adopt_synapse, issue 20): a real old Synapse (the matrix.org Debian
+package's layout, built from PyPI by matrix_deploy/lab/old_homeserver.py, on the lab host's PostgreSQL, with its own
+password logins) moves under matrix-deploy and MAS.
+
+First what must be refused is refused, each time with the old Synapse still serving and nothing of the
+deployment on the host. Then the adoption, killed on the host while `syn2mas migrate` imports, and run again:
+after it the users log in with their old passwords through the compat layer, the kept access token still
+syncs, the room's history and image are there, the signing key is the old one, the deactivated user stays
+out, the old Synapse is stopped and disabled with its files untouched, and a further run changes nothing.
+Single layout, Debian 12, with MAS as the lab runs it (the stand-in, or the real one with MAS_RELEASE).
+"""
+
+import asyncio
+import json
+import time
+
+import pytest
+from nio import AsyncClient, DownloadResponse, LoginResponse, RoomMessagesResponse, SyncResponse
+
+from matrix_deploy import lab
+from matrix_deploy.lab import old_homeserver
+from matrix_deploy.lab.release import prepare as prepare_release
+from matrix_deploy.services.adoption.source import RECORD
+from tests.lab.test_backup import client
+from tests.support.lab import (
+    Running,
+    changed_operations,
+    fetch,
+    fresh_secrets,
+    holding_secrets,
+    lab_settings,
+    pyinfra,
+    readable_files_holding,
+    secret_fragments,
+    service_stamps,
+    sh,
+    ssh,
+)
+
+pytestmark = pytest.mark.lab
+
+ADOPT = {"adopt_synapse": {"host": "lab1"}}
+OVERRIDES = "/etc/matrix-synapse/conf.d/zz-test.yaml"  # what a refusal test adds to the old config, then removes
+# Users beside the three, so that syn2mas migrate runs long enough to be killed while it imports.
+FILLER_USERS, FILLER_TOKENS = 3000, 6000
+# On the host: wait until the adoption records that the import runs, then kill syn2mas migrate (not the dry run).
+KILL_MIGRATE = (
+    f'for i in $(seq 30000); do [ "$(cat {RECORD} 2>/dev/null)" = migrating ] && break; sleep 0.01; done; '
+    "for p in $(pgrep -f '[m]as-cli syn2mas .* migrate$'); do kill -9 $p && echo killed; done"
+)
+
+
+def nothing_deployed(host) -> str:
+    """What the deployment would have put on the host first (its packages, MAS's and Synapse's files)."""
+    return sh(host, "ls -d /etc/mas /opt/mas /etc/synapse /opt/synapse 2>/dev/null; dpkg-query -W -f='${Status}' nginx"
+                    " 2>/dev/null | grep -q 'install ok' && echo nginx; true").strip()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def old():
+    lab.down()
+    fresh_secrets()
+    (host,) = lab.up("single")
+    prepare_release()
+    built = old_homeserver.build(host)
+    population = old_homeserver.populate(built)
+    old_homeserver.fill(built, users=FILLER_USERS, tokens=FILLER_TOKENS)
+    return {"host": host, "old": built, "population": population, "digest": old_homeserver.files_digest(host)}
+
+
+def refused(old, overrides: str | None = None, sql: str | None = None, **settings) -> str:
+    """A deploy with adopt_synapse while the old config has `overrides` (YAML) or the cluster `sql` run: it must
+    fail naming the problems, with the old Synapse serving and nothing deployed. Returns its output."""
+    host = old["host"]
+    if overrides:
+        sh(host, f"cat > {OVERRIDES}", input=overrides)
+    if sql:
+        sh(host, "cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1", input=sql)
+    try:
+        lab_settings(host, **ADOPT, **settings)
+        run = pyinfra()
+    finally:
+        sh(host, f"rm -f {OVERRIDES}")
+    assert run.returncode != 0, run.stdout[-3000:]
+    assert "the adoption is refused, nothing was changed and the old Synapse still runs" in run.stdout, run.stdout[
+        -3000:
+    ]
+    assert old_homeserver.running(old["old"])
+    assert nothing_deployed(host) == ""
+    return run.stdout
+
+
+def test_what_mas_cannot_take_is_refused_with_the_old_synapse_serving(old):
+    out = refused(old, overrides="\n".join([
+        "allow_guest_access: true",
+        "enable_3pid_changes: true",
+        "cas_config: {enabled: true, server_url: 'https://cas.example.org'}",
+        "saml2_config: {sp_config: {metadata: {remote: [{url: 'https://idp.example.org/metadata'}]}}}",
+        "password_providers: [{module: ldap_auth_provider.LdapAuthProviderModule, config: {enabled: true}}]",
+        "server_name: other.test",
+    ]))  # fmt: skip
+    for expected in (
+        "guest access is enabled (allow_guest_access)",
+        "enable_3pid_changes is true",
+        "MAS cannot take CAS logins",
+        "MAS cannot take SAML logins",
+        "password providers ldap_auth_provider.LdapAuthProviderModule: MAS cannot take them",
+        "the old Synapse's server_name is 'other.test', matrix_server_name is 'lab.test'",
+    ):
+        assert expected in out, out[-3000:]
+
+
+def test_sqlite_is_refused_saying_how_to_port_it(old):
+    out = refused(old, overrides="database: {name: sqlite3, args: {database: /var/lib/matrix-synapse/homeserver.db}}")
+    assert "syn2mas reads PostgreSQL only" in out and "synapse_port_db" in out, out[-3000:]
+
+
+def test_an_old_synapse_newer_than_the_inventory_s_is_refused(old):
+    out = refused(old, synapse_version="1.156.0")
+    assert "the old Synapse is 1.162.0, newer than synapse_version = '1.156.0'" in out, out[-3000:]
+
+
+def test_a_mas_database_with_users_is_refused(old):
+    sql = "CREATE DATABASE mas; \\c mas\nCREATE TABLE users (user_id text); INSERT INTO users VALUES ('someone');"
+    try:
+        out = refused(old, sql=sql)
+    finally:
+        sh(old["host"], "cd / && runuser -u postgres -- psql -X -q -c 'DROP DATABASE mas'")
+    assert "MAS's database already holds 1 users: expected an empty MAS database" in out, out[-3000:]
+
+
+def test_the_adoption_killed_during_the_import_ends_as_one_that_was_not(old):
+    host = old["host"]
+    lab_settings(host, **ADOPT)
+    run = Running()
+    killed = ssh(host, KILL_MIGRATE, timeout=1200)
+    first = run.result(timeout=1800)
+    assert "killed" in killed.stdout, killed
+    assert first.returncode != 0, first.stdout[-3000:]
+    assert sh(host, f"cat {RECORD}").strip() == "migrating"
+    assert not old_homeserver.running(old["old"])  # stopped before the import: the way back is to start it
+    again = pyinfra()
+    assert again.returncode == 0, again.stdout[-5000:]
+    said = sh(host, f"cat {RECORD}.log")
+    assert "MAS's database is emptied and the import done again" in said, said
+    assert sh(host, f"cat {RECORD}").strip() == "delegated"
+    old["adopted"] = True
+    # The old homeserver's secrets, which the adoption read and carried into the store: no 12 characters of one in
+    # the runs' output or the adoption's log, nor in any file another local user can read.
+    o = old["old"]
+    taken = {"pepper": o.pepper, "macaroon": o.macaroon_secret_key, "form": o.form_secret,
+             "signing key": sh(host, f"cat {old_homeserver.SIGNING_KEY}"), "database": o.db_password}  # fmt: skip
+    fragments = secret_fragments(taken)
+    assert holding_secrets((first.stdout + again.stdout + said).splitlines(), fragments) == []
+    assert readable_files_holding(host, fragments) == set()
+
+
+@pytest.fixture
+def adopted(old):
+    if not old.get("adopted"):
+        pytest.skip("the adoption did not complete")
+    return old
+
+
+async def _login(host, user: str, password: str):
+    c = client(host, f"@{user}:lab.test")
+    for _ in range(8):
+        response = await c.login(password, device_name="after the adoption")
+        if not (getattr(response, "status_code", "") == "M_LIMIT_EXCEEDED"):
+            return c, response
+        await asyncio.sleep(10)
+    return c, response
+
+
+def test_users_log_in_with_their_old_passwords_and_the_deactivated_one_does_not(adopted):
+    users = adopted["population"].users
+
+    async def logins():
+        results = {}
+        for name in ("alice", "admin", "bob"):
+            c, response = await _login(adopted["host"], name, users[name].password)
+            results[name] = response
+            await c.close()
+        return results
+
+    results = asyncio.run(logins())
+    assert isinstance(results["alice"], LoginResponse), results["alice"]
+    assert isinstance(results["admin"], LoginResponse), results["admin"]
+    assert not isinstance(results["bob"], LoginResponse), results["bob"]
+    assert results["alice"].user_id == "@alice:lab.test"
+
+
+# On the host, as the deploy's admin API client (root-only credentials): MAS's record of each user, as JSON lines.
+USER_RECORDS = r"""
+set -e
+umask 077
+auth=$(mktemp)
+trap 'rm -f "$auth"' EXIT
+curl -fsS -K /var/lib/matrix-deploy/mas-admin-api.curl -d grant_type=client_credentials -d scope=urn:mas:admin \
+    http://127.0.0.1:{port}/oauth2/token \
+    | python3 -c 'import json, sys; print("Authorization: Bearer " + json.load(sys.stdin)["access_token"])' > "$auth"
+for user in admin alice bob; do
+    curl -fsS -H @"$auth" http://127.0.0.1:{port}/api/admin/v1/users/by-username/$user; echo
+done
+"""
+
+
+def test_mas_holds_the_users_with_their_admin_and_deactivated_state(adopted):
+    lines = sh(adopted["host"], "sh -s", input=USER_RECORDS.format(port=8081)).splitlines()
+    records = {
+        r["data"]["attributes"]["username"]: r["data"]["attributes"] for r in map(json.loads, filter(None, lines))
+    }
+    assert records["admin"]["admin"] is True and records["alice"]["admin"] is False, records
+    assert records["bob"]["deactivated_at"] and not records["alice"]["deactivated_at"], records
+
+
+def test_the_kept_session_syncs_and_the_history_and_image_are_there(adopted):
+    p = adopted["population"]
+
+    async def kept():
+        c: AsyncClient = client(adopted["host"], "@alice:lab.test")
+        c.restore_login("@alice:lab.test", p.alice_device, p.alice_token)
+        try:
+            synced = await c.sync(timeout=0)
+            assert isinstance(synced, SyncResponse), synced
+            assert p.room_id in synced.rooms.join
+            messages = await c.room_messages(p.room_id, start="", limit=50)
+            assert isinstance(messages, RoomMessagesResponse), messages
+            bodies = [getattr(e, "body", None) for e in messages.chunk]
+            assert all(text in bodies for text in p.texts), bodies
+            image = await c.download(p.image_mxc)
+            assert isinstance(image, DownloadResponse) and image.body == p.image, image
+        finally:
+            await c.close()
+
+    asyncio.run(kept())
+
+
+def test_the_signing_key_is_the_old_one(adopted):
+    p = adopted["population"]
+    status, keys = fetch(adopted["host"], "GET", "/_matrix/key/v2/server")
+    assert status == 200, keys
+    assert keys["verify_keys"] == {p.signing_key_id: {"key": p.signing_public_key}}
+
+
+def test_the_old_synapse_is_stopped_disabled_and_its_files_untouched(adopted):
+    host = adopted["host"]
+    assert not old_homeserver.running(adopted["old"])
+    assert ssh(host, f"systemctl is-enabled {old_homeserver.UNIT}").stdout.strip() == "disabled"
+    assert old_homeserver.files_digest(host) == adopted["digest"]
+
+
+def test_a_second_run_changes_nothing_and_never_runs_syn2mas_again(adopted):
+    host = adopted["host"]
+    stamps = service_stamps(host)
+    time.sleep(1)
+    run = pyinfra()
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert changed_operations(run.stdout) == [], run.stdout[-3000:]
+    assert "Adoption" not in run.stdout, run.stdout[-3000:]
+    assert service_stamps(host) == stamps
