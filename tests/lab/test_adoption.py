@@ -45,8 +45,10 @@ OVERRIDES = "/etc/matrix-synapse/conf.d/zz-test.yaml"  # what a refusal test add
 FILLER_USERS, FILLER_TOKENS = 3000, 6000
 # On the host: wait until the adoption records that the import runs, then kill syn2mas migrate (not the dry run).
 KILL_MIGRATE = (
-    f'for i in $(seq 30000); do [ "$(cat {RECORD} 2>/dev/null)" = migrating ] && break; sleep 0.01; done; '
-    "for p in $(pgrep -f '[m]as-cli syn2mas .* migrate$'); do kill -9 $p && echo killed; done"
+    f"end=$(($(date +%s) + 1500)); while [ $(date +%s) -lt $end ]; do"
+    f' [ "$(cat {RECORD} 2>/dev/null)" = migrating ] && break; sleep 0.01; done; '
+    "for p in $(pgrep -f '[m]as-cli syn2mas .* migrate$'); do kill -9 $p && echo killed; done; "
+    f"echo \"record then: $(cat {RECORD} 2>/dev/null)\""
 )
 
 
@@ -152,6 +154,7 @@ def test_the_adoption_killed_during_the_import_ends_as_one_that_was_not(old):
              "signing key": sh(host, f"cat {old_homeserver.SIGNING_KEY}"), "database": o.db_password}  # fmt: skip
     fragments = secret_fragments(taken)
     assert holding_secrets((first.stdout + again.stdout + said).splitlines(), fragments) == []
+    sh(host, "id watcher >/dev/null 2>&1 || useradd --create-home --shell /bin/sh watcher")  # another local user
     assert readable_files_holding(host, fragments) == set()
 
 
