@@ -48,7 +48,7 @@ KILL_MIGRATE = (
     f"end=$(($(date +%s) + 1500)); while [ $(date +%s) -lt $end ]; do"
     f' [ "$(cat {RECORD} 2>/dev/null)" = migrating ] && break; sleep 0.01; done; '
     "for p in $(pgrep -f '[m]as-cli syn2mas .* migrate$'); do kill -9 $p && echo killed; done; "
-    f"echo \"record then: $(cat {RECORD} 2>/dev/null)\""
+    f'echo "record then: $(cat {RECORD} 2>/dev/null)"'
 )
 
 
