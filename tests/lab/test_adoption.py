@@ -19,6 +19,7 @@ from nio import AsyncClient, DownloadResponse, LoginResponse, RoomMessagesRespon
 
 from matrix_deploy import lab
 from matrix_deploy.lab import old_homeserver
+from matrix_deploy.lab.probe import LAB_SETTINGS
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.services.adoption.source import RECORD
 from tests.lab.test_backup import client
@@ -67,7 +68,8 @@ def old():
     built = old_homeserver.build(host)
     population = old_homeserver.populate(built)
     old_homeserver.fill(built, users=FILLER_USERS, tokens=FILLER_TOKENS)
-    return {"host": host, "old": built, "population": population, "digest": old_homeserver.files_digest(host)}
+    yield {"host": host, "old": built, "population": population, "digest": old_homeserver.files_digest(host)}
+    LAB_SETTINGS.unlink(missing_ok=True)  # `make lab` after the tests deploys the lab's own settings, not adopt_synapse
 
 
 def refused(old, overrides: str | None = None, sql: str | None = None, **settings) -> str:
