@@ -76,8 +76,8 @@ if "mas" in roles:
     mas.install(deployment, hold=not adoption.imported(old_homeserver))  # not before syn2mas has imported
 done("MAS")
 if old_homeserver is not None:
-    if adoption.adopt(deployment, old_homeserver) or not adoption.imported(old_homeserver):
-        mas.start_held(deployment)
+    adoption.adopt(deployment, old_homeserver)
+    mas.start_held(deployment)  # the instances install() held, now that syn2mas has imported
     done("Adoption")
 if "synapse" in roles:
     synapse.install(deployment, release)

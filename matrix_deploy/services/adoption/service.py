@@ -65,11 +65,10 @@ def script(d: Deployment, old: Old) -> str:
     )  # fmt: skip
 
 
-def adopt(d: Deployment, old: Old | None) -> bool:
-    """The adoption stage on the adopted host: check and dry run, then stop, dump, import and copy. Returns
-    whether it ran (MAS, held until now, then starts)."""
+def adopt(d: Deployment, old: Old | None) -> None:
+    """The adoption stage on the adopted host: check and dry run, then stop, dump, import and copy."""
     if imported(old) or host.name != d.settings.adopt_synapse.host:
-        return False
+        return
     host_state.put("Adoption script", SCRIPT, script(d, old), "root", "root", "700", diff=False)
     system_user("Synapse", SYNAPSE_USER, SYNAPSE_DATA)  # the copied media's owner, on a fresh host
     remote.shell(
@@ -80,14 +79,14 @@ def adopt(d: Deployment, old: Old | None) -> bool:
         name=f"Adoption: stop {d.settings.adopt_synapse.unit}, dump its database, import into MAS, copy the data",
         commands=[f"sh {SCRIPT} migrate"],
     )
-    return True
 
 
 def finish(d: Deployment, old: Old | None) -> None:
     """After Synapse's stage: the deployment's Synapse answers on the adopted data, the adoption is delegated."""
     if old is None or old.record == "delegated" or host.name != d.settings.adopt_synapse.host:
         return
-    host_state.put("Adoption script", SCRIPT, script(d, old), "root", "root", "700", diff=False)
+    if imported(old):  # migrated in an earlier run: adopt() put no script in this one
+        host_state.put("Adoption script", SCRIPT, script(d, old), "root", "root", "700", diff=False)
     remote.shell(
         name="Adoption: the deployment's Synapse serves the adopted homeserver", commands=[f"sh {SCRIPT} finish"]
     )

@@ -136,6 +136,8 @@ class Source(FactBase):
                 ' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$dir";'
                 f' else dir={STATE}/uploads; install -d -m 700 "$dir"; fi; out="$dir/{SECRETS_FILE}"'
             )
+            # Once migrated the store holds them (read() takes none then): not read or fetched again.
+            lines.append(f'case "$(cat {RECORD} 2>/dev/null)" in migrated|delegated) out=-;; esac')
             out = '"$out"'
         lines += [
             f'printf \'S\\t%s\\t%s\\n\' "$(systemctl is-active {q(unit)})" "$(systemctl is-enabled {q(unit)} 2>/dev/null)"',
