@@ -46,9 +46,12 @@ OVERRIDES = "/etc/matrix-synapse/conf.d/zz-test.yaml"  # what a refusal test add
 FILLER_USERS, FILLER_TOKENS = 3000, 6000
 # On the host: wait until the adoption records that the import runs, then kill syn2mas migrate (not the dry run).
 KILL_MIGRATE = (
-    f"end=$(($(date +%s) + 1500)); while [ $(date +%s) -lt $end ]; do"
-    f' [ "$(cat {RECORD} 2>/dev/null)" = migrating ] && break; sleep 0.01; done; '
-    "for p in $(pgrep -f '[m]as-cli syn2mas .* migrate$'); do kill -9 $p && echo killed; done; "
+    # The record says migrating a moment before mas-cli starts: wait for the process itself, while it is so.
+    f"end=$(($(date +%s) + 1500)); while [ $(date +%s) -lt $end ]; do state=$(cat {RECORD} 2>/dev/null);"
+    " if [ \"$state\" = migrating ]; then p=$(pgrep -f '[m]as-cli syn2mas .* migrate$');"
+    ' [ -n "$p" ] && { kill -9 $p && echo killed; break; };'
+    ' elif [ "$state" = moving ] || [ "$state" = migrated ]; then echo "too late: $state"; break; fi;'
+    " sleep 0.01; done; "
     f'echo "record then: $(cat {RECORD} 2>/dev/null)"'
 )
 
