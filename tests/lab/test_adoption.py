@@ -4,8 +4,8 @@ password logins) moves under matrix-deploy and MAS.
 
 First what must be refused is refused, each time with the old Synapse still serving and nothing of the
 deployment on the host. Then the adoption, killed on the host while `syn2mas migrate` imports, and run again:
-after it the users log in with their old passwords through the compat layer, the kept access token still
-syncs, the room's history and image are there, the signing key is the old one, the deactivated user stays
+after it the users log in with their old passwords through the compat layer, alice's link to the old
+Synapse's OIDC provider is one to MAS's upstream provider named for it, the kept access token still syncs, the room's history and image are there, the signing key is the old one, the deactivated user stays
 out, the old Synapse is stopped and disabled with its files untouched, and a further run changes nothing.
 Single layout, Debian 12, with MAS as the lab runs it (the stand-in, or the real one with MAS_RELEASE).
 """
@@ -40,7 +40,23 @@ from tests.support.lab import (
 
 pytestmark = pytest.mark.lab
 
-ADOPT = {"adopt_synapse": {"host": "lab1"}}
+# The old Synapse's OIDC provider (alice has a link to it), and MAS's upstream provider that takes its links. Neither
+# is contacted: the old one is configured without discovery and with the userinfo endpoint (nothing to preload).
+OLD_PROVIDER = {
+    "idp_id": old_homeserver.EXTERNAL_ID[0].removeprefix("oidc-"), "idp_name": "Lab IdP",
+    "issuer": "https://idp.lab.test/", "client_id": "synapse", "client_auth_method": "none", "discover": False,
+    "authorization_endpoint": "https://idp.lab.test/authorize", "token_endpoint": "https://idp.lab.test/token",
+    "userinfo_endpoint": "https://idp.lab.test/userinfo", "user_profile_method": "userinfo_endpoint",
+    "scopes": ["openid", "profile"],
+}  # fmt: skip
+PROVIDER_ID = "01JCN7R2CGXQJ2XKM3Z5E9Q1VB"
+ADOPT = {
+    "adopt_synapse": {"host": "lab1"},
+    "mas_upstream_providers": [{
+        "id": PROVIDER_ID, "issuer": OLD_PROVIDER["issuer"], "client_id": "matrix", "token_endpoint_auth_method": "none",
+        "synapse_idp_id": old_homeserver.EXTERNAL_ID[0],
+    }],
+}  # fmt: skip
 OVERRIDES = "/etc/matrix-synapse/conf.d/zz-test.yaml"  # what a refusal test adds to the old config, then removes
 # Users beside the three, so that syn2mas migrate runs long enough to be killed while it imports.
 FILLER_USERS, FILLER_TOKENS = 3000, 6000
@@ -68,8 +84,8 @@ def old():
     fresh_secrets()
     (host,) = lab.up("single")
     prepare_release()
-    built = old_homeserver.build(host)
-    population = old_homeserver.populate(built)
+    built = old_homeserver.build(host, extra_config={"oidc_providers": [OLD_PROVIDER]})
+    population = old_homeserver.populate(built, external_id=True)
     old_homeserver.fill(built, users=FILLER_USERS, tokens=FILLER_TOKENS)
     yield {"host": host, "old": built, "population": population, "digest": old_homeserver.files_digest(host)}
     LAB_SETTINGS.unlink(missing_ok=True)  # `make lab` after the tests deploys the lab's own settings, not adopt_synapse
@@ -84,7 +100,7 @@ def refused(old, overrides: str | None = None, sql: str | None = None, **setting
     if sql:
         sh(host, "cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1", input=sql)
     try:
-        lab_settings(host, **ADOPT, **settings)
+        lab_settings(host, **{**ADOPT, **settings})
         run = pyinfra()
     finally:
         sh(host, f"rm -f {OVERRIDES}")
@@ -122,9 +138,11 @@ def test_sqlite_is_refused_saying_how_to_port_it(old):
     assert "syn2mas reads PostgreSQL only" in out and "synapse_port_db" in out, out[-3000:]
 
 
-def test_an_old_synapse_newer_than_the_inventory_s_is_refused(old):
-    out = refused(old, synapse_version="1.156.0")
+def test_an_old_synapse_newer_than_the_inventory_s_or_an_unmapped_oidc_provider_is_refused(old):
+    out = refused(old, synapse_version="1.156.0", mas_upstream_providers=[])
     assert "the old Synapse is 1.162.0, newer than synapse_version = '1.156.0'" in out, out[-3000:]
+    assert ("through the OIDC provider oidc-lab (issuer 'https://idp.lab.test/'): expected a mas_upstream_providers "
+            "entry for it with synapse_idp_id: 'oidc-lab'") in out, out[-3000:]  # fmt: skip
 
 
 def test_a_mas_database_with_users_is_refused(old):
@@ -198,28 +216,36 @@ def test_users_log_in_with_their_old_passwords_and_the_deactivated_one_does_not(
     assert results["alice"].user_id == "@alice:lab.test"
 
 
-# On the host, as the deploy's admin API client (root-only credentials): MAS's record of each user, as JSON lines.
-USER_RECORDS = r"""
+# On the host, as the deploy's admin API client (root-only credentials): MAS's answers at the paths, as JSON lines.
+ADMIN_API = r"""
 set -e
 umask 077
 auth=$(mktemp)
 trap 'rm -f "$auth"' EXIT
 curl -fsS -K /var/lib/matrix-deploy/mas-admin-api.curl -d grant_type=client_credentials -d scope=urn:mas:admin \
-    http://127.0.0.1:{port}/oauth2/token \
+    http://127.0.0.1:8081/oauth2/token \
     | python3 -c 'import json, sys; print("Authorization: Bearer " + json.load(sys.stdin)["access_token"])' > "$auth"
-for user in admin alice bob; do
-    curl -fsS -H @"$auth" http://127.0.0.1:{port}/api/admin/v1/users/by-username/$user; echo
+for path in "$@"; do
+    curl -fsSg -H @"$auth" "http://127.0.0.1:8081$path"; echo
 done
 """
 
 
+def mas_admin(host, *paths: str) -> list[dict]:
+    lines = sh(host, "sh -s " + " ".join(f"'{p}'" for p in paths), input=ADMIN_API).splitlines()
+    return [json.loads(line) for line in lines if line]
+
+
 def test_mas_holds_the_users_with_their_admin_and_deactivated_state(adopted):
-    lines = sh(adopted["host"], "sh -s", input=USER_RECORDS.format(port=8081)).splitlines()
-    records = {
-        r["data"]["attributes"]["username"]: r["data"]["attributes"] for r in map(json.loads, filter(None, lines))
-    }
-    assert records["admin"]["admin"] is True and records["alice"]["admin"] is False, records
-    assert records["bob"]["deactivated_at"] and not records["alice"]["deactivated_at"], records
+    found = mas_admin(adopted["host"], *(f"/api/admin/v1/users/by-username/{u}" for u in ("admin", "alice", "bob")))
+    records = {r["data"]["attributes"]["username"]: r["data"] for r in found}
+    assert records["admin"]["attributes"]["admin"] is True and records["alice"]["attributes"]["admin"] is False
+    assert records["bob"]["attributes"]["deactivated_at"] and not records["alice"]["attributes"]["deactivated_at"]
+    # alice's link to the old Synapse's OIDC provider is now one to the upstream provider that names it.
+    (links,) = mas_admin(adopted["host"], f"/api/admin/v1/upstream-oauth-links?filter[user]={records['alice']['id']}")
+    assert [(link["attributes"]["provider_id"], link["attributes"]["subject"]) for link in links["data"]] == [
+        (PROVIDER_ID, old_homeserver.EXTERNAL_ID[1])
+    ], links
 
 
 def test_the_kept_session_syncs_and_the_history_and_image_are_there(adopted):

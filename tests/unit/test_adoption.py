@@ -127,13 +127,32 @@ def test_an_adoptable_homeserver_is_not_refused(tmp_path):
         ({"version": "1.200.0"}, "the old Synapse is 1.200.0, newer than synapse_version = '1.163.2'"),
         ({"database_host": "db.example.org"}, "expected it in the PostgreSQL cluster of this host"),
         ({"database_user": "synapse"}, "uses a name of the deployment's own databases and roles"),
-        ({"oidc_providers": ["oidc-dex"]}, "OIDC providers (oidc-dex)"),
+        ({"oidc_providers": [["oidc-dex", "https://dex.example.org/"]]},
+         "the OIDC provider oidc-dex (issuer 'https://dex.example.org/'): expected a mas_upstream_providers entry "
+         "for it with synapse_idp_id: 'oidc-dex'"),
     ],
 )  # fmt: skip
 def test_what_mas_cannot_take_is_refused(tmp_path, changes, expected):
     found = refusals(adopting(tmp_path), old(**changes))
     assert any(expected in p for p in found), found
     assert all(p.startswith("adopt_synapse (host hs1): ") for p in found)
+
+
+PROVIDER = {"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://dex.example.org/", "client_id": "matrix",
+            "token_endpoint_auth_method": "none"}  # fmt: skip
+
+
+def test_an_old_oidc_provider_is_taken_by_the_upstream_provider_that_names_it(tmp_path):
+    two = old(oidc_providers=[["oidc-dex", "https://dex.example.org/"], ["oidc", "https://sso.example.org/"]])
+    named = {**PROVIDER, "synapse_idp_id": "oidc-dex"}
+    found = refusals(adopting(tmp_path, mas_upstream_providers=[named]), two)
+    assert [p for p in found if "OIDC provider" in p] == [
+        "adopt_synapse (host hs1): the old Synapse logs users in through the OIDC provider oidc (issuer "
+        "'https://sso.example.org/'): expected a mas_upstream_providers entry for it with synapse_idp_id: 'oidc' "
+        "(its users' links become links to that provider in MAS)"
+    ]
+    other = {**PROVIDER, "id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VC", "issuer": "https://sso.example.org/", "synapse_idp_id": "oidc"}
+    assert refusals(adopting(tmp_path, mas_upstream_providers=[named, other]), two) == []
 
 
 def test_a_mas_database_with_users_is_refused_until_the_adoption_has_begun(tmp_path):

@@ -228,6 +228,16 @@ BAD = [
     ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
                                   "client_id": "c", "client_secret": "inline"}]},
      "mas_upstream_providers[0].client_secret: unknown"),
+    ({"mas_upstream_providers": [{"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/",
+                                  "client_id": "c", "synapse_idp_id": "dex"}]},
+     "mas_upstream_providers[0].synapse_idp_id = 'dex': expected the old Synapse's name of the provider, `oidc` or "
+     "`oidc-<its idp_id>`"),
+    ({"mas_upstream_providers": [
+        {"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://idp.example.org/", "client_id": "c",
+         "synapse_idp_id": "oidc-dex"},
+        {"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VC", "issuer": "https://idp.example.org/", "client_id": "d",
+         "synapse_idp_id": "oidc-dex"}]},
+     "mas_upstream_providers[1].synapse_idp_id = 'oidc-dex': expected a provider of its own (another has it)"),
     ({"mas_extra_config": {"email": {"transport": "blackhole"}}}, "mas_extra_config.email: not allowed"),
     ({"mas_extra_config": {"upstream_oauth2": {"providers": []}}}, "mas_extra_config.upstream_oauth2: not allowed"),
     ({"mas_extra_config": {"account": {"password_registration_enabled": True}}},

@@ -25,6 +25,7 @@ PROVIDER = {
     "human_name": "Example IdP",
     "scope": "openid profile email",
     "claims": {"localpart": {"action": "require", "template": "{{ user.preferred_username }}"}},
+    "synapse_idp_id": "oidc-example",
 }
 FEATURES = {
     "mas_password_registration": True,
@@ -123,6 +124,7 @@ def test_registration_email_and_providers_render_into_a_schema_valid_mas_config(
     (provider,) = config["upstream_oauth2"]["providers"]
     assert provider["client_secret_file"] == f"/etc/mas/secrets/upstream_{PROVIDER_ID}_client_secret"
     assert provider["claims_imports"] == PROVIDER["claims"] and provider["scope"] == "openid profile email"
+    assert provider["synapse_idp_id"] == "oidc-example"
     for secret in store.values():
         assert secret not in text
     files = mas.secret_files(d)

@@ -63,12 +63,12 @@ def enabled(section):
 database = config.get("database") or {"name": "sqlite3", "args": {"database": "homeserver.db"}}
 args = database.get("args") or {}
 password = config.get("password_config") or {}
-providers = []
+providers = []  # as Synapse names them in user_external_ids (syn2mas's Config::all_oidc_providers)
 if enabled(config.get("oidc_config")):
-    providers.append((config["oidc_config"] or {}).get("idp_id") or "oidc")
+    providers.append([(config["oidc_config"] or {}).get("idp_id") or "oidc", config["oidc_config"].get("issuer")])
 for p in config.get("oidc_providers") or []:
     i = p.get("idp_id")
-    providers.append("oidc" if i in (None, "oidc") else "oidc-" + i)
+    providers.append(["oidc" if i in (None, "oidc") else "oidc-" + i, p.get("issuer")])
 modules = [m.get("module") for m in config.get("modules") or [] if isinstance(m, dict)]
 facts = {
     "version": synapse.__version__,
@@ -232,11 +232,14 @@ def refusals(d: Deployment, old: Old) -> list[str]:
             f"{where}: password providers {', '.join(map(str, providers))}: MAS cannot take them (an LDAP directory can "
             "be reached through an OIDC bridge such as Dex); expected none in the old Synapse's config"
         )
-    if c["oidc_providers"]:
-        problems.append(
-            f"{where}: the old Synapse logs users in through OIDC providers ({', '.join(c['oidc_providers'])}): "
-            "taking their links to MAS upstream providers is not supported yet; expected no oidc_providers"
-        )
+    mapped = {p.synapse_idp_id for p in s.mas_upstream_providers}
+    for idp_id, issuer in c["oidc_providers"]:
+        if idp_id not in mapped:
+            problems.append(
+                f"{where}: the old Synapse logs users in through the OIDC provider {idp_id} (issuer {issuer!r}): "
+                f"expected a mas_upstream_providers entry for it with synapse_idp_id: {idp_id!r} (its users' links "
+                "become links to that provider in MAS)"
+            )
     if not c["password_enabled"]:
         problems.append(f"{where}: password_config.enabled is false: expected the old Synapse's own password logins")
     if not c.get("signing_key_path"):

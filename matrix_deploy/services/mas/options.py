@@ -44,7 +44,9 @@ ON_CONFLICT = ("fail", "add", "replace", "set")
 # Client authentication methods offered here: the ones a client secret from the store is enough for.
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 PROVIDER_KEYS = ("id", "issuer", "client_id", "human_name", "brand_name", "scope", "token_endpoint_auth_method",
-                 "claims")  # fmt: skip
+                 "claims", "synapse_idp_id")  # fmt: skip
+# Synapse's name of an OIDC provider, as its user_external_ids rows hold it: `oidc`, or `oidc-` and its idp_id.
+SYNAPSE_IDP_ID = re.compile(r"^oidc(-[A-Za-z0-9._~-]{1,247})?$")
 CLAIM_KEYS = {
     "subject": ("template",),
     "localpart": ("action", "template", "on_conflict"),
@@ -74,6 +76,7 @@ class Provider:
     human_name: str | None = None
     brand_name: str | None = None
     claims: dict = field(default_factory=dict, hash=False)
+    synapse_idp_id: str | None = None  # the adopted Synapse's provider whose users' links syn2mas brings here
 
     @property
     def needs_secret(self) -> bool:
@@ -169,16 +172,16 @@ def providers(key: str, value: Any, problems: list[str]) -> tuple[Provider, ...]
     if not isinstance(value, list):
         problems.append(f"{key} = {value!r}: expected a list of providers (mappings)")
         return ()
-    found, seen = [], set()
+    found, seen, idp_ids = [], set(), set()
     for i, item in enumerate(value):
         where = f"{key}[{i}]"
         if not isinstance(item, dict):
             problems.append(f"{where} = {item!r}: expected a mapping with id, issuer and client_id")
             continue
         start = len(problems)
-        for key in item:
-            if key not in PROVIDER_KEYS:
-                problems.append(f"{where}.{key}: unknown; expected one of {', '.join(PROVIDER_KEYS)}")
+        for name in item:
+            if name not in PROVIDER_KEYS:
+                problems.append(f"{where}.{name}: unknown; expected one of {', '.join(PROVIDER_KEYS)}")
         pid = item.get("id")
         if not isinstance(pid, str) or not ULID.match(pid):
             problems.append(
@@ -199,9 +202,9 @@ def providers(key: str, value: Any, problems: list[str]) -> tuple[Provider, ...]
         client_id = item.get("client_id")
         if not isinstance(client_id, str) or not client_id:
             problems.append(f"{where}.client_id = {client_id!r}: expected the client id the provider gave you")
-        for key in ("human_name", "brand_name"):
-            if item.get(key) is not None and not isinstance(item[key], str):
-                problems.append(f"{where}.{key} = {item[key]!r}: expected a string")
+        for name in ("human_name", "brand_name"):
+            if item.get(name) is not None and not isinstance(item[name], str):
+                problems.append(f"{where}.{name} = {item[name]!r}: expected a string")
         scope = item.get("scope", "openid")
         tokens = scope.split(" ") if isinstance(scope, str) else []
         if not tokens or not all(SCOPE_TOKEN.match(t) for t in tokens) or "openid" not in tokens:
@@ -215,9 +218,20 @@ def providers(key: str, value: Any, problems: list[str]) -> tuple[Provider, ...]
                 f"{where}.token_endpoint_auth_method = {method!r}: expected one of {', '.join(AUTH_METHODS)}"
             )
         claims = _claims(f"{where}.claims", item.get("claims"), problems)
+        idp_id = item.get("synapse_idp_id")
+        if idp_id is not None and (not isinstance(idp_id, str) or not SYNAPSE_IDP_ID.match(idp_id)):
+            problems.append(
+                f"{where}.synapse_idp_id = {idp_id!r}: expected the old Synapse's name of the provider, `oidc` or "
+                "`oidc-<its idp_id>` (the auth_provider of its user_external_ids rows)"
+            )
+        elif idp_id is not None and idp_id in idp_ids:
+            problems.append(f"{where}.synapse_idp_id = {idp_id!r}: expected a provider of its own (another has it)")
+        elif idp_id is not None:
+            idp_ids.add(idp_id)
         if len(problems) == start:
             found.append(
-                Provider(pid, issuer, client_id, scope, method, item.get("human_name"), item.get("brand_name"), claims)
+                Provider(pid, issuer, client_id, scope, method, item.get("human_name"), item.get("brand_name"), claims,
+                         idp_id)  # fmt: skip
             )
     return tuple(found)
 
@@ -258,6 +272,8 @@ def config(s, secret_path) -> dict:
                 entry["client_secret_file"] = secret_path(p.id)
             if p.claims:
                 entry["claims_imports"] = p.claims
+            if p.synapse_idp_id is not None:
+                entry["synapse_idp_id"] = p.synapse_idp_id
             providers.append(entry)
         out["upstream_oauth2"] = {"providers": providers}
     return out
@@ -366,8 +382,9 @@ OPTIONS = (
         "upstream OIDC providers: mappings of `id` (a ULID you choose once), `issuer`, `client_id`, `scope` "
         "(`openid` by default), `human_name`, `brand_name`, `token_endpoint_auth_method` (`client_secret_basic`, "
         "`client_secret_post` or `none`), `claims` (MAS's `claims_imports`); each client secret is the store's "
-        "`mas_upstream_client_secret_<id>` (set by hand), delivered as a file. Removing one disables it in MAS, "
-        "its users' links kept",
+        "`mas_upstream_client_secret_<id>` (set by hand), delivered as a file; `synapse_idp_id` (`oidc-<idp_id>`) when "
+        "adopting a Synapse whose users log in through that provider (syn2mas brings their links to this one). "
+        "Removing one disables it in MAS, its users' links kept",
         providers,
     ),
 )  # fmt: skip

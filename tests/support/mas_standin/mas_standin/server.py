@@ -15,8 +15,8 @@ What each resource answers (paths as in MAS 1.22.0's router, below the listener'
              GET /, /account/..., /complete-compat-sso/{id}: small HTML pages.
 - assets:    GET /assets/<file> from the resource's `path` (default ./share/assets/).
 - adminapi:  /api/admin/v1/users: GET by-username/{username}, POST (create), GET {id},
-             POST {id}/set-password, POST {id}/set-admin; GET oauth2-clients and upstream-oauth-providers (first
-             page); the rest of the admin API answers 501.
+             POST {id}/set-password, POST {id}/set-admin; GET oauth2-clients, upstream-oauth-providers and
+             upstream-oauth-links (first page); the rest of the admin API answers 501.
 - prometheus: GET /metrics, as crates/cli/src/telemetry.rs: with `telemetry.metrics.exporter: prometheus`
              200 (text/plain;version=1.0.0) with the `http.server.duration` histogram server.rs records for
              every request, per listener name, method, route and status (as http_server_duration_count and
@@ -513,6 +513,7 @@ class Handler(BaseHTTPRequestHandler):
         ("adminapi", "POST", r"/api/admin/v1/users/([^/]+)/set-admin", "admin_set_admin"),
         ("adminapi", "GET", r"/api/admin/v1/oauth2-clients", "admin_oauth2_clients"),
         ("adminapi", "GET", r"/api/admin/v1/upstream-oauth-providers", "admin_upstream_oauth_providers"),
+        ("adminapi", "GET", r"/api/admin/v1/upstream-oauth-links", "admin_upstream_oauth_links"),
         ("adminapi", "GET", r"/api/admin/v1/.+", "admin_other"),
         ("adminapi", "POST", r"/api/admin/v1/.+", "admin_other"),
         ("connection-info", "GET", r"/connection-info", "connection_info"),
@@ -1243,9 +1244,9 @@ class Handler(BaseHTTPRequestHandler):
         if not 1 <= first <= 100:
             raise admin_error(400, "Invalid pagination parameters", "page[first] must be between 1 and 100")
         values = {}
-        for name, choices in filters.items():
+        for name, choices in filters.items():  # choices None: any value
             if name in params:
-                if params[name] not in choices:
+                if choices is not None and params[name] not in choices:
                     raise admin_error(400, "Invalid filter parameters")
                 values[name] = params[name]
         token = self._admin_token()
@@ -1300,6 +1301,37 @@ class Handler(BaseHTTPRequestHandler):
 
         self._admin_list("upstream-oauth-provider", "/api/admin/v1/upstream-oauth-providers",
                          {"filter[enabled]": ("true", "false")}, query)  # fmt: skip
+
+    def route_admin_upstream_oauth_links(self, match, resource):
+        """GET upstream-oauth-links (v1/upstream_oauth_links/list.rs), with `filter[user]`, `filter[provider]` and
+        `filter[subject]`; a user or provider the filter names that does not exist is a 404, as in MAS."""
+
+        def query(conn, values):
+            for name, table, column, what in (("filter[user]", "users", "user_id", "User"),
+                                              ("filter[provider]", "upstream_oauth_providers",
+                                               "upstream_oauth_provider_id", "Provider")):  # fmt: skip
+                if name in values and not store.one(
+                    conn, f"SELECT 1 FROM {table} WHERE {column} = :id", id=values[name]
+                ):
+                    raise admin_error(404, f"{what} ID {values[name]} not found")
+            for row in store.rows(conn, "SELECT * FROM upstream_oauth_links"):
+                if any(
+                    values.get(f"filter[{key}]", row[column]) != row[column]
+                    for key, column in (
+                        ("user", "user_id"),
+                        ("provider", "upstream_oauth_provider_id"),
+                        ("subject", "subject"),
+                    )
+                ):
+                    continue
+                yield row["upstream_oauth_link_id"], {
+                    "created_at": timestamp(row["created_at"]), "provider_id": row["upstream_oauth_provider_id"],
+                    "subject": row["subject"], "user_id": row["user_id"],
+                    "human_account_name": row["human_account_name"],
+                }  # fmt: skip
+
+        self._admin_list("upstream-oauth-link", "/api/admin/v1/upstream-oauth-links",
+                         {"filter[user]": None, "filter[provider]": None, "filter[subject]": None}, query)  # fmt: skip
 
     def route_admin_other(self, match, resource):
         """The rest of MAS's admin API, which the stand-in does not implement: 501 once the caller is authorised."""
