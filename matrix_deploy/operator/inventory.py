@@ -19,6 +19,7 @@ from pyinfra_cli.inventory import make_inventory_from_files
 from matrix_deploy.operator import secret_table
 from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.settings import ROLES, Settings, SettingsError, load
+from matrix_deploy.services.adoption import options as adoption_options
 
 _loading = False
 LOGIN_KEYS = ("ssh_user", "ssh_port", "ssh_key", "ssh_known_hosts_file", "ssh_strict_host_key_checking", "_sudo")
@@ -61,6 +62,8 @@ def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:
     store = secrets_store.store_path(settings.secrets_dir, inventory_file, encrypted=identity is not None)
     connect = {name: data.get("ssh_hostname") or name for name, data in hosts.items()}
     secrets = secrets_store.load(store, wanted_secrets(settings), identity)
+    if problems := adoption_options.kept(settings, secrets.values):
+        raise SettingsError(problems)
     logins = {
         name: {k: v for k, v in data.items() if k in LOGIN_KEYS and v is not None} for name, data in hosts.items()
     }

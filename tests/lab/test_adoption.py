@@ -293,3 +293,14 @@ def test_a_second_run_changes_nothing_and_never_runs_syn2mas_again(adopted):
     assert changed_operations(run.stdout) == [], run.stdout[-3000:]
     assert "Adoption" not in run.stdout, run.stdout[-3000:]
     assert service_stamps(host) == stamps
+
+
+def test_adopt_synapse_dropped_afterwards_is_refused_before_any_connection(adopted):
+    # The store holds the old pepper: without adopt_synapse MAS would lose the bcrypt scheme its users still need.
+    lab_settings(adopted["host"], **{k: v for k, v in ADOPT.items() if k != "adopt_synapse"})
+    try:
+        run = pyinfra()
+    finally:
+        lab_settings(adopted["host"], **ADOPT)
+    assert run.returncode != 0 and "no host was contacted" in run.stdout, run.stdout[-3000:]
+    assert "adopt_synapse is unset, but the secrets store holds synapse_password_pepper" in run.stdout, run.stdout

@@ -13,6 +13,7 @@ from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.inventory import Deployment, wanted_secrets
 from matrix_deploy.operator.settings import SettingsError
 from matrix_deploy.services.adoption import service as adoption
+from matrix_deploy.services.adoption.options import kept
 from matrix_deploy.services.adoption.source import Old, refusals
 from matrix_deploy.services.mas import service as mas
 from tests.conftest import make_settings
@@ -151,8 +152,21 @@ def test_an_old_oidc_provider_is_taken_by_the_upstream_provider_that_names_it(tm
         "'https://sso.example.org/'): expected a mas_upstream_providers entry for it with synapse_idp_id: 'oidc' "
         "(its users' links become links to that provider in MAS)"
     ]
-    other = {**PROVIDER, "id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VC", "issuer": "https://sso.example.org/", "synapse_idp_id": "oidc"}
+    other = {
+        **PROVIDER,
+        "id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VC",
+        "issuer": "https://sso.example.org/",
+        "synapse_idp_id": "oidc",
+    }
     assert refusals(adopting(tmp_path, mas_upstream_providers=[named, other]), two) == []
+
+
+def test_once_the_store_holds_the_old_pepper_adopt_synapse_must_stay():
+    assert kept(make_settings(adopt_synapse={"host": "hs1"}), {"synapse_password_pepper": ""}) == []
+    assert kept(make_settings(), {"synapse_signing_key": "x"}) == []
+    (problem,) = kept(make_settings(), {"synapse_password_pepper": ""})  # even empty: the old Synapse had none
+    assert problem.startswith("adopt_synapse is unset, but the secrets store holds synapse_password_pepper"), problem
+    assert "expected adopt_synapse kept as it was" in problem
 
 
 def test_a_mas_database_with_users_is_refused_until_the_adoption_has_begun(tmp_path):

@@ -229,10 +229,8 @@ def providers(key: str, value: Any, problems: list[str]) -> tuple[Provider, ...]
         elif idp_id is not None:
             idp_ids.add(idp_id)
         if len(problems) == start:
-            found.append(
-                Provider(pid, issuer, client_id, scope, method, item.get("human_name"), item.get("brand_name"), claims,
-                         idp_id)  # fmt: skip
-            )
+            names = (item.get("human_name"), item.get("brand_name"))
+            found.append(Provider(pid, issuer, client_id, scope, method, *names, claims, idp_id))
     return tuple(found)
 
 
