@@ -61,7 +61,8 @@ def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:
     identity = settings.secrets_age_identity
     store = secrets_store.store_path(settings.secrets_dir, inventory_file, encrypted=identity is not None)
     connect = {name: data.get("ssh_hostname") or name for name, data in hosts.items()}
-    secrets = secrets_store.load(store, wanted_secrets(settings), identity)
+    adoptable = adoption_options.client_secrets(settings).values()
+    secrets = secrets_store.load(store, wanted_secrets(settings), identity, adoptable)
     if problems := adoption_options.kept(settings, secrets.values):
         raise SettingsError(problems)
     logins = {

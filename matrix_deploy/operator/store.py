@@ -15,6 +15,7 @@ import secrets
 import stat
 import string
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,12 +266,14 @@ def write(path: Path, values: dict[str, str], identity_file: Path | None = None)
     partial.replace(path)
 
 
-def load(path: Path, wanted: list[str], identity_file: Path | None = None) -> Secrets:
-    """Read the store, generate and save the wanted secrets it lacks, and return them all."""
+def load(path: Path, wanted: list[str], identity_file: Path | None = None, adoptable: Iterable[str] = ()) -> Secrets:
+    """Read the store, generate and save the wanted secrets it lacks, and return them all. The `adoptable`
+    entries (an adoption's upstream client secrets) may be missing: the adoption takes them from the old config."""
     values = _read(path, identity_file) if path.exists() else {}
     _check(path, values)
     # An adoption puts its secrets in when it reads the old homeserver, before anything is deployed.
-    absent = [name for name in wanted if name not in values and name not in GENERATORS and name not in ADOPTED]
+    later = {*ADOPTED, *adoptable}
+    absent = [name for name in wanted if name not in values and name not in GENERATORS and name not in later]
     if absent:
         raise SettingsError(
             [
@@ -278,7 +281,7 @@ def load(path: Path, wanted: list[str], identity_file: Path | None = None) -> Se
                 for name in absent
             ]
         )
-    missing = [name for name in wanted if name not in values and name not in ADOPTED]
+    missing = [name for name in wanted if name not in values and name not in later]
     if missing:
         values.update({name: GENERATORS[name]() for name in missing})
         write(path, values, identity_file)

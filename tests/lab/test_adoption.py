@@ -5,13 +5,15 @@ password logins) moves under matrix-deploy and MAS.
 First what must be refused is refused, each time with the old Synapse still serving and nothing of the
 deployment on the host. Then the adoption, killed on the host while `syn2mas migrate` imports, and run again:
 after it the users log in with their old passwords through the compat layer, alice's link to the old
-Synapse's OIDC provider is one to MAS's upstream provider named for it, the kept access token still syncs, the room's history and image are there, the signing key is the old one, the deactivated user stays
+Synapse's OIDC provider is one to MAS's upstream provider named for it, which has the old client secret, the kept access token still syncs, the room's history and image are there, the signing key is the old one, the deactivated user stays
 out, the old Synapse is stopped and disabled with its files untouched, and a further run changes nothing.
 Single layout, Debian 12, with MAS as the lab runs it (the stand-in, or the real one with MAS_RELEASE).
 """
 
 import asyncio
+import hashlib
 import json
+import secrets
 import time
 
 import pytest
@@ -22,6 +24,7 @@ from matrix_deploy.lab import old_homeserver
 from matrix_deploy.lab.probe import LAB_SETTINGS
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.services.adoption.source import RECORD
+from matrix_deploy.services.mas.secret_files import upstream_secret_path
 from tests.lab.test_backup import client
 from tests.support.lab import (
     Running,
@@ -40,11 +43,14 @@ from tests.support.lab import (
 
 pytestmark = pytest.mark.lab
 
-# The old Synapse's OIDC provider (alice has a link to it), and MAS's upstream provider that takes its links. Neither
-# is contacted: the old one is configured without discovery and with the userinfo endpoint (nothing to preload).
+# The old Synapse's OIDC provider (alice has a link to it), and MAS's upstream provider that takes its links and
+# its client secret. Neither is contacted: the old one is configured without discovery and with the userinfo
+# endpoint (nothing to preload).
+OLD_CLIENT_SECRET = secrets.token_urlsafe(24)
 OLD_PROVIDER = {
     "idp_id": old_homeserver.EXTERNAL_ID[0].removeprefix("oidc-"), "idp_name": "Lab IdP",
-    "issuer": "https://idp.lab.test/", "client_id": "synapse", "client_auth_method": "none", "discover": False,
+    "issuer": "https://idp.lab.test/", "client_id": "synapse", "client_auth_method": "client_secret_post",
+    "client_secret": OLD_CLIENT_SECRET, "discover": False,
     "authorization_endpoint": "https://idp.lab.test/authorize", "token_endpoint": "https://idp.lab.test/token",
     "userinfo_endpoint": "https://idp.lab.test/userinfo", "user_profile_method": "userinfo_endpoint",
     "scopes": ["openid", "profile"],
@@ -53,7 +59,8 @@ PROVIDER_ID = "01JCN7R2CGXQJ2XKM3Z5E9Q1VB"
 ADOPT = {
     "adopt_synapse": {"host": "lab1"},
     "mas_upstream_providers": [{
-        "id": PROVIDER_ID, "issuer": OLD_PROVIDER["issuer"], "client_id": "matrix", "token_endpoint_auth_method": "none",
+        "id": PROVIDER_ID, "issuer": OLD_PROVIDER["issuer"], "client_id": "synapse",
+        "token_endpoint_auth_method": "client_secret_post",
         "synapse_idp_id": old_homeserver.EXTERNAL_ID[0],
     }],
 }  # fmt: skip
@@ -174,7 +181,8 @@ def test_the_adoption_killed_during_the_import_ends_as_one_that_was_not(old):
     # the runs' output or the adoption's log, nor in any file another local user can read.
     o = old["old"]
     taken = {"pepper": o.pepper, "macaroon": o.macaroon_secret_key, "form": o.form_secret,
-             "signing key": sh(host, f"cat {old_homeserver.SIGNING_KEY}"), "database": o.db_password}  # fmt: skip
+             "signing key": sh(host, f"cat {old_homeserver.SIGNING_KEY}"), "database": o.db_password,
+             "OIDC client": OLD_CLIENT_SECRET}  # fmt: skip
     fragments = secret_fragments(taken)
     assert holding_secrets((first.stdout + again.stdout + said).splitlines(), fragments) == []
     sh(host, "id watcher >/dev/null 2>&1 || useradd --create-home --shell /bin/sh watcher")  # another local user
@@ -246,6 +254,13 @@ def test_mas_holds_the_users_with_their_admin_and_deactivated_state(adopted):
     assert [(link["attributes"]["provider_id"], link["attributes"]["subject"]) for link in links["data"]] == [
         (PROVIDER_ID, old_homeserver.EXTERNAL_ID[1])
     ], links
+
+
+def test_the_upstream_provider_has_the_old_provider_s_client_secret(adopted):
+    # The store had none: the adoption took the old one (compared by digest, so a failure shows no secret).
+    delivered = sh(adopted["host"], f"sha256sum < {upstream_secret_path(PROVIDER_ID)}").split()[0]
+    assert delivered == hashlib.sha256(OLD_CLIENT_SECRET.encode()).hexdigest()
+    assert sh(adopted["host"], f"stat -c '%U %a' {upstream_secret_path(PROVIDER_ID)}").strip() == "mas 400"
 
 
 def test_the_kept_session_syncs_and_the_history_and_image_are_there(adopted):

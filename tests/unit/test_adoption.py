@@ -3,7 +3,10 @@ what MAS cannot take is refused from the old homeserver's facts before anything 
 (tests/lab/test_adoption.py) runs the whole adoption on a real old homeserver."""
 
 import copy
+import json
+import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +16,8 @@ from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.inventory import Deployment, wanted_secrets
 from matrix_deploy.operator.settings import SettingsError
 from matrix_deploy.services.adoption import service as adoption
-from matrix_deploy.services.adoption.options import kept
-from matrix_deploy.services.adoption.source import Old, refusals
+from matrix_deploy.services.adoption.options import client_secrets, kept
+from matrix_deploy.services.adoption.source import READ_CONFIG, Old, _take, lacking_client_secrets, refusals
 from matrix_deploy.services.mas import service as mas
 from tests.conftest import make_settings
 
@@ -41,7 +44,8 @@ FACTS = {
 def adopting(tmp_path, **data) -> Deployment:
     settings = make_settings(secrets_dir=str(tmp_path / "secrets"), adopt_synapse={"host": "hs1"}, **data)
     store = secrets_store.store_path(settings.secrets_dir, Path("test.py"))
-    return Deployment(Path("test.py"), settings, secrets_store.load(store, wanted_secrets(settings)), store)
+    secrets = secrets_store.load(store, wanted_secrets(settings), adoptable=client_secrets(settings).values())
+    return Deployment(Path("test.py"), settings, secrets, store)
 
 
 def old(record="", mas_users=0, synapse_tables=0, **changes) -> Old:
@@ -161,6 +165,31 @@ def test_an_old_oidc_provider_is_taken_by_the_upstream_provider_that_names_it(tm
     assert refusals(adopting(tmp_path, mas_upstream_providers=[named, other]), two) == []
 
 
+def test_the_old_providers_client_secret_goes_to_the_store_unless_it_holds_one(tmp_path):
+    basic = {**PROVIDER, "token_endpoint_auth_method": "client_secret_basic", "synapse_idp_id": "oidc-dex"}
+    entry = f"mas_upstream_client_secret_{PROVIDER['id']}"
+    # Without adopt_synapse the store must hold it before any connection; with it, the adoption may bring it.
+    with pytest.raises(SettingsError, match=f"{entry} is missing"):
+        secrets_store.load(tmp_path / "plain.yaml", [entry])
+    d = adopting(tmp_path, mas_upstream_providers=[basic])
+    assert client_secrets(d.settings) == {"oidc-dex": entry}
+    assert entry not in d.secrets.values
+    assert "the client secrets mas_upstream_client_secret_01JCN7R2CGXQJ2XKM3Z5E9Q1VB (synapse_idp_id 'oidc-dex')" in (
+        lacking_client_secrets(d)
+    )
+    old_secrets = {"oidc-dex": "the old client secret", "oidc-other": "not this one's"}
+    _take(d, {"pepper": "", "oidc_client_secrets": old_secrets})
+    assert yaml.safe_load(d.secrets_file.read_text())[entry] == "the old client secret"
+    assert lacking_client_secrets(d) == ""
+    # One the operator put there is kept.
+    d.secrets.values[entry] = "the operator's own"
+    _take(d, {"pepper": "", "oidc_client_secrets": {"oidc-dex": "the old client secret"}})
+    assert d.secrets[entry] == "the operator's own"
+    # A provider without a client secret takes none.
+    public = adopting(tmp_path / "public", mas_upstream_providers=[{**PROVIDER, "synapse_idp_id": "oidc-dex"}])
+    assert client_secrets(public.settings) == {}
+
+
 def test_once_the_store_holds_the_old_pepper_adopt_synapse_must_stay():
     assert kept(make_settings(adopt_synapse={"host": "hs1"}), {"synapse_password_pepper": ""}) == []
     assert kept(make_settings(), {"synapse_signing_key": "x"}) == []
@@ -227,3 +256,34 @@ def test_pg_hba_keeps_the_old_role_in_its_database_on_the_adopted_host_only(tmp_
     ]
     assert adoption.hba_lines(d, old(), "other") == [] and adoption.hba_lines(d, None, "hs1") == []
     assert adoption.hba_lines(d, old(database_dbname="matrix"), "hs1")[0].startswith("host    matrix    synapse_user")
+
+
+def test_the_config_reader_takes_the_client_secrets_as_synapse_reads_them(tmp_path):
+    # READ_CONFIG run by this Python and PyYAML on a config of three files; `synapse` here is a stand-in package
+    # that only has a __version__ (the lab test runs the reader with the old Synapse's own Python).
+    (tmp_path / "lib/synapse").mkdir(parents=True)
+    (tmp_path / "lib/synapse/__init__.py").write_text('__version__ = "1.160.0"\n')
+    (tmp_path / "dex-secret").write_text("dex's secret\n")
+    (tmp_path / "key").write_text("ed25519 a_old1 seed\n")
+    config = {"server_name": "example.org", "signing_key_path": str(tmp_path / "key"),
+              "oidc_config": {"issuer": "https://sso.example.org/", "client_secret": "legacy secret"},
+              "oidc_providers": [{"idp_id": "dex", "issuer": "https://dex.example.org/",
+                                  "client_secret_path": str(tmp_path / "dex-secret")},
+                                 {"idp_id": "public", "issuer": "https://public.example.org/",
+                                  "client_auth_method": "none"}]}  # fmt: skip
+    (tmp_path / "homeserver.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d/a.yaml").write_text("form_secret: the form secret\n")
+    out = tmp_path / "taken.json"
+    run = subprocess.run(
+        [sys.executable, "-c", READ_CONFIG, str(out), str(tmp_path / "homeserver.yaml"), str(tmp_path / "conf.d")],
+        env={"PYTHONPATH": str(tmp_path / "lib")}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    facts = json.loads(run.stdout.removeprefix("C\t"))
+    assert facts["oidc_providers"] == [["oidc", "https://sso.example.org/"], ["oidc-dex", "https://dex.example.org/"],
+                                       ["oidc-public", "https://public.example.org/"]]  # fmt: skip
+    assert "secret" not in run.stdout  # the secrets go to the file only
+    taken = json.loads(out.read_text())
+    assert taken["oidc_client_secrets"] == {"oidc": "legacy secret", "oidc-dex": "dex's secret"}
+    assert taken["form_secret"] == "the form secret" and taken["signing_key"] == "ed25519 a_old1 seed\n"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600

@@ -16,6 +16,7 @@ INTERFACES = {
     "matrix_deploy.services.postgres.databases": "the databases, created alike by PostgreSQL's stage and a restore",
     "matrix_deploy.services.synapse.paths": "where Synapse's config, data and signing key are: what backups hold",
     "matrix_deploy.services.mas.paths": "where MAS's config and releases are: what an adoption runs syn2mas from",
+    "matrix_deploy.services.mas.secret_files": "MAS's secret files: the upstream client secrets an adoption brings",
 }
 # The one module that knows every service: which runs for each role (deploy.py composes the stages from it).
 REGISTRY = "matrix_deploy.services.roles"

@@ -4,6 +4,7 @@ import re
 from dataclasses import dataclass
 
 from matrix_deploy.operator.declare import Option, bad
+from matrix_deploy.services.mas.secret_files import upstream_secret_entry
 
 # The matrix.org Debian package's layout (matrix-synapse-py3), the defaults of adopt_synapse's keys.
 DEBIAN_CONFIG = ("/etc/matrix-synapse/homeserver.yaml", "/etc/matrix-synapse/conf.d/")
@@ -94,3 +95,15 @@ def kept(settings, stored) -> list[str]:
             "remove synapse_password_pepper from the store once those users have new passwords)"
         ]
     return []
+
+
+def client_secrets(settings) -> dict[str, str]:
+    """The upstream providers' client secrets an adoption takes from the old Synapse's OIDC providers: the old
+    provider's name (synapse_idp_id) -> the store entry; none without adopt_synapse."""
+    if settings.adopt_synapse is None:
+        return {}
+    return {
+        p.synapse_idp_id: upstream_secret_entry(p.id)
+        for p in settings.mas_upstream_providers
+        if p.synapse_idp_id is not None and p.needs_secret
+    }

@@ -23,6 +23,7 @@ from matrix_deploy.engine.paths import STATE, UPLOAD_DIR
 from matrix_deploy.operator import store
 from matrix_deploy.operator.inventory import Deployment
 from matrix_deploy.operator.settings import version_tuple
+from matrix_deploy.services.adoption.options import client_secrets
 
 RECORD = f"{STATE}/adoption"  # where the adoption stands: checked, migrating, migrated, delegated
 STATES = ("checked", "migrating", "migrated", "delegated")
@@ -63,12 +64,19 @@ def enabled(section):
 database = config.get("database") or {"name": "sqlite3", "args": {"database": "homeserver.db"}}
 args = database.get("args") or {}
 password = config.get("password_config") or {}
-providers = []  # as Synapse names them in user_external_ids (syn2mas's Config::all_oidc_providers)
+providers, sections = [], {}  # as Synapse names them in user_external_ids (syn2mas's Config::all_oidc_providers)
 if enabled(config.get("oidc_config")):
     providers.append([(config["oidc_config"] or {}).get("idp_id") or "oidc", config["oidc_config"].get("issuer")])
+    sections[providers[-1][0]] = config["oidc_config"]
 for p in config.get("oidc_providers") or []:
     i = p.get("idp_id")
     providers.append(["oidc" if i in (None, "oidc") else "oidc-" + i, p.get("issuer")])
+    sections[providers[-1][0]] = p
+def client_secret(section):  # as Synapse reads it (config/oidc.py): client_secret, else client_secret_path's file
+    if section.get("client_secret") is None and section.get("client_secret_path"):
+        with open(section["client_secret_path"]) as f:
+            return f.read().rstrip("\n")
+    return str(section.get("client_secret") or "")
 modules = [m.get("module") for m in config.get("modules") or [] if isinstance(m, dict)]
 facts = {
     "version": synapse.__version__,
@@ -97,6 +105,7 @@ if out != "-":
     for name in ("macaroon_secret_key", "form_secret"):
         if config.get(name):
             taken[name] = config[name]
+    taken["oidc_client_secrets"] = {name: client_secret(s) for name, s in sections.items() if client_secret(s)}
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(taken, f)
@@ -317,14 +326,35 @@ def read(d: Deployment) -> Old:
         )
     if taken and old.record not in ("migrated", "delegated"):
         _take(d, taken)
+    if problem := lacking_client_secrets(d):
+        raise DeployError(f"the adoption is refused, nothing was changed and the old Synapse still runs: {problem}")
     _read[source.host] = old
     return old
 
 
-def _take(d: Deployment, taken: dict[str, str]) -> None:
+def _take(d: Deployment, taken: dict) -> None:
     values = {TAKEN[key]: value for key, value in taken.items() if key in TAKEN}
+    # The old OIDC providers' client secrets go to the upstream providers that take their links, unless the store
+    # has one already (the operator's, or a new one the provider gave for MAS's redirect URI).
+    old_secrets = taken.get("oidc_client_secrets") or {}
+    for idp_id, entry in client_secrets(d.settings).items():
+        if entry not in d.secrets.values and old_secrets.get(idp_id):
+            values[entry] = old_secrets[idp_id]
     # Keep the deployment's own where the old one would not do (too short for the store's rules).
     for name in ("synapse_macaroon_secret_key", "synapse_form_secret"):
         if name in values and len(values[name].strip()) < store.MIN_LENGTH[name]:
             del values[name]
     store.adopt(d.secrets_file, d.secrets, values, d.settings.secrets_age_identity)
+
+
+def lacking_client_secrets(d: Deployment) -> str:
+    """Why an upstream provider that takes an old provider's links has no client secret ("" when all have one)."""
+    lacking = [f"{entry} (synapse_idp_id {idp_id!r})" for idp_id, entry in client_secrets(d.settings).items()
+               if entry not in d.secrets.values]  # fmt: skip
+    if not lacking:
+        return ""
+    return (
+        f"neither the secrets store nor the old Synapse's OIDC providers hold the client secrets {', '.join(lacking)}; "
+        "expected each in the store, put there by hand (the secret the provider gave you), or the provider's "
+        "token_endpoint_auth_method none"
+    )

@@ -381,7 +381,8 @@ OPTIONS = (
         "(`openid` by default), `human_name`, `brand_name`, `token_endpoint_auth_method` (`client_secret_basic`, "
         "`client_secret_post` or `none`), `claims` (MAS's `claims_imports`); each client secret is the store's "
         "`mas_upstream_client_secret_<id>` (set by hand), delivered as a file; `synapse_idp_id` (`oidc-<idp_id>`) when "
-        "adopting a Synapse whose users log in through that provider (syn2mas brings their links to this one). "
+        "adopting a Synapse whose users log in through that provider (syn2mas brings their links to this one; the "
+        "old provider's client secret goes to the store unless it has one). "
         "Removing one disables it in MAS, its users' links kept",
         providers,
     ),
