@@ -7,12 +7,14 @@ matrix-deploy installs it): a system user `matrix-synapse`, the virtualenv `/opt
 `/etc/matrix-synapse` (`homeserver.yaml`, `conf.d/server_name.yaml` and `conf.d/report_stats.yaml` as the package's
 debconf writes them, `log.yaml`, `homeserver.signing.key`), data in `/var/lib/matrix-synapse`, logs in
 `/var/log/matrix-synapse`, and the package's unit `/lib/systemd/system/matrix-synapse.service`. Its database is
-Debian's PostgreSQL (database `synapse` owned by `synapse_user`) or SQLite.
+Debian's PostgreSQL (database `synapse` owned by `synapse_user`) or SQLite. Or (`layout=OWN`) the way an operator
+installs Synapse with pip into a virtualenv of their own: `/srv/homeserver/{env,config,data,log}`, one config
+file, the user and unit `homeserver`, the database `matrix` owned by `homeserver`.
 
 - `build(host, ...)` installs and starts it on a fresh lab host (Debian 12 or 13) and waits for `/health`;
 - `populate(old)` gives it users, a room with messages and an image, and a logged-in client, through its HTTP APIs;
 - `fill(old, users, tokens)` bulk-inserts generated users, devices, tokens and emails into its PostgreSQL (benchmarks);
-- `running(old)`, `stop(old)`, `start(old)`, `files_digest(host)`, `login(old, ...)`, `api(old, ...)`,
+- `running(old)`, `stop(old)`, `start(old)`, `files_digest(host, layout)`, `login(old, ...)`, `api(old, ...)`,
   `psql(old, ...)`, `insert_external_id(old, ...)`: what the tests look at and do.
 
 The first build of a lock on a Debian release makes the virtualenv with pip; it is then kept on this machine
@@ -49,26 +51,61 @@ from matrix_deploy.lab.probe import sh, ssh
 from matrix_deploy.lab.system import CACHE_DIR
 from matrix_deploy.services.synapse import locks
 
-VENV = "/opt/venvs/matrix-synapse"
-ETC = "/etc/matrix-synapse"
-CONFIG = f"{ETC}/homeserver.yaml"
-CONF_D = f"{ETC}/conf.d"
-LOG_CONFIG = f"{ETC}/log.yaml"
-SIGNING_KEY = f"{ETC}/homeserver.signing.key"
-DATA = "/var/lib/matrix-synapse"
-MEDIA = f"{DATA}/media"
-SQLITE_DB = f"{DATA}/homeserver.db"
-LOG_DIR = "/var/log/matrix-synapse"
-USER = "matrix-synapse"
-UNIT = "matrix-synapse"
-UNIT_FILE = "/lib/systemd/system/matrix-synapse.service"
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an old homeserver's parts are: the package's (DEBIAN), or an operator's own virtualenv (OWN)."""
+
+    venv: str
+    etc: str  # its config directory: homeserver.yaml, log.yaml, the signing key
+    conf_d: bool  # the package's conf.d/ (server_name.yaml, report_stats.yaml), a second --config-path
+    data: str
+    log_dir: str
+    user: str
+    unit: str
+    unit_file: str
+    db_name: str
+    db_user: str
+
+    @property
+    def config(self) -> str:
+        return f"{self.etc}/homeserver.yaml"
+
+    @property
+    def config_paths(self) -> tuple[str, ...]:
+        """Its --config-paths, as its unit passes them (adopt_synapse.config)."""
+        return (self.config, f"{self.etc}/conf.d/") if self.conf_d else (self.config,)
+
+    @property
+    def signing_key(self) -> str:
+        return f"{self.etc}/homeserver.signing.key"
+
+    @property
+    def media(self) -> str:
+        return f"{self.data}/media"
+
+    @property
+    def digest_roots(self) -> tuple[str, ...]:
+        """What files_digest() covers: everything the package (or the operator) and Synapse put on the host."""
+        return (self.etc, self.data, self.venv)
+
+
+DEBIAN = Layout(
+    venv="/opt/venvs/matrix-synapse", etc="/etc/matrix-synapse", conf_d=True, data="/var/lib/matrix-synapse",
+    log_dir="/var/log/matrix-synapse", user="matrix-synapse", unit="matrix-synapse",
+    unit_file="/lib/systemd/system/matrix-synapse.service", db_name="synapse", db_user="synapse_user",
+)  # fmt: skip
+# A Synapse an operator installed with pip into a virtualenv of their own: one config file, a unit of their own,
+# and a database that is not named synapse (the deployment's copy is made beside it, nothing renamed).
+OWN = Layout(
+    venv="/srv/homeserver/env", etc="/srv/homeserver/config", conf_d=False, data="/srv/homeserver/data",
+    log_dir="/srv/homeserver/log", user="homeserver", unit="homeserver",
+    unit_file="/etc/systemd/system/homeserver.service", db_name="matrix", db_user="homeserver",
+)  # fmt: skip
 PORT = 8008
-DB_NAME, DB_USER = "synapse", "synapse_user"
-# What files_digest() covers: everything the old homeserver's package and its operator put on the host.
-DIGEST_ROOTS = (ETC, DATA, VENV)
 LOCK_ON_HOST = "/root/old-homeserver-synapse.lock"
-# Virtualenvs built here before, kept on this machine (zstd tarballs of VENV): per lock and Debian release (its
-# Python), and INSTALL's recipe.
+# Virtualenvs built here before, kept on this machine (zstd tarballs of a layout's virtualenv): per lock and Debian
+# release (its Python), INSTALL's recipe and the virtualenv's path.
 VENV_CACHE = CACHE_DIR / "old-homeserver-venvs"
 INSTALL_LOG = "/root/old-homeserver-install.log"
 PIP_LOG = "/root/old-homeserver-pip.log"
@@ -100,6 +137,7 @@ class Old:
     db_password: str | None = field(default=None, repr=False)  # synapse_user's (PostgreSQL only)
     build_seconds: float = 0.0
     timings: dict = field(default_factory=dict)  # seconds from build()'s start at which each step ended
+    layout: Layout = DEBIAN
 
     @property
     def url(self) -> str:
@@ -167,8 +205,8 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def _log_config() -> str:
-    """The package's log.yaml: a rotating file in /var/log/matrix-synapse, warnings on the console (the journal)."""
+def _log_config(layout: Layout) -> str:
+    """The package's log.yaml: a rotating file in the log directory, warnings on the console (the journal)."""
     return yaml.safe_dump(
         {
             "version": 1,
@@ -179,7 +217,7 @@ def _log_config() -> str:
                 "file": {
                     "class": "logging.handlers.RotatingFileHandler",
                     "formatter": "precise",
-                    "filename": f"{LOG_DIR}/homeserver.log",
+                    "filename": f"{layout.log_dir}/homeserver.log",
                     "maxBytes": 104857600,
                     "backupCount": 10,
                     "encoding": "utf8",
@@ -214,23 +252,23 @@ REPORT_STATS_YAML = (
     "report_stats: false\n"
 )
 
-# The package's unit (debian/matrix-synapse.service), as it ships in /lib/systemd/system.
-UNIT_TEXT = f"""[Unit]
+# The package's unit (debian/matrix-synapse.service), as it ships in /lib/systemd/system; the same for OWN.
+UNIT_TEXT = """[Unit]
 Description=Synapse Matrix homeserver
 After=network-online.target
 Wants=network-online.target
 
 [Service]
 Type=notify
-User={USER}
-WorkingDirectory={DATA}
+User={user}
+WorkingDirectory={data}
 EnvironmentFile=-/etc/default/matrix-synapse
-ExecStartPre={VENV}/bin/python -m synapse.app.homeserver --config-path={CONFIG} --config-path={CONF_D}/ --generate-keys
-ExecStart={VENV}/bin/python -m synapse.app.homeserver --config-path={CONFIG} --config-path={CONF_D}/
+ExecStartPre={venv}/bin/python -m synapse.app.homeserver {paths} --generate-keys
+ExecStart={venv}/bin/python -m synapse.app.homeserver {paths}
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=always
 RestartSec=3
-SyslogIdentifier=matrix-synapse
+SyslogIdentifier={unit}
 
 [Install]
 WantedBy=multi-user.target
@@ -269,7 +307,7 @@ $apt $packages
 mark packages
 useradd --system --user-group --home-dir {data} --no-create-home --shell /usr/sbin/nologin {user}
 for dir in {data} {log_dir} {etc}; do install -d -o {user} -g nogroup -m 0755 $dir; done
-install -d -o root -g root -m 0755 {etc}/conf.d
+if [ {conf_d} = yes ]; then install -d -o root -g root -m 0755 {etc}/conf.d; fi
 if [ -n "$pip" ] && ! wait $pip; then tail -40 {pip_log} >&3; exit 1; fi
 if [ {postgres} = yes ]; then
     for i in $(seq 120); do pg_isready -q && break; sleep 0.5; done
@@ -340,7 +378,7 @@ def wait_healthy(old: Old, timeout: float = 180) -> None:
         except OSError:
             pass
         if time.monotonic() > deadline:
-            journal = ssh(old.host, f"journalctl -u {UNIT} --no-pager -n 60").stdout
+            journal = ssh(old.host, f"journalctl -u {old.layout.unit} --no-pager -n 60").stdout
             raise AssertionError(f"the old Synapse on {old.host.name} does not answer /health: {journal}")
         time.sleep(0.5)
 
@@ -352,9 +390,10 @@ def build(
     *,
     database: str = "postgres",
     extra_config: dict | None = None,
+    layout: Layout = DEBIAN,
 ) -> Old:
-    """Install, configure and start an old homeserver on a fresh lab host, as the matrix.org package would have;
-    returns once it answers /health from this machine.
+    """Install, configure and start an old homeserver on a fresh lab host, as the matrix.org package would have
+    (or, with layout OWN, an operator with pip); returns once it answers /health from this machine.
 
     `extra_config` is deep-merged over homeserver.yaml (deep_merge: None removes a key); a `server_name` in it goes
     to conf.d/server_name.yaml instead (where the package keeps it), and wins over `server_name`."""
@@ -372,16 +411,16 @@ def build(
     db_password = _secret() if postgres else None
     shared, macaroon, form, pepper = _secret(), _secret(), _secret(), _secret(24)
     if postgres:
-        db = {"name": "psycopg2", "args": {"user": DB_USER, "password": db_password, "dbname": DB_NAME,
+        db = {"name": "psycopg2", "args": {"user": layout.db_user, "password": db_password, "dbname": layout.db_name,
                                            "host": "localhost", "cp_min": 5, "cp_max": 10}}  # fmt: skip
     else:
-        db = {"name": "sqlite3", "args": {"database": SQLITE_DB}}
+        db = {"name": "sqlite3", "args": {"database": f"{layout.data}/homeserver.db"}}
     config = {
         "listeners": [LISTENER],
         "database": db,
-        "log_config": LOG_CONFIG,
-        "media_store_path": MEDIA,
-        "signing_key_path": SIGNING_KEY,
+        "log_config": f"{layout.etc}/log.yaml",
+        "media_store_path": layout.media,
+        "signing_key_path": layout.signing_key,
         "trusted_key_servers": [],
         "suppress_key_server_warning": True,
         "registration_shared_secret": shared,
@@ -391,17 +430,20 @@ def build(
         "enable_registration": False,
         "report_stats": False,
     }
+    if not layout.conf_d:  # one file: what the package keeps in conf.d is in it
+        config = {"server_name": server_name, **config}
     config = deep_merge(config, extra)
 
     lock = locks.path(synapse_version).read_text()
-    recipe = hashlib.sha256((lock + INSTALL).encode()).hexdigest()[:16]
+    recipe = hashlib.sha256((lock + INSTALL + layout.venv).encode()).hexdigest()[:16]
     cache = VENV_CACHE / f"synapse-{synapse_version}-debian{host.release}-{recipe}.tar.zst"
     sh(host, f"umask 077 && cat > {LOCK_ON_HOST}", input=lock)
     if cache.is_file():
         _push_virtualenv(host, cache)
         mark("virtualenv-from-cache")
-    install = INSTALL.format(log=INSTALL_LOG, venv=VENV, lock=LOCK_ON_HOST, pip_log=PIP_LOG, data=DATA,
-                             log_dir=LOG_DIR, etc=ETC, user=USER, postgres="yes" if postgres else "no")  # fmt: skip
+    install = INSTALL.format(log=INSTALL_LOG, venv=layout.venv, lock=LOCK_ON_HOST, pip_log=PIP_LOG, data=layout.data,
+                             log_dir=layout.log_dir, etc=layout.etc, user=layout.user,
+                             conf_d="yes" if layout.conf_d else "no", postgres="yes" if postgres else "no")  # fmt: skip
     result = ssh(host, "sh -s", input=install, timeout=900)
     if result.returncode != 0:
         log = ssh(host, f"tail -40 {INSTALL_LOG}").stdout
@@ -410,29 +452,36 @@ def build(
         step, _, at = line.partition(" ")
         mark(step, float(at))
     if not cache.is_file():
-        _pull_virtualenv(host, cache)
+        _pull_virtualenv(host, cache, layout.venv)
         mark("virtualenv-cached")
     sh(host, f"rm -f {LOCK_ON_HOST}")
     mark("installed")
     if postgres:
         sh(host, "cd / && runuser -u postgres -- psql -X -q -f -",
-           input=CREATE_DATABASE.format(user=DB_USER, password=db_password, name=DB_NAME))  # fmt: skip
+           input=CREATE_DATABASE.format(user=layout.db_user, password=db_password, name=layout.db_name))  # fmt: skip
+    paths = " ".join(f"--config-path={p}" for p in layout.config_paths)
+    unit = UNIT_TEXT.format(user=layout.user, data=layout.data, venv=layout.venv, paths=paths, unit=layout.unit)
     files = {
-        CONFIG: [yaml.safe_dump(config, sort_keys=False), "root", USER, "0640"],
-        f"{CONF_D}/server_name.yaml": [_server_name_yaml(server_name), "root", "root", "0644"],
-        f"{CONF_D}/report_stats.yaml": [REPORT_STATS_YAML, "root", "root", "0644"],
-        LOG_CONFIG: [_log_config(), "root", "root", "0644"],
-        "/etc/default/matrix-synapse": [DEFAULT_FILE, "root", "root", "0644"],
-        UNIT_FILE: [UNIT_TEXT, "root", "root", "0644"],
+        layout.config: [yaml.safe_dump(config, sort_keys=False), "root", layout.user, "0640"],
+        f"{layout.etc}/log.yaml": [_log_config(layout), "root", "root", "0644"],
+        layout.unit_file: [unit, "root", "root", "0644"],
     }
-    sh(host, f"python3 -c {_quote(WRITE_FILES)} && cd / && runuser -u {USER} -- {VENV}/bin/python -m "
-             f"synapse.app.homeserver --config-path={CONFIG} --config-path={CONF_D}/ --generate-keys"
-             f" && chmod 0600 {SIGNING_KEY}", input=json.dumps(files))  # fmt: skip
+    if layout.conf_d:
+        files |= {
+            f"{layout.etc}/conf.d/server_name.yaml": [_server_name_yaml(server_name), "root", "root", "0644"],
+            f"{layout.etc}/conf.d/report_stats.yaml": [REPORT_STATS_YAML, "root", "root", "0644"],
+            "/etc/default/matrix-synapse": [DEFAULT_FILE, "root", "root", "0644"],
+        }
+    sh(host, f"python3 -c {_quote(WRITE_FILES)} && cd / && runuser -u {layout.user} -- {layout.venv}/bin/python -m "
+             f"synapse.app.homeserver {paths} --generate-keys && chmod 0600 {layout.signing_key}",
+       input=json.dumps(files))  # fmt: skip
     mark("configured")
-    started_unit = ssh(host, f"systemctl daemon-reload && systemctl enable --now {UNIT}", timeout=300)
-    old = Old(host, server_name, synapse_version, database, config, shared, macaroon, form, pepper, db_password)
+    started_unit = ssh(host, f"systemctl daemon-reload && systemctl enable --now {layout.unit}", timeout=300)
+    old = Old(host, server_name, synapse_version, database, config, shared, macaroon, form, pepper, db_password,
+              layout=layout)  # fmt: skip
     if started_unit.returncode != 0:
-        journal = ssh(host, f"journalctl -u {UNIT} --no-pager -n 80; tail -40 {LOG_DIR}/homeserver.log").stdout
+        log = f"{layout.log_dir}/homeserver.log"
+        journal = ssh(host, f"journalctl -u {layout.unit} --no-pager -n 80; tail -40 {log}").stdout
         raise AssertionError(f"the old Synapse did not start on {host.name}: {started_unit.stderr}{journal}")
     mark("started")
     wait_healthy(old)
@@ -446,21 +495,21 @@ def _ssh_argv(host: LabHost, command: str) -> list[str]:
 
 
 def _push_virtualenv(host: LabHost, cache) -> None:
-    """A cached virtualenv into VENV on the host, as it was (owners, modes, times: its .pyc files stay valid)."""
+    """A cached virtualenv onto the host where it was made, as it was (owners, modes, times: .pyc files stay valid)."""
     with subprocess.Popen(["zstd", "-q", "-d", "-c", str(cache)], stdout=subprocess.PIPE) as unzstd:
         subprocess.run(_ssh_argv(host, "tar -C / -xf -"), stdin=unzstd.stdout, check=True, timeout=300)
     assert unzstd.returncode == 0, f"zstd -d {cache} exited {unzstd.returncode}"
 
 
-def _pull_virtualenv(host: LabHost, cache) -> None:
-    """The host's freshly built VENV into the cache, whole or not at all (another build may be filling it too)."""
+def _pull_virtualenv(host: LabHost, cache, venv: str) -> None:
+    """The host's freshly built virtualenv into the cache, whole or not at all (another build may be filling it)."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".incoming-")
     os.close(fd)
     try:
-        with subprocess.Popen(_ssh_argv(host, f"tar -C / -cf - {VENV.lstrip('/')}"), stdout=subprocess.PIPE) as tar:
+        with subprocess.Popen(_ssh_argv(host, f"tar -C / -cf - {venv.lstrip('/')}"), stdout=subprocess.PIPE) as tar:
             subprocess.run(["zstd", "-q", "-f", "-T0", "-o", tmp], stdin=tar.stdout, check=True, timeout=300)
-        assert tar.returncode == 0, f"tar of {VENV} on {host.name} exited {tar.returncode}"
+        assert tar.returncode == 0, f"tar of {venv} on {host.name} exited {tar.returncode}"
         os.rename(tmp, cache)
     finally:
         if os.path.exists(tmp):
@@ -468,15 +517,15 @@ def _pull_virtualenv(host: LabHost, cache) -> None:
 
 
 def running(old: Old) -> bool:
-    return ssh(old.host, f"systemctl is-active --quiet {UNIT}").returncode == 0
+    return ssh(old.host, f"systemctl is-active --quiet {old.layout.unit}").returncode == 0
 
 
 def stop(old: Old) -> None:
-    sh(old.host, f"systemctl stop {UNIT}")
+    sh(old.host, f"systemctl stop {old.layout.unit}")
 
 
 def start(old: Old) -> None:
-    sh(old.host, f"systemctl start {UNIT}", timeout=300)
+    sh(old.host, f"systemctl start {old.layout.unit}", timeout=300)
     wait_healthy(old)
 
 
@@ -507,16 +556,18 @@ print(total.hexdigest())
 """
 
 
-def files_digest(host: LabHost) -> str:
-    """One sha256 of every path's type, mode, owner and content under the old homeserver's /etc/matrix-synapse,
-    /var/lib/matrix-synapse and /opt/venvs/matrix-synapse: equal digests, untouched files."""
-    return sh(host, f"python3 - {' '.join(DIGEST_ROOTS)}", input=DIGEST, timeout=600).strip()
+def files_digest(host: LabHost, layout: Layout = DEBIAN) -> str:
+    """One sha256 of every path's type, mode, owner and content under the old homeserver's config, data and
+    virtualenv directories (/etc/matrix-synapse, /var/lib/matrix-synapse, /opt/venvs/matrix-synapse): equal
+    digests, untouched files."""
+    return sh(host, f"python3 - {' '.join(layout.digest_roots)}", input=DIGEST, timeout=600).strip()
 
 
 def psql(old: Old, sql: str, user: str = "postgres") -> str:
     """SQL (on stdin: `$` in event IDs survives) against the old database as the postgres superuser; -At output."""
     assert old.database == "postgres", "psql: the old homeserver runs on SQLite"
-    return sh(old.host, f"cd / && runuser -u {user} -- psql -X -At -v ON_ERROR_STOP=1 -d {DB_NAME} -f -", input=sql)
+    database = old.layout.db_name
+    return sh(old.host, f"cd / && runuser -u {user} -- psql -X -At -v ON_ERROR_STOP=1 -d {database} -f -", input=sql)
 
 
 def _register_admin(old: Old, localpart: str, password: str) -> dict:
@@ -617,12 +668,13 @@ def insert_external_id(old: Old, localpart: str, auth_provider: str, external_id
     else:
         script = (
             "import json, sqlite3, sys\n"
-            f"db = sqlite3.connect({SQLITE_DB!r})\n"
+            f"db = sqlite3.connect({old.layout.data + '/homeserver.db'!r})\n"
             "db.execute('INSERT INTO user_external_ids (auth_provider, external_id, user_id) VALUES (?, ?, ?)',"
             " json.loads(sys.stdin.readline()))\n"
             "db.commit()\n"
         )
-        sh(old.host, f"cd / && runuser -u {USER} -- {VENV}/bin/python -c {_quote(script)}", input=json.dumps(row))
+        python = f"{old.layout.venv}/bin/python"
+        sh(old.host, f"cd / && runuser -u {old.layout.user} -- {python} -c {_quote(script)}", input=json.dumps(row))
 
 
 def _quote(text: str) -> str:
@@ -660,7 +712,7 @@ def fill(old: Old, users: int = 10_000, tokens: int = 50_000) -> Filled:
     started = time.monotonic()
     password = _secret(12)
     # One hash, made by the old Synapse's own bcrypt with its pepper, as Synapse would (password + pepper).
-    hashed = sh(old.host, f"cd / && {VENV}/bin/python -c 'import bcrypt, sys; print(bcrypt.hashpw(sys.stdin.read()"
+    hashed = sh(old.host, f"cd / && {old.layout.venv}/bin/python -c 'import bcrypt, sys; print(bcrypt.hashpw(sys.stdin.read()"
                           ".encode(), bcrypt.gensalt(12)).decode())'", input=password + old.pepper).strip()  # fmt: skip
     now_s, now_ms = int(time.time()), int(time.time() * 1000)
     # Synapse hands out access token IDs from the greatest at its start (IdGenerator): these begin well past it.

@@ -181,7 +181,7 @@ def test_the_adoption_killed_during_the_import_ends_as_one_that_was_not(old):
     # the runs' output or the adoption's log, nor in any file another local user can read.
     o = old["old"]
     taken = {"pepper": o.pepper, "macaroon": o.macaroon_secret_key, "form": o.form_secret,
-             "signing key": sh(host, f"cat {old_homeserver.SIGNING_KEY}"), "database": o.db_password,
+             "signing key": sh(host, f"cat {o.layout.signing_key}"), "database": o.db_password,
              "OIDC client": OLD_CLIENT_SECRET}  # fmt: skip
     fragments = secret_fragments(taken)
     assert holding_secrets((first.stdout + again.stdout + said).splitlines(), fragments) == []
@@ -295,8 +295,8 @@ def test_the_signing_key_is_the_old_one(adopted):
 def test_the_old_synapse_is_stopped_disabled_and_its_files_untouched(adopted):
     host = adopted["host"]
     assert not old_homeserver.running(adopted["old"])
-    assert ssh(host, f"systemctl is-enabled {old_homeserver.UNIT}").stdout.strip() == "disabled"
-    assert old_homeserver.files_digest(host) == adopted["digest"]
+    assert ssh(host, f"systemctl is-enabled {adopted['old'].layout.unit}").stdout.strip() == "disabled"
+    assert old_homeserver.files_digest(host, adopted["old"].layout) == adopted["digest"]
 
 
 def test_a_second_run_changes_nothing_and_never_runs_syn2mas_again(adopted):
