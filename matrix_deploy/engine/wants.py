@@ -96,6 +96,6 @@ def apply(wants: list[Want]) -> list:
     return changes
 
 
-def restart(wanted: Restart, changes: list) -> None:
-    """Record the restart `changes` call for, then restart and wait until ready (pending.restart)."""
-    pending.restart(wanted.marker, wanted.unit, wanted.ready, pending.mark(wanted.marker, changes))
+def restart(wanted: Restart, changes: list, action: str = "restart") -> None:
+    """Record the restart (or `action`) `changes` call for, then do it and wait until ready (pending.restart)."""
+    pending.restart(wanted.marker, wanted.unit, wanted.ready, pending.mark(wanted.marker, changes), action)

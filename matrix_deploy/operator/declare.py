@@ -206,6 +206,8 @@ class SecretFile:
     secret: str | None  # the store entry it holds (None: a file of an older layout, only ever removed)
     when: Callable[[Any], bool]  # of the Settings: whether the host has it
     owner: str = "root"
+    # Also whenever the store holds its entry, whatever the settings (what an adoption leaves for good).
+    while_stored: bool = False
 
 
 def always(s) -> bool:

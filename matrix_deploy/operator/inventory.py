@@ -63,8 +63,6 @@ def build(inventory_file: str | Path, cwd: str | None = None) -> Deployment:
     connect = {name: data.get("ssh_hostname") or name for name, data in hosts.items()}
     adoptable = adoption_options.client_secrets(settings).values()
     secrets = secrets_store.load(store, wanted_secrets(settings), identity, adoptable)
-    if problems := adoption_options.kept(settings, secrets.values):
-        raise SettingsError(problems)
     logins = {
         name: {k: v for k, v in data.items() if k in LOGIN_KEYS and v is not None} for name, data in hosts.items()
     }

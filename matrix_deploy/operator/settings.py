@@ -445,7 +445,8 @@ def _adoption(v: dict[str, Any], placement: Placement | None, problems: list[str
         problems.append(
             f"adopt_synapse.host = {source.host!r}: expected the host of the database, Synapse's main process and "
             f"the first MAS instance (an adoption moves the old database and media within one host), not "
-            f"{', '.join(elsewhere)}; adopt onto a single-host layout, then move roles out"
+            f"{', '.join(elsewhere)}; adopt onto a single-host layout, then, once it is delegated, remove "
+            "adopt_synapse (giving up the way back) and move roles out"
         )
     if v["auth_mode"] != "native":
         problems.append(

@@ -64,6 +64,8 @@ ADOPT = {
         "synapse_idp_id": old_homeserver.EXTERNAL_ID[0],
     }],
 }  # fmt: skip
+# Once delegated, the operator gives the way back up by removing adopt_synapse (the provider stays).
+WITHOUT_ADOPT = {k: v for k, v in ADOPT.items() if k != "adopt_synapse"}
 OVERRIDES = "/etc/matrix-synapse/conf.d/zz-test.yaml"  # what a refusal test adds to the old config, then removes
 # Users beside the three, so that syn2mas migrate runs long enough to be killed while it imports.
 FILLER_USERS, FILLER_TOKENS = 3000, 6000
@@ -93,8 +95,9 @@ def old():
     prepare_release()
     built = old_homeserver.build(host, extra_config={"oidc_providers": [OLD_PROVIDER]})
     population = old_homeserver.populate(built, external_id=True)
-    old_homeserver.fill(built, users=FILLER_USERS, tokens=FILLER_TOKENS)
-    yield {"host": host, "old": built, "population": population, "digest": old_homeserver.files_digest(host)}
+    filled = old_homeserver.fill(built, users=FILLER_USERS, tokens=FILLER_TOKENS)
+    yield {"host": host, "old": built, "population": population, "filled": filled,
+           "digest": old_homeserver.files_digest(host)}  # fmt: skip
     LAB_SETTINGS.unlink(missing_ok=True)  # `make lab` after the tests deploys the lab's own settings, not adopt_synapse
 
 
@@ -171,6 +174,16 @@ def test_the_adoption_killed_during_the_import_ends_as_one_that_was_not(old):
     assert first.returncode != 0, first.stdout[-3000:]
     assert sh(host, f"cat {RECORD}").strip() == "migrating"
     assert not old_homeserver.running(old["old"])  # stopped before the import: the way back is to start it
+    # Without adopt_synapse now, the half-moved homeserver would be started as a new one: refused, nothing changed.
+    lab_settings(host, **WITHOUT_ADOPT)
+    try:
+        dropped = pyinfra()
+    finally:
+        lab_settings(host, **ADOPT)
+    assert dropped.returncode != 0, dropped.stdout[-3000:]
+    assert "lab1: an adoption of a Synapse is migrating here and not done" in dropped.stdout, dropped.stdout[-3000:]
+    assert sh(host, f"cat {RECORD}").strip() == "migrating"
+    assert ssh(host, "systemctl is-active --quiet mas || systemctl is-active --quiet synapse").returncode != 0
     again = pyinfra()
     assert again.returncode == 0, again.stdout[-5000:]
     said = sh(host, f"cat {RECORD}.log")
@@ -310,12 +323,33 @@ def test_a_second_run_changes_nothing_and_never_runs_syn2mas_again(adopted):
     assert service_stamps(host) == stamps
 
 
-def test_adopt_synapse_dropped_afterwards_is_refused_before_any_connection(adopted):
-    # The store holds the old pepper: without adopt_synapse MAS would lose the bcrypt scheme its users still need.
-    lab_settings(adopted["host"], **{k: v for k, v in ADOPT.items() if k != "adopt_synapse"})
-    try:
-        run = pyinfra()
-    finally:
-        lab_settings(adopted["host"], **ADOPT)
-    assert run.returncode != 0 and "no host was contacted" in run.stdout, run.stdout[-3000:]
-    assert "adopt_synapse is unset, but the secrets store holds synapse_password_pepper" in run.stdout, run.stdout
+def test_giving_the_way_back_up_closes_it_and_old_passwords_still_work(adopted):
+    """adopt_synapse removed once delegated: the old role is no longer let into its database, and a user who has not
+    logged in since the adoption (only the old bcrypt hash, with the old pepper) still logs in; nothing restarts
+    but PostgreSQL's reload, and a further run changes nothing."""
+    host, o = adopted["host"], adopted["old"]
+    stamps = service_stamps(host)
+    lab_settings(host, **WITHOUT_ADOPT)
+    run = pyinfra()
+    assert run.returncode == 0, run.stdout[-5000:]
+    assert "Adoption" not in run.stdout, run.stdout[-3000:]
+    # PostgreSQL reloads its client authentication: a restart would fail Synapse's next queries (one per pooled
+    # connection) and so the login below.
+    assert service_stamps(host) == stamps
+    # The old Synapse's way in, as it would connect (its role and password over TCP): closed. The password on
+    # stdin, not on a command line.
+    tried = ssh(host, "sh -s", input=f"PGPASSWORD='{o.db_password}' psql -X -h 127.0.0.1 -U {o.layout.db_user} "
+                                     "-d synapse_before_mas -c 'SELECT 1' 2>&1")  # fmt: skip
+    assert tried.returncode != 0 and "no pg_hba.conf entry" in tried.stdout, tried
+    assert sh(host, "stat -c '%U %a' /etc/mas/secrets/synapse_password_pepper").strip() == "mas 400"
+
+    async def generated_user_logs_in():
+        c, response = await _login(host, "bench-00007", adopted["filled"].password)
+        await c.close()
+        return response
+
+    response = asyncio.run(generated_user_logs_in())
+    assert isinstance(response, LoginResponse), response
+    again = pyinfra()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert changed_operations(again.stdout) == [], again.stdout[-3000:]

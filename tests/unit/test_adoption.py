@@ -16,7 +16,7 @@ from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.inventory import Deployment, wanted_secrets
 from matrix_deploy.operator.settings import SettingsError
 from matrix_deploy.services.adoption import service as adoption
-from matrix_deploy.services.adoption.options import client_secrets, kept
+from matrix_deploy.services.adoption.options import client_secrets
 from matrix_deploy.services.adoption.source import READ_CONFIG, Old, _take, lacking_client_secrets, refusals
 from matrix_deploy.services.mas import service as mas
 from tests.conftest import make_settings
@@ -190,12 +190,25 @@ def test_the_old_providers_client_secret_goes_to_the_store_unless_it_holds_one(t
     assert client_secrets(public.settings) == {}
 
 
-def test_once_the_store_holds_the_old_pepper_adopt_synapse_must_stay():
-    assert kept(make_settings(adopt_synapse={"host": "hs1"}), {"synapse_password_pepper": ""}) == []
-    assert kept(make_settings(), {"synapse_signing_key": "x"}) == []
-    (problem,) = kept(make_settings(), {"synapse_password_pepper": ""})  # even empty: the old Synapse had none
-    assert problem.startswith("adopt_synapse is unset, but the secrets store holds synapse_password_pepper"), problem
-    assert "expected adopt_synapse kept as it was" in problem
+def test_once_adopt_synapse_is_gone_mas_keeps_the_old_pepper_while_the_store_holds_it(tmp_path):
+    """Giving the way back up (adopt_synapse removed) leaves MAS the bcrypt scheme and the pepper file: users who
+    have not logged in since the adoption still have only their old hashes."""
+    d = adopting(tmp_path)
+    secrets_store.adopt(d.secrets_file, d.secrets, {"synapse_password_pepper": "pepper of the old one"})
+    given_up = Deployment(d.inventory, make_settings(secrets_dir=str(tmp_path / "secrets")), d.secrets,
+                          d.secrets_file)  # fmt: skip
+    assert mas.config(given_up)["passwords"] == mas.config(d)["passwords"]
+    assert mas.secret_files(given_up)["/etc/mas/secrets/synapse_password_pepper"] == "pepper of the old one"
+    pepper = "/etc/mas/secrets/synapse_password_pepper"
+    stale = [w.path for w in mas.wanted_secrets(given_up, [pepper]) if type(w).__name__ == "Absent"]
+    assert pepper not in stale
+    # A deployment that never adopted has neither.
+    never = adopting(tmp_path / "never")
+    never = Deployment(never.inventory, make_settings(secrets_dir=str(tmp_path / "never")),
+                       secrets_store.load(never.secrets_file, wanted_secrets(make_settings())), never.secrets_file)  # fmt: skip
+    assert mas.config(never)["passwords"] == {"enabled": True}
+    assert pepper not in mas.secret_files(never)
+    assert pepper in [w.path for w in mas.wanted_secrets(never, [pepper]) if type(w).__name__ == "Absent"]
 
 
 def test_a_mas_database_with_users_is_refused_until_the_adoption_has_begun(tmp_path):

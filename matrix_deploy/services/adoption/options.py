@@ -84,19 +84,6 @@ OPTIONS = (
 )  # fmt: skip
 
 
-def kept(settings, stored) -> list[str]:
-    """An adoption's settings must stay once the store holds what it took: MAS verifies the passwords its users
-    have not changed or used since with the old pepper, which goes with adopt_synapse."""
-    if settings.adopt_synapse is None and "synapse_password_pepper" in stored:
-        return [
-            "adopt_synapse is unset, but the secrets store holds synapse_password_pepper (the password pepper of the "
-            "Synapse adopted here): without it MAS would no longer take the old passwords of users who have not "
-            "logged in since the adoption; expected adopt_synapse kept as it was (to give the adoption up for good, "
-            "remove synapse_password_pepper from the store once those users have new passwords)"
-        ]
-    return []
-
-
 def client_secrets(settings) -> dict[str, str]:
     """The upstream providers' client secrets an adoption takes from the old Synapse's OIDC providers: the old
     provider's name (synapse_idp_id) -> the store entry; none without adopt_synapse."""

@@ -8,12 +8,14 @@ adoption stage runs the host's adoption script (templates/adoption/adopt.sh.j2):
 while the old Synapse serves, then the stop, a dump, the import, the copy of its database and media; MAS starts;
 Synapse's stage starts the deployment's Synapse on the copy. The host records each step (source.RECORD), so a
 run that died is taken up where it stood, and once delegated a run adds nothing. The old Synapse is stopped and
-disabled, its files left as they were: starting it again is the way back.
+disabled, its files left as they were: starting it again is the way back, until the operator gives it up by
+removing adopt_synapse once the adoption is delegated (MAS keeps the old pepper from the store).
 """
 
 import shlex
 
 from pyinfra import host
+from pyinfra.api.exceptions import DeployError
 
 from matrix_deploy.engine import host_state, remote
 from matrix_deploy.engine.paths import STATE
@@ -21,7 +23,7 @@ from matrix_deploy.engine.render import render
 from matrix_deploy.engine.units import system_user
 from matrix_deploy.operator.inventory import Deployment
 from matrix_deploy.services.adoption import source as old_homeserver
-from matrix_deploy.services.adoption.source import RECORD, Old
+from matrix_deploy.services.adoption.source import RECORD, STATES, Old
 from matrix_deploy.services.mas.paths import MAS_CONFIG, MAS_HOME
 from matrix_deploy.services.postgres.databases import DATABASES
 from matrix_deploy.services.synapse.paths import SYNAPSE_DATA, SYNAPSE_USER
@@ -32,8 +34,19 @@ MOVED_ASIDE = "synapse_before_mas"  # the old database's name once moved aside, 
 
 
 def read(d: Deployment) -> Old | None:
-    """The old homeserver (source.read), or None without adopt_synapse; refuses (DeployError) what cannot be."""
-    return old_homeserver.read(d) if d.settings.adopt_synapse else None
+    """The old homeserver (source.read), or None without adopt_synapse; refuses (DeployError) what cannot be,
+    and a run without adopt_synapse on a host where an adoption has begun and is not delegated."""
+    if d.settings.adopt_synapse:
+        return old_homeserver.read(d)
+    snapshot = host_state.current()
+    if snapshot.entry(RECORD) is not None and not snapshot.is_file(RECORD, "delegated\n"):
+        stands = next((s for s in STATES if snapshot.is_file(RECORD, s + "\n")), "begun")
+        raise DeployError(
+            f"{host.name}: an adoption of a Synapse is {stands} here and not done ({RECORD}), but adopt_synapse is "
+            "unset: expected adopt_synapse as it was until the adoption is delegated (without it MAS and Synapse "
+            "would start on a half-moved homeserver). Nothing was changed."
+        )
+    return None
 
 
 def imported(old: Old | None) -> bool:

@@ -29,8 +29,9 @@ SECRET_FILES = (
     SecretFile("mas", f"{MAS_SECRETS}/synapse_client_secret", "msc3861_client_secret", msc3861, MAS_USER),
     # admin_user only: the secret of the admin API client (clients[].client_secret_file).
     SecretFile("mas", f"{MAS_SECRETS}/admin_client_secret", "mas_admin_client_secret", _admin, MAS_USER),
-    # An adopted Synapse's password pepper: passwords.schemes[0].secret_file (its users' bcrypt hashes).
-    SecretFile("mas", PEPPER, "synapse_password_pepper", _adopting, MAS_USER),
+    # An adopted Synapse's password pepper: passwords.schemes[0].secret_file (its users' bcrypt hashes), from the
+    # adoption on, for as long as the store holds it (also once adopt_synapse is gone: the way back given up).
+    SecretFile("mas", PEPPER, "synapse_password_pepper", _adopting, MAS_USER, while_stored=True),
     # SMTP with a login: email.password_file.
     SecretFile("mas", f"{MAS_SECRETS}/smtp_password", "mas_smtp_password", _smtp_login, MAS_USER),
     # The deploy's own credentials for MAS's admin API: root only, in the deploy's 0700 state directory

@@ -49,7 +49,8 @@ def doors(s, here: str) -> list[Door]:
 def secret_files(d: Deployment) -> dict[str, str]:
     """The files in /etc/mas/secrets this host has (secret_table.py) and what each holds."""
     # Exactly the value: MAS reads encryption_file byte for byte (64 hex digits, no newline).
-    return {path: d.secrets[row.secret].strip() for path, row in secret_table.files(d.settings, "mas").items()}
+    rows = secret_table.files(d.settings, "mas", d.secrets.values)
+    return {path: d.secrets[row.secret].strip() for path, row in rows.items()}
 
 
 def _secret_path(name: str) -> str:
@@ -135,8 +136,9 @@ def config(d: Deployment, here: str | None = None, net=None) -> dict:
 
 def _passwords(d: Deployment) -> dict:
     """MAS's passwords; for an adopted Synapse, its bcrypt hashes (with its pepper, NFKC as Synapse) verified as
-    version 1, each upgraded to argon2id (version 2) at its user's next login, as MAS's migration guide says."""
-    if not d.settings.adopt_synapse:
+    version 1, each upgraded to argon2id (version 2) at its user's next login, as MAS's migration guide says: while
+    adopting, and after it for as long as the store holds the old pepper (adopt_synapse may go once delegated)."""
+    if not d.settings.adopt_synapse and "synapse_password_pepper" not in d.secrets.values:
         return {"enabled": True}
     bcrypt = {"version": 1, "algorithm": "bcrypt", "unicode_normalization": True}
     if d.secrets.values.get("synapse_password_pepper"):
@@ -268,7 +270,7 @@ def wanted_secrets(d: Deployment, present: list[str]) -> list[Want]:
         File(f"MAS secret {path.rsplit('/', 1)[1]}", path, content, MAS_USER, MAS_USER, "400", secret=True)
         for path, content in secret_files(d).items()
     ]
-    stale = secret_table.stale(d.settings, "mas", present)
+    stale = secret_table.stale(d.settings, "mas", present, d.secrets.values)
     return out + [Absent(f"No stale MAS secret {path.rsplit('/', 1)[1]}", path) for path in stale]
 
 

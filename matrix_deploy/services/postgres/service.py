@@ -60,8 +60,12 @@ def hba_clients(d: Deployment, resolve=None) -> list[str]:
     )
 
 
-def wanted(d: Deployment, release: Release, own_addresses, resolve, extra_hba=()) -> tuple[list[File], Restart]:
-    """The cluster's config, client authentication and sandboxing, and the restart they call for.
+def wanted(
+    d: Deployment, release: Release, own_addresses, resolve, extra_hba=()
+) -> tuple[list[File], Restart, File, Restart]:
+    """The cluster's config and sandboxing with the restart they call for, then its client authentication with the
+    reload it calls for (a reload keeps the connections MAS and Synapse hold: a restart would fail their next
+    queries, one per pooled connection).
 
     `own_addresses` and `resolve`: the database host's addresses and name lookup (host_state's snapshot)."""
     s, p = d.settings, d.settings.placement
@@ -70,12 +74,13 @@ def wanted(d: Deployment, release: Release, own_addresses, resolve, extra_hba=()
     files = [
         File("PostgreSQL listens where MAS and Synapse reach it", f"{conf_dir}/conf.d/matrix-deploy.conf",
              render("postgres/matrix-deploy.conf.j2", listen=listen, port=s.postgres_port), "postgres", "postgres", "644"),
-        File("PostgreSQL client authentication (scram-sha-256)", f"{conf_dir}/pg_hba.conf",
-             render("postgres/pg_hba.conf.j2", clients=hba_clients(d, resolve), extra=list(extra_hba)), "postgres", "postgres", "640"),
         # Only what a cluster run by its owner needs: no capabilities, no privileged system calls.
         drop_in_file("PostgreSQL", f"{unit}.service", "postgres/hardening.conf.j2", denied_syscalls="@privileged"),
     ]  # fmt: skip
-    return files, Restart("postgres", unit, f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}")
+    hba = File("PostgreSQL client authentication (scram-sha-256)", f"{conf_dir}/pg_hba.conf",
+               render("postgres/pg_hba.conf.j2", clients=hba_clients(d, resolve), extra=list(extra_hba)), "postgres", "postgres", "640")  # fmt: skip
+    ready = f"cd / && runuser -u postgres -- pg_isready -q -p {s.postgres_port}"
+    return files, Restart("postgres", unit, ready), hba, Restart("postgres-hba", unit, ready)
 
 
 @deploy("PostgreSQL")
@@ -86,8 +91,12 @@ def install(d: Deployment, release: Release, clients: list[tuple[str, str]] = ()
     unit = postgres_unit(release.postgres)
     # First: an older release's cluster upgraded into this release's, whose files are then written below.
     upgraded = upgrade.upgrade(d, release, list(clients))
-    files, restart = wanted(d, release, state.bind_address, state.resolve, extra_hba)
-    wants.restart(restart, [upgraded, *wants.apply(files)])
+    files, restart, hba, reload = wanted(d, release, state.bind_address, state.resolve, extra_hba)
+    # Every file first, so that a restart already starts with the client authentication wanted.
+    changed, hba_changed = wants.apply(files), wants.apply([hba])
+    wants.restart(restart, [upgraded, *changed])
+    # Also after a restart (both due): a reload then is harmless; a stopped cluster starts.
+    wants.restart(reload, hba_changed, action="reload-or-restart")
     if not state.unit_running(unit):
         server.service(name="PostgreSQL is running", service=unit, running=True, enabled=True)
     # Root only; psql (as postgres) reads it on its standard input, opened by root.
