@@ -8,7 +8,7 @@ there, run here on this homeserver (imported below: the users log in with their 
 one does not, the kept session syncs with the history and the image, the signing key is the old one, the old
 Synapse is stopped and disabled with its files untouched, a second run changes nothing), and what differs: the
 old database keeps its name, the deployment's Synapse database is a copy beside it, and the adoption's record.
-Single layout, Debian 13 through the sudo user, with MAS as the lab runs it (the stand-in, or the real one with MAS_RELEASE).
+Single layout, Debian 12 through the sudo user, with MAS as the lab runs it (the stand-in, or the real one with MAS_RELEASE).
 """
 
 import pytest
@@ -42,7 +42,7 @@ ADOPT = {
 def adopted():
     lab.down()
     fresh_secrets()
-    (host,) = lab.up("single", release="13")  # test_adoption.py adopts on Debian 12
+    (host,) = lab.up("single", release="12")  # test_adoption.py adopts on Debian 13
     prepare_release()
     built = old_homeserver.build(host, layout=OWN)
     population = old_homeserver.populate(built)
