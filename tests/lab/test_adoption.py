@@ -131,6 +131,7 @@ def test_what_mas_cannot_take_is_refused_with_the_old_synapse_serving(old):
         "saml2_config: {sp_config: {metadata: {remote: [{url: 'https://idp.example.org/metadata'}]}}}",
         "password_providers: [{module: ldap_auth_provider.LdapAuthProviderModule, config: {enabled: true}}]",
         "server_name: other.test",
+        "app_service_config_files: [/etc/matrix-synapse/whatsapp.yaml]",
     ]))  # fmt: skip
     for expected in (
         "guest access is enabled (allow_guest_access)",
@@ -139,6 +140,7 @@ def test_what_mas_cannot_take_is_refused_with_the_old_synapse_serving(old):
         "MAS cannot take SAML logins",
         "password providers ldap_auth_provider.LdapAuthProviderModule: MAS cannot take them",
         "the old Synapse's server_name is 'other.test', matrix_server_name is 'lab.test'",
+        "application services (app_service_config_files: /etc/matrix-synapse/whatsapp.yaml)",
     ):
         assert expected in out, out[-3000:]
 
@@ -353,3 +355,27 @@ def test_giving_the_way_back_up_closes_it_and_old_passwords_still_work(adopted):
     again = pyinfra()
     assert again.returncode == 0, again.stdout[-3000:]
     assert changed_operations(again.stdout) == [], again.stdout[-3000:]
+
+
+def test_a_bridge_registration_named_in_synapse_extra_config_is_answered(adopted):
+    """What the refusal of application services asks for works: a registration the synapse user can read, named in
+    synapse_extra_config's app_service_config_files, is loaded by the deployment's Synapse, which answers the
+    bridge's token itself (an unknown token goes to MAS and is refused: so before the run)."""
+    host = adopted["host"]
+    as_token = secrets.token_hex(16)
+    path = "/etc/matrix-bridges/lab-bridge.yaml"
+    registration = "\n".join([
+        "id: lab-bridge", "url: null", f"as_token: {as_token}", f"hs_token: {secrets.token_hex(16)}",
+        "sender_localpart: labbridgebot",
+        "namespaces: {users: [{exclusive: true, regex: '@labbridge_.*:lab.test'}], aliases: [], rooms: []}",
+    ])  # fmt: skip
+    # The token on stdin, not on a command line.
+    sh(host, f"install -d -m 755 /etc/matrix-bridges && cat > {path} && chown root:synapse {path} && chmod 640 {path}",
+       input=registration + "\n")  # fmt: skip
+    status, refused = fetch(host, "GET", "/_matrix/client/v3/account/whoami", token=as_token)
+    assert status == 401, refused
+    lab_settings(host, **WITHOUT_ADOPT, synapse_extra_config={"app_service_config_files": [path]})
+    run = pyinfra()
+    assert run.returncode == 0, run.stdout[-3000:]
+    status, whoami = fetch(host, "GET", "/_matrix/client/v3/account/whoami", token=as_token)
+    assert (status, whoami.get("user_id")) == (200, "@labbridgebot:lab.test"), whoami

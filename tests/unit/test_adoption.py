@@ -38,6 +38,7 @@ FACTS = {
     "media_store_path": "/var/lib/matrix-synapse/media",
     "signing_key_path": "/etc/matrix-synapse/homeserver.signing.key",
     "has_pepper": True,
+    "app_services": [],
 }
 
 
@@ -135,12 +136,21 @@ def test_an_adoptable_homeserver_is_not_refused(tmp_path):
         ({"oidc_providers": [["oidc-dex", "https://dex.example.org/"]]},
          "the OIDC provider oidc-dex (issuer 'https://dex.example.org/'): expected a mas_upstream_providers entry "
          "for it with synapse_idp_id: 'oidc-dex'"),
+        ({"app_services": ["/etc/matrix-synapse/whatsapp.yaml"]},
+         "the old Synapse has application services (app_service_config_files: /etc/matrix-synapse/whatsapp.yaml): "
+         "the deployment does not carry them over"),
     ],
 )  # fmt: skip
 def test_what_mas_cannot_take_is_refused(tmp_path, changes, expected):
     found = refusals(adopting(tmp_path), old(**changes))
     assert any(expected in p for p in found), found
     assert all(p.startswith("adopt_synapse (host hs1): ") for p in found)
+
+
+def test_application_services_are_adopted_once_the_deployment_s_synapse_loads_registrations(tmp_path):
+    bridged = old(app_services=["/etc/matrix-synapse/whatsapp.yaml"])
+    extra = {"app_service_config_files": ["/etc/synapse/appservices/whatsapp.yaml"]}
+    assert refusals(adopting(tmp_path, synapse_extra_config=extra), bridged) == []
 
 
 PROVIDER = {"id": "01JCN7R2CGXQJ2XKM3Z5E9Q1VB", "issuer": "https://dex.example.org/", "client_id": "matrix",
@@ -280,6 +290,7 @@ def test_the_config_reader_takes_the_client_secrets_as_synapse_reads_them(tmp_pa
     (tmp_path / "key").write_text("ed25519 a_old1 seed\n")
     config = {"server_name": "example.org", "signing_key_path": str(tmp_path / "key"),
               "oidc_config": {"issuer": "https://sso.example.org/", "client_secret": "legacy secret"},
+              "app_service_config_files": ["/etc/matrix-synapse/whatsapp.yaml"],
               "oidc_providers": [{"idp_id": "dex", "issuer": "https://dex.example.org/",
                                   "client_secret_path": str(tmp_path / "dex-secret")},
                                  {"idp_id": "public", "issuer": "https://public.example.org/",
@@ -295,6 +306,7 @@ def test_the_config_reader_takes_the_client_secrets_as_synapse_reads_them(tmp_pa
     facts = json.loads(run.stdout.removeprefix("C\t"))
     assert facts["oidc_providers"] == [["oidc", "https://sso.example.org/"], ["oidc-dex", "https://dex.example.org/"],
                                        ["oidc-public", "https://public.example.org/"]]  # fmt: skip
+    assert facts["app_services"] == ["/etc/matrix-synapse/whatsapp.yaml"]
     assert "secret" not in run.stdout  # the secrets go to the file only
     taken = json.loads(out.read_text())
     assert taken["oidc_client_secrets"] == {"oidc": "legacy secret", "oidc-dex": "dex's secret"}

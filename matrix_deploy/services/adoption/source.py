@@ -96,6 +96,7 @@ facts = {
     "media_store_path": config.get("media_store_path"),
     "signing_key_path": config.get("signing_key_path"),
     "has_pepper": bool(password.get("pepper")),
+    "app_services": [str(p) for p in config.get("app_service_config_files") or []],
 }
 print("C\t" + json.dumps(facts))
 if out != "-":
@@ -249,6 +250,14 @@ def refusals(d: Deployment, old: Old) -> list[str]:
                 f"expected a mas_upstream_providers entry for it with synapse_idp_id: {idp_id!r} (its users' links "
                 "become links to that provider in MAS)"
             )
+    if c.get("app_services") and not s.synapse_extra_config.get("app_service_config_files"):
+        problems.append(
+            f"{where}: the old Synapse has application services (app_service_config_files: "
+            f"{', '.join(c['app_services'])}): the deployment does not carry them over, and without them their bridges "
+            "stop working (syn2mas leaves their users to Synapse); expected synapse_extra_config's "
+            "app_service_config_files naming copies of these registrations on the Synapse hosts that the synapse user "
+            "can read"
+        )
     if not c["password_enabled"]:
         problems.append(f"{where}: password_config.enabled is false: expected the old Synapse's own password logins")
     if not c.get("signing_key_path"):
