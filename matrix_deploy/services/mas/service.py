@@ -137,8 +137,9 @@ def config(d: Deployment, here: str | None = None, net=None) -> dict:
 def _passwords(d: Deployment) -> dict:
     """MAS's passwords; for an adopted Synapse, its bcrypt hashes (with its pepper, NFKC as Synapse) verified as
     version 1, each upgraded to argon2id (version 2) at its user's next login, as MAS's migration guide says: while
-    adopting, and after it for as long as the store holds the old pepper (adopt_synapse may go once delegated)."""
-    if not d.settings.adopt_synapse and "synapse_password_pepper" not in d.secrets.values:
+    adopting, and after it for as long as the store holds the old pepper (adopt_synapse may go once delegated):
+    exactly when the secret table gives MAS the pepper file."""
+    if mas_secret_files.PEPPER not in secret_table.files(d.settings, "mas", d.secrets.values):
         return {"enabled": True}
     bcrypt = {"version": 1, "algorithm": "bcrypt", "unicode_normalization": True}
     if d.secrets.values.get("synapse_password_pepper"):
