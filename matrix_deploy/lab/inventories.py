@@ -11,7 +11,8 @@ from . import HOST_DATA, LAB_DIR, SITES, acme, network, read_hosts
 
 
 def groups(site: str, inventory: str) -> dict[str, list]:
-    """The role groups (db, mas, synapse, proxy) of the lab's hosts of `site`, with the lab's settings."""
+    """The role groups (db, mas, synapse, proxy) of the lab's hosts of `site`, with the lab's settings, and
+    old_synapse: the roleless host the settings adopt a Synapse from, if any."""
     every = read_hosts()
     hosts = [h for h in every if h.site == site]
     if not hosts:
@@ -48,26 +49,17 @@ def groups(site: str, inventory: str) -> dict[str, list]:
     settings_file = LAB_DIR / "settings.json"  # per-run overrides the tests write (for every host)
     overrides = json.loads(settings_file.read_text()) if settings_file.exists() else {}
     ssh = {"ssh_known_hosts_file": "/dev/null", "ssh_strict_host_key_checking": "off"}
+
     # Hosts named by name, as in most inventories: other hosts reach each one by that name (internal_address
     # defaults to it), resolved on the hosts through their /etc/hosts; SSH goes to the address. The login is
     # an operator's: the sudo user with `_sudo` (the lab's default), or root.
-    return {
-        role: [
-            (
-                h.name,
-                {
-                    "ssh_hostname": h.address,
-                    "ssh_user": h.deploy_user,
-                    "_sudo": h.deploy_user != "root",
-                    "ssh_key": h.ssh_key,
-                    **ssh,
-                    **settings,
-                    **HOST_DATA.get(h.name, {}),
-                    **overrides,
-                },
-            )  # fmt: skip
-            for h in hosts
-            if role in h.roles
-        ]
-        for role in ("db", "mas", "synapse", "proxy")
-    }
+    def entry(h):
+        login = {"ssh_hostname": h.address, "ssh_user": h.deploy_user, "_sudo": h.deploy_user != "root",
+                 "ssh_key": h.ssh_key}  # fmt: skip
+        return h.name, {**login, **ssh, **settings, **HOST_DATA.get(h.name, {}), **overrides}
+
+    found = {role: [entry(h) for h in hosts if role in h.roles] for role in ("db", "mas", "synapse", "proxy")}
+    # A host with no role joins the inventory only as the old Synapse's host of an adoption (adopt_synapse).
+    adopted = (overrides.get("adopt_synapse") or {}).get("host")
+    found["old_synapse"] = [entry(h) for h in hosts if not h.roles and h.name == adopted]
+    return found

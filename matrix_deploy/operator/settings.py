@@ -431,22 +431,39 @@ def _backup(v: dict[str, Any], data: dict[str, Any], problems: list[str]) -> Non
 
 
 def _adoption(v: dict[str, Any], placement: Placement | None, problems: list[str]) -> None:
-    """The Synapse to adopt runs where this deployment keeps its data: its database is moved within the cluster
-    of the database host, its media within the host, and syn2mas reads it from the first MAS instance."""
+    """The deployment takes the old homeserver in on the host of its database, Synapse's main process and first MAS
+    instance (syn2mas reads and writes there); the old Synapse runs on that host, or on a host of the inventory with
+    no role (its database and media are relayed from there: adoption/relay.py). A host with no role is only ever
+    that."""
+    if placement is None:
+        return
     source = v["adopt_synapse"]
-    if source is None or placement is None:
+    roleless = [h for h in placement.addresses if not placement.roles_of(h)]
+    for name in roleless:
+        if source is None or name != source.host:
+            problems.append(
+                f"host {name} is in no role group (db, mas, synapse, proxy): expected each host in one, or named as "
+                "adopt_synapse.host (the old Synapse's host, which the deployment only reads from and stops)"
+            )
+    if source is None:
         return
     if source.host not in placement.addresses:
         problems.append(f"adopt_synapse.host = {source.host!r}: expected a host of the inventory")
         return
-    where = {"db": placement.db, "synapse": placement.synapse_main, "mas": placement.mas_primary}
-    elsewhere = [f"{role} on {h}" for role, h in where.items() if h != source.host]
+    target = placement.db
+    where = {"synapse": placement.synapse_main, "mas": placement.mas_primary}
+    elsewhere = [f"{role} on {h}" for role, h in where.items() if h != target]
+    if source.host not in roleless and source.host != target:
+        elsewhere.insert(
+            0, f"adopt_synapse.host {source.host} has roles ({', '.join(sorted(placement.roles_of(source.host)))})"
+        )
     if elsewhere:
         problems.append(
-            f"adopt_synapse.host = {source.host!r}: expected the host of the database, Synapse's main process and "
-            f"the first MAS instance (an adoption moves the old database and media within one host), not "
-            f"{', '.join(elsewhere)}; adopt onto a single-host layout, then, once it is delegated, remove "
-            "adopt_synapse (giving up the way back) and move roles out"
+            f"adopt_synapse.host = {source.host!r}: expected the database, Synapse's main process and the first MAS "
+            f"instance on one host (the adoption restores the old database and media there), and the old Synapse on "
+            f"that host or on a host of the inventory with no role; not {', '.join(elsewhere)}. Adopt onto a "
+            "single-host layout, then, once it is delegated, remove adopt_synapse (giving up the way back) and move "
+            "roles out"
         )
     if v["auth_mode"] != "native":
         problems.append(

@@ -308,7 +308,7 @@ def test_the_signing_key_is_the_old_one(adopted):
 
 
 def test_the_old_synapse_is_stopped_disabled_and_its_files_untouched(adopted):
-    host = adopted["host"]
+    host = adopted["old"].host  # the deployment's, or a host of its own
     assert not old_homeserver.running(adopted["old"])
     assert ssh(host, f"systemctl is-enabled {adopted['old'].layout.unit}").stdout.strip() == "disabled"
     assert old_homeserver.files_digest(host, adopted["old"].layout) == adopted["digest"]

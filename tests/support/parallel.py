@@ -30,6 +30,7 @@ GROUPS = [
         "tests/lab/test_pg_upgrade.py",
         "tests/lab/test_lab_teardown.py",
         "tests/lab/test_adoption_own_virtualenv.py",
+        "tests/lab/test_adoption_across_hosts.py",
     ],
 ]
 

@@ -15,6 +15,7 @@ import yaml
 from matrix_deploy.operator import store as secrets_store
 from matrix_deploy.operator.inventory import Deployment, wanted_secrets
 from matrix_deploy.operator.settings import SettingsError
+from matrix_deploy.services.adoption import relay
 from matrix_deploy.services.adoption import service as adoption
 from matrix_deploy.services.adoption.options import client_secrets
 from matrix_deploy.services.adoption.source import READ_CONFIG, Old, _take, lacking_client_secrets, refusals
@@ -49,7 +50,7 @@ def adopting(tmp_path, **data) -> Deployment:
     return Deployment(Path("test.py"), settings, secrets, store)
 
 
-def old(record="", mas_users=0, synapse_tables=0, **changes) -> Old:
+def old(record="", mas_users=0, synapse_tables=0, across=False, **changes) -> Old:
     facts = copy.deepcopy(FACTS)
     for key, value in changes.items():
         if key.startswith("database_"):
@@ -57,7 +58,7 @@ def old(record="", mas_users=0, synapse_tables=0, **changes) -> Old:
         else:
             facts[key] = value
     return Old(record=record, active="active", enabled="enabled", config=facts, databases=["postgres", "synapse"],
-               mas_users=mas_users, synapse_tables=synapse_tables)  # fmt: skip
+               mas_users=mas_users, synapse_tables=synapse_tables, across=across)  # fmt: skip
 
 
 def problems(value, **data) -> list[str]:
@@ -91,13 +92,28 @@ def test_bad_adopt_settings_are_refused_naming_the_key(value, expected):
     assert any(p.startswith(expected) for p in problems(value)), problems(value)
 
 
-def test_the_old_synapse_must_be_on_the_database_synapse_and_mas_host():
+def test_the_database_synapse_and_mas_are_on_one_host_and_the_old_synapse_there_or_on_a_host_without_role():
     hosts = {"db1": {}, "hs1": {}}
     groups = {"db": ["db1"], "mas": ["hs1"], "synapse": ["hs1"], "proxy": ["hs1"]}
     with pytest.raises(SettingsError) as error:
         make_settings(hosts, groups, adopt_synapse={"host": "hs1"})
-    assert "expected the host of the database, Synapse's main process and the first MAS instance" in str(error.value)
-    assert "not db on db1" in str(error.value)
+    expected = "expected the database, Synapse's main process and the first MAS instance on one host"
+    assert expected in str(error.value)
+    assert "not adopt_synapse.host hs1 has roles (mas, proxy, synapse), synapse on hs1, mas on hs1" in str(error.value)
+    # The old Synapse on a host of its own, which is in no role group: accepted.
+    alone = {role: ["hs1"] for role in ("db", "mas", "synapse", "proxy")}
+    settings = make_settings({"hs1": {}, "old1": {}}, alone, adopt_synapse={"host": "old1"})
+    assert settings.adopt_synapse.host == "old1" and settings.placement.roles_of("old1") == set()
+
+
+def test_a_host_without_role_is_only_the_old_synapse_s():
+    alone = {role: ["hs1"] for role in ("db", "mas", "synapse", "proxy")}
+    with pytest.raises(SettingsError) as error:
+        make_settings({"hs1": {}, "spare": {}}, alone)
+    assert (
+        "host spare is in no role group (db, mas, synapse, proxy): expected each host in one, or named as "
+        "adopt_synapse.host" in str(error.value)
+    )
 
 
 def test_only_native_delegation_adopts():
@@ -234,6 +250,20 @@ def test_a_deployment_with_a_homeserver_of_its_own_is_refused(tmp_path):
     assert any("the deployment's Synapse database already holds a homeserver (12 tables)" in p for p in found), found
 
 
+def test_across_hosts_the_old_database_is_judged_in_its_own_host_s_cluster(tmp_path):
+    d = adopting(tmp_path)
+    # Its own cluster, any port, any names: the copy here is the deployment's own database.
+    assert refusals(d, old(across=True, database_port=5433, database_user="synapse")) == []
+    found = refusals(d, old(across=True, database_host="db.example.org"))
+    assert any("expected it in the PostgreSQL cluster of hs1 itself (localhost)" in p for p in found), found
+    found = refusals(d, old(across=True, database_dbname="matrix"))
+    assert any("the old database 'matrix' is not in the cluster of hs1" in p for p in found), found
+    # Here the deployment's Synapse database must be empty whatever the old one's name.
+    found = refusals(d, old(across=True, synapse_tables=12))
+    assert any("already holds a homeserver (12 tables)" in p for p in found), found
+    assert refusals(d, old(record="copying", across=True, synapse_tables=12)) == []  # the adoption's own copy
+
+
 def test_once_migrated_the_old_config_is_no_longer_judged(tmp_path):
     assert refusals(adopting(tmp_path), old(record="delegated", allow_guest_access=True)) == []
 
@@ -300,7 +330,8 @@ def test_the_config_reader_takes_the_client_secrets_as_synapse_reads_them(tmp_pa
     (tmp_path / "conf.d/a.yaml").write_text("form_secret: the form secret\n")
     out = tmp_path / "taken.json"
     run = subprocess.run(
-        [sys.executable, "-c", READ_CONFIG, str(out), str(tmp_path / "homeserver.yaml"), str(tmp_path / "conf.d")],
+        [sys.executable, "-c", READ_CONFIG, str(out), "whole", str(tmp_path / "homeserver.yaml"),
+         str(tmp_path / "conf.d")],
         env={"PYTHONPATH": str(tmp_path / "lib")}, capture_output=True, text=True, check=True,
     )  # fmt: skip
     facts = json.loads(run.stdout.removeprefix("C\t"))
@@ -312,3 +343,40 @@ def test_the_config_reader_takes_the_client_secrets_as_synapse_reads_them(tmp_pa
     assert taken["oidc_client_secrets"] == {"oidc": "legacy secret", "oidc-dex": "dex's secret"}
     assert taken["form_secret"] == "the form secret" and taken["signing_key"] == "ed25519 a_old1 seed\n"
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    # "whole" (across hosts): the merged config too, for the copy syn2mas reads on the database host.
+    assert taken["config"] == {**config, "form_secret": "the form secret"}
+
+
+def test_across_hosts_the_script_restores_relayed_dumps_and_reads_a_copy_of_the_config(tmp_path):
+    d = adopting(tmp_path)
+    text = adoption.script(d, old(across=True))
+    assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0
+    assert f"--synapse-config {adoption.SYN2MAS_CONFIG} " in text and "/etc/matrix-synapse" not in text
+    assert "pg_restore" in text and "systemctl disable" not in text  # the old unit is stopped on its own host
+    assert not any(len(v) >= 12 and v in text for v in d.secrets.values.values())
+    assert "pg_restore" not in adoption.script(d, old())
+
+
+def test_syn2mas_reads_only_its_keys_of_the_old_config_with_the_database_the_copy_here(tmp_path, monkeypatch):
+    d = adopting(tmp_path)
+    whole = {"server_name": "example.org", "password_config": {"pepper": "the pepper"}, "turn_shared_secret": "x" * 20,
+             "database": {"name": "psycopg2", "args": {"user": "old", "password": "old password"}}}  # fmt: skip
+    monkeypatch.setattr(adoption.old_homeserver, "_whole", {"hs1": whole})
+    config = yaml.safe_load(adoption.syn2mas_config(d))
+    assert set(config) == {"server_name", "password_config", "database"}
+    assert config["database"]["args"] == {"user": "synapse", "password": d.secrets["synapse_db_password"],
+                                          "dbname": "synapse", "host": "127.0.0.1", "port": 5432}  # fmt: skip
+
+
+def test_the_media_go_by_name_and_size_in_batches():
+    old_media = relay.sizes(["10 local_content/ab/cd/x", "5 local_content/ab/cd/y", "7 remote_content/a b", "junk"])
+    assert old_media == {"local_content/ab/cd/x": 10, "local_content/ab/cd/y": 5, "remote_content/a b": 7}
+    # A file that arrived is not sent again; one cut short (another size) is.
+    todo = relay.missing(old_media, {"local_content/ab/cd/x": 10, "local_content/ab/cd/y": 2})
+    assert todo == ["local_content/ab/cd/y", "remote_content/a b"]
+    assert relay.batches(sorted(old_media), old_media, limit=12) == [
+        ["local_content/ab/cd/x"],
+        ["local_content/ab/cd/y", "remote_content/a b"],
+    ]
+    assert relay.batches(["local_content/ab/cd/x"], old_media, limit=1) == [["local_content/ab/cd/x"]]
+    assert relay.batches([], old_media) == []

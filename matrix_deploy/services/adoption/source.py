@@ -2,11 +2,13 @@
 
 One look at the old homeserver's host (the `Source` fact, as root): its config read by its own Python and
 PyYAML, merged as Synapse merges its `--config-path`s (files in order, a directory's `*.yaml` files sorted, each
-file's top-level keys over the earlier ones); its version; its unit; the cluster's databases; and the adoption's
-record on the host. The old homeserver's secrets (signing key, macaroon and form secrets, password pepper) are
+file's top-level keys over the earlier ones); its version; its unit. And one at each cluster (the `Cluster` fact):
+the deployment's database host (the adoption's record, MAS's users, the deployment's Synapse tables) and, when the
+old Synapse runs on another host, that host's (its databases). The old homeserver's secrets (signing key, macaroon and form secrets, password pepper) are
 not in the fact's output: the same command writes them into the login user's own upload directory, from where
 they are fetched over SFTP into memory and removed (never on a command line, in output or in a file another
-user can read), then put in the secrets store.
+user can read), then put in the secrets store. Across hosts the same file also carries the whole merged config, from which the
+adoption writes the root-only config syn2mas reads on the database host (service.py).
 """
 
 import io
@@ -25,8 +27,13 @@ from matrix_deploy.operator.inventory import Deployment
 from matrix_deploy.operator.settings import version_tuple
 from matrix_deploy.services.adoption.options import client_secrets
 
-RECORD = f"{STATE}/adoption"  # where the adoption stands: checked, migrating, migrated, delegated
-STATES = ("checked", "migrating", "migrated", "delegated")
+RECORD = f"{STATE}/adoption"  # where the adoption stands (on the database host): one of STATES
+# In order; copying, copied and restored only across hosts (relay.py), moving only on one host (adopt.sh.j2).
+STATES = ("copying", "copied", "checked", "restored", "migrating", "moving", "migrated", "delegated")
+DONE = (
+    "migrated",
+    "delegated",
+)  # syn2mas has imported: the store holds the old secrets, the old config is judged no more
 SECRETS_FILE = "adoption-secrets.json"
 # The secrets store's entries an adoption takes from the old config (key in the old config -> entry).
 TAKEN = {
@@ -38,11 +45,12 @@ TAKEN = {
 # Password provider modules that mean LDAP (MAS cannot take LDAP logins: an OIDC bridge such as Dex can).
 LDAP_MODULES = ("ldap_auth_provider",)
 
-# Run by the old Synapse's Python: argv = secrets file ("-": none), then the config paths.
+# Run by the old Synapse's Python: argv = secrets file ("-": none), "whole" (the merged config too) or "-", then the
+# config paths.
 READ_CONFIG = r"""
 import json, os, sys
 import yaml
-out, paths = sys.argv[1], sys.argv[2:]
+out, whole, paths = sys.argv[1], sys.argv[2] == "whole", sys.argv[3:]
 files = []
 for path in paths:
     if os.path.isdir(path):
@@ -107,6 +115,8 @@ if out != "-":
         if config.get(name):
             taken[name] = config[name]
     taken["oidc_client_secrets"] = {name: client_secret(s) for name, s in sections.items() if client_secret(s)}
+    if whole:
+        taken["config"] = config
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(taken, f)
@@ -115,79 +125,64 @@ if out != "-":
 
 @dataclass
 class Old:
-    """The old homeserver as its host showed it (no secrets)."""
+    """The old homeserver as its host showed it, and the deployment's database host (no secrets)."""
 
-    record: str = ""  # the adoption's record on the host: "" (not begun) or one of STATES
+    record: str = ""  # the adoption's record on the database host: "" (not begun) or one of STATES
     active: str = ""  # its unit's systemctl is-active
     enabled: str = ""
     config: dict = field(default_factory=dict)  # READ_CONFIG's facts; {} when they could not be read
     problem: str = ""  # why the config could not be read
-    databases: list[str] = field(default_factory=list)  # the databases of the cluster
+    databases: list[str] = field(default_factory=list)  # the databases of the old Synapse's cluster
     mas_users: int = 0  # users in MAS's database
     synapse_tables: int = 0  # tables in the deployment's Synapse database (when it is not the old one)
     secrets_file: str = ""  # where the command left the secrets for the download ("" when it did not)
+    across: bool = False  # the old Synapse runs on a host of its own (no role), not on the database host
+
+
+# The login user's own directory, as the snapshot's uploads (host_state): the sudo user's, or root's; in $dir.
+UPLOAD_DIR_SHELL = (
+    'if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then'
+    ' home=$(getent passwd "$SUDO_USER" | cut -d: -f6); dir="$home/"' + shlex.quote(UPLOAD_DIR) + ";"
+    ' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$dir";'
+    f' else dir={STATE}/uploads; install -d -m 700 "$dir"; fi'
+)
 
 
 class Source(FactBase):
-    """The old homeserver, its cluster and the adoption's record (see the module docstring)."""
+    """The old Synapse: its unit, its config (and with `secrets`, its secrets in a file to fetch; with `whole`,
+    the whole merged config in that file too)."""
 
-    def command(self, python, config, unit, port, secrets):
+    def command(self, python, config, unit, secrets, whole=False):
         q = shlex.quote
         paths = " ".join(q(p) for p in config)
-        psql = f"runuser -u postgres -- psql -X -At -p {int(port)}"
         out = "-"
-        lines = [f"printf 'M\\t%s\\n' \"$(cat {RECORD} 2>/dev/null)\""]
+        lines = []
         if secrets:
-            # The login user's own directory, as the snapshot's uploads (host_state): the sudo user's, or root's.
-            up = q(UPLOAD_DIR)
-            lines.append(
-                'if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then'
-                ' home=$(getent passwd "$SUDO_USER" | cut -d: -f6); dir="$home/"' + up + ";"
-                ' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$dir";'
-                f' else dir={STATE}/uploads; install -d -m 700 "$dir"; fi; out="$dir/{SECRETS_FILE}"'
-            )
-            # Once migrated the store holds them (read() takes none then): not read or fetched again.
-            lines.append(f'case "$(cat {RECORD} 2>/dev/null)" in migrated|delegated) out=-;; esac')
+            lines.append(f'{UPLOAD_DIR_SHELL}; out="$dir/{SECRETS_FILE}"')
             out = '"$out"'
         lines += [
             f'printf \'S\\t%s\\t%s\\n\' "$(systemctl is-active {q(unit)})" "$(systemctl is-enabled {q(unit)} 2>/dev/null)"',
             f"if [ -x {q(python)} ]; then",
-            f"  (cd / && umask 077 && {q(python)} -c {q(READ_CONFIG)} {out} {paths}) 2>&1 | sed '/^C\t/!s/^/E\t/'",
+            f"  (cd / && umask 077 && {q(python)} -c {q(READ_CONFIG)} {out} {'whole' if whole else '-'} {paths}) 2>&1"
+            " | sed '/^C\t/!s/^/E\t/'",
             f"else printf 'E\\t%s\\n' 'no executable {python}'; fi",
         ]
         if secrets:
             lines.append(
                 '[ ! -f "$out" ] || { [ -z "${SUDO_USER:-}" ] || chown "$SUDO_USER" "$out"; printf \'F\\t%s\\n\' "$out"; }'
             )
-        lines += [
-            f"if {psql} -c 'SELECT 1' >/dev/null 2>&1; then",
-            f"  {psql} -c 'SELECT datname FROM pg_database' | sed 's/^/D\\t/'",
-            f"  {psql} -d mas -c 'SELECT count(*) FROM users' 2>/dev/null | sed 's/^/U\\t/'",
-            f"  {psql} -d synapse -c \"SELECT count(*) FROM pg_tables WHERE schemaname = 'public'\" 2>/dev/null"
-            " | sed 's/^/T\\t/'",
-            "fi",
-            "true",
-        ]
-        return "\n".join(lines)
+        return "\n".join([*lines, "true"])
 
     def process(self, output):
         old, errors = Old(), []
         for line in output:
             tag, _, rest = line.partition("\t")
-            if tag == "M":
-                old.record = rest.strip()
-            elif tag == "S":
+            if tag == "S":
                 old.active, _, old.enabled = rest.partition("\t")
             elif tag == "C":
                 old.config = json.loads(rest)
             elif tag == "E":
                 errors.append(rest)
-            elif tag == "D":
-                old.databases.append(rest)
-            elif tag == "U" and rest.isdigit():
-                old.mas_users = int(rest)
-            elif tag == "T" and rest.isdigit():
-                old.synapse_tables = int(rest)
             elif tag == "F":
                 old.secrets_file = rest
         if not old.config:
@@ -196,12 +191,51 @@ class Source(FactBase):
         return old
 
 
+@dataclass
+class ClusterFacts:
+    record: str = ""
+    databases: list[str] = field(default_factory=list)
+    mas_users: int = 0
+    synapse_tables: int = 0
+
+
+class Cluster(FactBase):
+    """A host's adoption record and its PostgreSQL cluster at `port`: databases, MAS's users, Synapse's tables."""
+
+    def command(self, port):
+        psql = f"runuser -u postgres -- psql -X -At -p {int(port)}"
+        return "\n".join([
+            f"printf 'M\\t%s\\n' \"$(cat {RECORD} 2>/dev/null)\"",
+            f"if (cd / && {psql} -c 'SELECT 1') >/dev/null 2>&1; then",
+            f"  (cd / && {psql} -c 'SELECT datname FROM pg_database') | sed 's/^/D\\t/'",
+            f"  (cd / && {psql} -d mas -c 'SELECT count(*) FROM users') 2>/dev/null | sed 's/^/U\\t/'",
+            f"  (cd / && {psql} -d synapse -c \"SELECT count(*) FROM pg_tables WHERE schemaname = 'public'\") 2>/dev/null"
+            " | sed 's/^/T\\t/'",
+            "fi",
+            "true",
+        ])  # fmt: skip
+
+    def process(self, output):
+        found = ClusterFacts()
+        for line in output:
+            tag, _, rest = line.partition("\t")
+            if tag == "M":
+                found.record = rest.strip()
+            elif tag == "D":
+                found.databases.append(rest)
+            elif tag == "U" and rest.isdigit():
+                found.mas_users = int(rest)
+            elif tag == "T" and rest.isdigit():
+                found.synapse_tables = int(rest)
+        return found
+
+
 def refusals(d: Deployment, old: Old) -> list[str]:
     """Why this homeserver cannot be adopted by this deployment: each problem with what is expected. Only what
     could still change is checked once the adoption has migrated (the record says how far it went)."""
     s, source = d.settings, d.settings.adopt_synapse
     where = f"adopt_synapse (host {source.host})"
-    if old.record in ("migrated", "delegated"):
+    if old.record in DONE:
         return []
     if not old.config:
         return [
@@ -282,14 +316,21 @@ def _database_problems(d: Deployment, old: Old, where: str) -> list[str]:
             "digits and _)"
         ]
     local = database["host"] in LOCAL or str(database["host"]).startswith("/")
-    if not local or int(database["port"] or 5432) != s.postgres_port:
+    if old.across and not local:
+        problems.append(
+            f"{where}: the old database is at {database['host']}:{database['port'] or 5432}: expected it in the "
+            f"PostgreSQL cluster of {s.adopt_synapse.host} itself (localhost), where the adoption dumps it"
+        )
+    elif not old.across and (not local or int(database["port"] or 5432) != s.postgres_port):
         problems.append(
             f"{where}: the old database is at {database['host']}:{database['port'] or 5432}: expected it in the "
             f"PostgreSQL cluster of this host (localhost, port {s.postgres_port}, postgres_port)"
         )
-    if name not in old.databases:
-        problems.append(f"{where}: the old database {name!r} is not in this host's cluster: expected it there")
-    if user in ("synapse", "mas") or name == "mas":
+    elif name not in old.databases:
+        problems.append(
+            f"{where}: the old database {name!r} is not in the cluster of {s.adopt_synapse.host}: expected it there"
+        )
+    if not old.across and (user in ("synapse", "mas") or name == "mas"):
         problems.append(
             f"{where}: the old database {name!r} (role {user!r}) uses a name of the deployment's own databases and "
             "roles (synapse, mas): expected another role name (ALTER ROLE ... RENAME, and the same in homeserver.yaml)"
@@ -299,7 +340,7 @@ def _database_problems(d: Deployment, old: Old, where: str) -> list[str]:
             f"{where}: MAS's database already holds {old.mas_users} users: expected an empty MAS database "
             "(syn2mas imports into a new one)"
         )
-    if old.record == "" and name != "synapse" and old.synapse_tables:
+    if old.record == "" and (old.across or name != "synapse") and old.synapse_tables:
         problems.append(
             f"{where}: the deployment's Synapse database already holds a homeserver ({old.synapse_tables} tables): "
             "expected a deployment without one (an adoption brings its own)"
@@ -308,37 +349,53 @@ def _database_problems(d: Deployment, old: Old, where: str) -> list[str]:
 
 
 _read: dict[str, Old] = {}
+_whole: dict[str, dict] = {}  # across hosts: the old Synapse's whole merged config (it holds secrets), by its host
 
 
 def read(d: Deployment) -> Old:
     """The old homeserver (once per run, whichever host asks first), its secrets put in the store while the
-    adoption has not delegated; DeployError when it cannot be adopted."""
-    source = d.settings.adopt_synapse
+    adoption has not imported; DeployError when it cannot be adopted."""
+    source, placement = d.settings.adopt_synapse, d.settings.placement
     if source.host in _read:
         return _read[source.host]
-    target = inventory.get_host(source.host)
-    old = target.get_fact(Source, python=source.python, config=list(source.config), unit=source.unit,
-                          port=d.settings.postgres_port, secrets=True)  # fmt: skip
+    old_host, target = inventory.get_host(source.host), inventory.get_host(placement.db)
+    across = source.host != placement.db
+    here = target.get_fact(Cluster, port=d.settings.postgres_port)
+    secrets = here.record not in DONE  # once imported the store holds them: not read or fetched again
+    old = old_host.get_fact(Source, python=source.python, config=list(source.config), unit=source.unit,
+                            secrets=secrets, whole=across and secrets)  # fmt: skip
+    old.record, old.mas_users, old.synapse_tables, old.across = here.record, here.mas_users, here.synapse_tables, across
+    old.databases = here.databases
     taken = {}
     if old.secrets_file:
         buffer = io.BytesIO()
         try:
-            target.get_file(old.secrets_file, buffer)
+            old_host.get_file(old.secrets_file, buffer)
         finally:
-            target.run_shell_command(f"rm -f {shlex.quote(old.secrets_file)}", _sudo=False)
+            old_host.run_shell_command(f"rm -f {shlex.quote(old.secrets_file)}", _sudo=False)
         taken = json.loads(buffer.getvalue().decode())
+    database = old.config.get("database") or {}
+    if across and secrets and database.get("name") == "psycopg2":
+        old.databases = old_host.get_fact(Cluster, port=int(database.get("port") or 5432)).databases
     problems = refusals(d, old)
     if problems:
         raise DeployError(
             "the adoption is refused, nothing was changed and the old Synapse still runs:\n"
             + "\n".join(f"  - {p}" for p in problems)
         )
-    if taken and old.record not in ("migrated", "delegated"):
+    if taken and old.record not in DONE:
         _take(d, taken)
+        if across:
+            _whole[source.host] = taken["config"]
     if problem := lacking_client_secrets(d):
         raise DeployError(f"the adoption is refused, nothing was changed and the old Synapse still runs: {problem}")
     _read[source.host] = old
     return old
+
+
+def whole_config(d: Deployment) -> dict:
+    """Across hosts, before the import: the old Synapse's merged config as read() fetched it (holds secrets)."""
+    return _whole[d.settings.adopt_synapse.host]
 
 
 def _take(d: Deployment, taken: dict) -> None:
