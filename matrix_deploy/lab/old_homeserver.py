@@ -47,7 +47,7 @@ import yaml
 from nio import AsyncClient, LoginResponse, RoomCreateResponse, RoomSendResponse, UploadResponse
 
 from matrix_deploy.lab import LabHost
-from matrix_deploy.lab.probe import sh, ssh
+from matrix_deploy.lab.probe import sh, ssh, ssh_argv
 from matrix_deploy.lab.system import CACHE_DIR
 from matrix_deploy.services.synapse import locks
 
@@ -489,15 +489,10 @@ def build(
     return Old(**{**old.__dict__, "build_seconds": timings["healthy"], "timings": timings})
 
 
-def _ssh_argv(host: LabHost, command: str) -> list[str]:
-    return ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"{host.ssh_user}@{host.address}", command]  # fmt: skip
-
-
 def _push_virtualenv(host: LabHost, cache) -> None:
     """A cached virtualenv onto the host where it was made, as it was (owners, modes, times: .pyc files stay valid)."""
     with subprocess.Popen(["zstd", "-q", "-d", "-c", str(cache)], stdout=subprocess.PIPE) as unzstd:
-        subprocess.run(_ssh_argv(host, "tar -C / -xf -"), stdin=unzstd.stdout, check=True, timeout=300)
+        subprocess.run(ssh_argv(host, "tar -C / -xf -"), stdin=unzstd.stdout, check=True, timeout=300)
     assert unzstd.returncode == 0, f"zstd -d {cache} exited {unzstd.returncode}"
 
 
@@ -507,7 +502,7 @@ def _pull_virtualenv(host: LabHost, cache, venv: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".incoming-")
     os.close(fd)
     try:
-        with subprocess.Popen(_ssh_argv(host, f"tar -C / -cf - {venv.lstrip('/')}"), stdout=subprocess.PIPE) as tar:
+        with subprocess.Popen(ssh_argv(host, f"tar -C / -cf - {venv.lstrip('/')}"), stdout=subprocess.PIPE) as tar:
             subprocess.run(["zstd", "-q", "-f", "-T0", "-o", tmp], stdin=tar.stdout, check=True, timeout=300)
         assert tar.returncode == 0, f"tar of {venv} on {host.name} exited {tar.returncode}"
         os.rename(tmp, cache)

@@ -19,13 +19,15 @@ PUBLIC_HOST = "matrix.lab.test"
 OWN_UNITS = {"mas": "mas", "synapse": "synapse", "nginx": "nginx"}
 
 
+def ssh_argv(host: LabHost, command: str) -> list[str]:
+    """The ssh command line that runs `command` as root on the lab host."""
+    return ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"{host.ssh_user}@{host.address}", command]  # fmt: skip
+
+
 def ssh(host: LabHost, command: str, input: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `command` as root on the lab host; `input` goes to its stdin (how secrets travel: never in argv)."""
-    return subprocess.run(
-        ["ssh", "-i", host.ssh_key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"{host.ssh_user}@{host.address}", command],
-        capture_output=True, text=True, timeout=timeout, input=input,
-    )  # fmt: skip
+    return subprocess.run(ssh_argv(host, command), capture_output=True, text=True, timeout=timeout, input=input)
 
 
 def sh(host: LabHost, command: str, input: str | None = None, timeout: int = 300) -> str:

@@ -13,11 +13,14 @@ untouched database (the way back); nothing relayed is left in an upload director
 secret are in the runs' output or in a file another user can read, on either host.
 """
 
+import subprocess
+import time
+
 import pytest
 
 from matrix_deploy import lab
 from matrix_deploy.lab import old_homeserver
-from matrix_deploy.lab.probe import LAB_SETTINGS
+from matrix_deploy.lab.probe import LAB_SETTINGS, ssh_argv
 from matrix_deploy.lab.release import prepare as prepare_release
 from matrix_deploy.services.adoption.service import SYN2MAS_CONFIG
 from matrix_deploy.services.adoption.source import RECORD
@@ -57,6 +60,19 @@ ROOMS = "SELECT count(*) FROM rooms"
 UPLOADS = "find /home/*/.matrix-deploy-uploads /var/lib/matrix-deploy/uploads -mindepth 1 2>/dev/null; true"
 
 
+def killed_during(run: Running, host, killer: str) -> tuple[subprocess.CompletedProcess, str]:
+    """The deploy `run`'s result, and the output of `killer` (a shell loop on `host` that kills something once it
+    sees its moment): stopped if the run ended without it (the moment never came), so a failure shows at once."""
+    loop = subprocess.Popen(ssh_argv(host, killer), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = run.result(timeout=1800)
+    try:
+        said, _ = loop.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        loop.kill()
+        said, _ = loop.communicate()
+    return result, said
+
+
 @pytest.fixture(scope="module")
 def adopted():
     lab.down()
@@ -73,18 +89,21 @@ def adopted():
     try:
         # 1. Killed while the old database is relayed: the old Synapse still serves, the copy starts again.
         run = Running()
-        seen = ssh(target, WAIT_COPYING, timeout=1200)
+        watch = subprocess.Popen(ssh_argv(target, WAIT_COPYING), stdout=subprocess.PIPE, text=True)
+        while watch.poll() is None and run.running():
+            time.sleep(0.02)
         run.process.kill()
+        watch.kill()
+        seen = watch.communicate()[0]
         outputs.append(run.result(timeout=120).stdout)
-        assert "copying" in seen.stdout, (seen, outputs[-1][-3000:])
+        assert seen.startswith("copying"), (seen, outputs[-1][-3000:])
         assert sh(target, f"cat {RECORD}").strip() == "copying"
         assert old_homeserver.running(built)
         # 2. Killed while syn2mas migrate imports on lab1.
-        run = Running()
-        killed = ssh(target, KILL_MIGRATE, timeout=1200)
-        outputs.append(run.result(timeout=1800).stdout)
-        assert "killed" in killed.stdout, (killed, outputs[-1][-3000:])
-        assert run.process.returncode != 0
+        second, killed = killed_during(Running(), target, KILL_MIGRATE)
+        outputs.append(second.stdout)
+        assert "killed" in killed, (killed, second.stdout[-3000:])
+        assert second.returncode != 0
         assert sh(target, f"cat {RECORD}").strip() == "migrating"
         assert not old_homeserver.running(built)
         # 3. Taken up where it stood.

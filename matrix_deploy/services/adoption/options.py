@@ -71,7 +71,8 @@ OPTIONS = (
     Option(
         "adopt_synapse", None,
         "a Synapse that already runs, to take over with its users, sessions, rooms, media and signing key "
-        "(see Adopting an existing homeserver): `{host: <inventory host>}`, plus `config` (its `--config-path`s), "
+        "(see Adopting an existing homeserver): `{host: <inventory host>}` (the database host, or a host of the "
+        "inventory with no role), plus `config` (its `--config-path`s), "
         "`python` (its virtualenv's) and `unit` where they differ from the matrix.org Debian package's",
         source, shown="unset",
     ),
