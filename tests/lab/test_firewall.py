@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import time
+import warnings
 
 import pytest
 
@@ -196,6 +197,18 @@ def test_the_lab_hosts_trust_the_lab_acme_root_as_the_world_trusts_a_public_ca(s
     sh(hosts["mas"], "curl -fsS -o /dev/null https://lab.test/.well-known/matrix/client")
 
 
+def start_again(host) -> None:
+    """Start Synapse again after the test stopped it. Once (stop 36's CI rehearsal, split layout under the load of
+    three labs) this start failed with "unavailable resources or another system error", not seen again in 25
+    stop/start rounds by hand: the start is tried once more after reset-failed, and the first failure and its
+    journal are reported as a warning (the verify output is this test's subject, not Synapse's start)."""
+    first = ssh(host, "systemctl start synapse")
+    if first.returncode != 0:
+        journal = ssh(host, "systemctl status synapse --no-pager; journalctl -u synapse -n 40 --no-pager").stdout
+        warnings.warn(f"systemctl start synapse failed once on {host.name}: {first.stderr}\n{journal}", stacklevel=1)
+        sh(host, "systemctl reset-failed synapse; systemctl start synapse")
+
+
 def test_verify_runs_mas_doctor_and_names_its_error_when_mas_cannot_reach_synapse(split):
     """`mas-cli doctor` on the MAS host, each finding a check; with Synapse stopped its error is named."""
     hosts, deployment = split
@@ -209,7 +222,7 @@ def test_verify_runs_mas_doctor_and_names_its_error_when_mas_cannot_reach_synaps
     try:
         broken = verify(hosts)
     finally:
-        sh(hosts["synapse"], "systemctl start synapse")
+        start_again(hosts["synapse"])
     assert broken.returncode == 1
     assert re.search(r"^FAIL MAS doctor on lab-mas: Can't reach the homeserver at \"http://lab-synapse:8008/",
                      broken.stdout, re.M), broken.stdout  # fmt: skip
