@@ -3,10 +3,12 @@ lab group with a lab of its own.
 
 pytest-xdist cannot run these tests (pyinfra's gevent blocks its workers), so `make test` runs this: the unit
 tests (no lab; given an index no group uses) beside two groups of lab modules of about equal length, on
-MATRIX_DEPLOY_LAB_INDEX 0 and 1, each line prefixed with its part; the exit status fails if any part fails.
+MATRIX_DEPLOY_LAB_INDEX 0 and 1, each line prefixed with its part; the exit status fails if any part fails. Then
+both labs are stopped (`lab down`): nothing of them outlives the run.
 """
 
 import os
+import subprocess
 import sys
 
 from matrix_deploy.lab.system import side_by_side
@@ -55,7 +57,14 @@ def main() -> int:
            for index, files in enumerate(GROUPS)]
     )  # fmt: skip
     print(f"test parts (unit, lab0, lab1): exit statuses {codes}")
-    return 0 if all(c == 0 for c in codes) else 1
+    # Each group's last module leaves its lab up (each module's fixture downs the lab before it, not after):
+    # containers, a bridge, nft rules and mounts that would outlive this run. Stop both.
+    downs = [
+        subprocess.run([sys.executable, "-m", "matrix_deploy.lab", "down"],
+                       env={**os.environ, "MATRIX_DEPLOY_LAB_INDEX": str(index)}).returncode
+        for index in range(len(GROUPS))
+    ]  # fmt: skip
+    return 0 if all(c == 0 for c in [*codes, *downs]) else 1
 
 
 if __name__ == "__main__":
