@@ -50,7 +50,7 @@ def adopting(tmp_path, **data) -> Deployment:
     return Deployment(Path("test.py"), settings, secrets, store)
 
 
-def old(record="", mas_users=0, synapse_tables=0, across=False, **changes) -> Old:
+def old(record="", mas_users=0, synapse_tables=0, across=False, postgres=0, target_postgres=0, **changes) -> Old:
     facts = copy.deepcopy(FACTS)
     for key, value in changes.items():
         if key.startswith("database_"):
@@ -58,7 +58,8 @@ def old(record="", mas_users=0, synapse_tables=0, across=False, **changes) -> Ol
         else:
             facts[key] = value
     return Old(record=record, active="active", enabled="enabled", config=facts, databases=["postgres", "synapse"],
-               mas_users=mas_users, synapse_tables=synapse_tables, across=across)  # fmt: skip
+               mas_users=mas_users, synapse_tables=synapse_tables, across=across, postgres=postgres,
+               target_postgres=target_postgres)  # fmt: skip
 
 
 def problems(value, **data) -> list[str]:
@@ -262,6 +263,19 @@ def test_across_hosts_the_old_database_is_judged_in_its_own_host_s_cluster(tmp_p
     found = refusals(d, old(across=True, synapse_tables=12))
     assert any("already holds a homeserver (12 tables)" in p for p in found), found
     assert refusals(d, old(record="copying", across=True, synapse_tables=12)) == []  # the adoption's own copy
+    # A dump of a newer PostgreSQL cannot be restored here: refused before anything changes (0: not known yet).
+    found = refusals(d, old(across=True, postgres=17, target_postgres=15))
+    assert any("the old database's PostgreSQL is 17, the deployment's host's 15" in p for p in found), found
+    assert refusals(d, old(across=True, postgres=15, target_postgres=17)) == []
+    assert refusals(d, old(across=True, postgres=17, target_postgres=0)) == []
+
+
+def test_the_cluster_fact_reads_the_record_the_release_and_the_postgres_major():
+    found = adoption.old_homeserver.Cluster().process(
+        ["M\tchecked", "O\tdebian\t12", "V\t150010", "D\tpostgres", "D\tsynapse", "U\t0", "T\t3"]
+    )
+    assert (found.record, found.os, found.postgres, found.databases) == ("checked", ("debian", "12"), 15,
+                                                                          ["postgres", "synapse"])  # fmt: skip
 
 
 def test_once_migrated_the_old_config_is_no_longer_judged(tmp_path):

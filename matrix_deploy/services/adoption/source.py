@@ -21,6 +21,7 @@ from pyinfra import inventory
 from pyinfra.api import FactBase
 from pyinfra.api.exceptions import DeployError
 
+from matrix_deploy.engine import debian
 from matrix_deploy.engine.paths import STATE, UPLOAD_DIR
 from matrix_deploy.operator import store
 from matrix_deploy.operator.inventory import Deployment
@@ -137,6 +138,8 @@ class Old:
     synapse_tables: int = 0  # tables in the deployment's Synapse database (when it is not the old one)
     secrets_file: str = ""  # where the command left the secrets for the download ("" when it did not)
     across: bool = False  # the old Synapse runs on a host of its own (no role), not on the database host
+    postgres: int = 0  # across hosts: the old cluster's PostgreSQL major version (0: unknown)
+    target_postgres: int = 0  # across hosts: the database host's (its running cluster's, else its Debian's; 0: unknown)
 
 
 # The login user's own directory, as the snapshot's uploads (host_state): the sudo user's, or root's; in $dir.
@@ -197,6 +200,8 @@ class ClusterFacts:
     databases: list[str] = field(default_factory=list)
     mas_users: int = 0
     synapse_tables: int = 0
+    postgres: int = 0  # the running cluster's major version (0: none answers)
+    os: tuple[str, str] = ("", "")  # ID and VERSION_ID from /etc/os-release
 
 
 class Cluster(FactBase):
@@ -206,7 +211,9 @@ class Cluster(FactBase):
         psql = f"runuser -u postgres -- psql -X -At -p {int(port)}"
         return "\n".join([
             f"printf 'M\\t%s\\n' \"$(cat {RECORD} 2>/dev/null)\"",
+            "(. /etc/os-release 2>/dev/null; printf 'O\\t%s\\t%s\\n' \"${ID:-}\" \"${VERSION_ID:-}\")",
             f"if (cd / && {psql} -c 'SELECT 1') >/dev/null 2>&1; then",
+            f"  (cd / && {psql} -c 'SHOW server_version_num') | sed 's/^/V\\t/'",
             f"  (cd / && {psql} -c 'SELECT datname FROM pg_database') | sed 's/^/D\\t/'",
             f"  (cd / && {psql} -d mas -c 'SELECT count(*) FROM users') 2>/dev/null | sed 's/^/U\\t/'",
             f"  (cd / && {psql} -d synapse -c \"SELECT count(*) FROM pg_tables WHERE schemaname = 'public'\") 2>/dev/null"
@@ -227,6 +234,11 @@ class Cluster(FactBase):
                 found.mas_users = int(rest)
             elif tag == "T" and rest.isdigit():
                 found.synapse_tables = int(rest)
+            elif tag == "V" and rest.isdigit():
+                found.postgres = int(rest) // 10000
+            elif tag == "O":
+                os_id, _, version = rest.partition("\t")
+                found.os = (os_id, version)
         return found
 
 
@@ -330,6 +342,12 @@ def _database_problems(d: Deployment, old: Old, where: str) -> list[str]:
         problems.append(
             f"{where}: the old database {name!r} is not in the cluster of {s.adopt_synapse.host}: expected it there"
         )
+    if old.across and old.postgres > old.target_postgres > 0:
+        problems.append(
+            f"{where}: the old database's PostgreSQL is {old.postgres}, the deployment's host's {old.target_postgres}: "
+            "a dump of a newer PostgreSQL cannot be restored into an older one; expected the old host's PostgreSQL "
+            f"no newer than {old.target_postgres} (or the deployment's host on a Debian release with a newer one)"
+        )
     if not old.across and (user in ("synapse", "mas") or name == "mas"):
         problems.append(
             f"{where}: the old database {name!r} (role {user!r}) uses a name of the deployment's own databases and "
@@ -376,7 +394,10 @@ def read(d: Deployment) -> Old:
         taken = json.loads(buffer.getvalue().decode())
     database = old.config.get("database") or {}
     if across and secrets and database.get("name") == "psycopg2":
-        old.databases = old_host.get_fact(Cluster, port=int(database.get("port") or 5432)).databases
+        cluster = old_host.get_fact(Cluster, port=int(database.get("port") or 5432))
+        old.databases, old.postgres = cluster.databases, cluster.postgres
+        target_release = debian.release(*here.os)
+        old.target_postgres = here.postgres or (target_release.postgres if target_release else 0)
     problems = refusals(d, old)
     if problems:
         raise DeployError(
