@@ -29,8 +29,8 @@ from pyinfra.operations import files
 
 from matrix_deploy.engine.addresses import resolve_literal
 from matrix_deploy.engine.debian import RELEASES
-from matrix_deploy.engine.paths import RUN_LOCK, STATE, UPLOAD_DIR, WORK_LOCK
-from matrix_deploy.engine.uploads import secret_file
+from matrix_deploy.engine.paths import RUN_LOCK, STATE, WORK_LOCK
+from matrix_deploy.engine.uploads import LOGIN_UPLOAD_DIR, secret_file
 
 # Files larger than this are listed but not hashed (release archives, binaries).
 HASH_LIMIT = "-256k"
@@ -199,17 +199,8 @@ class Snapshot(FactBase):
         # A role's own question to the host (a shell that prints its answer and exits 0), under the run lock.
         for name, probe in (probes or {}).items():
             lines.append(f"{{ {probe}\n}} 2>&1 | sed 's/^/R\\t{name}\\t/'")
-        # A directory only the login user can read, for uploads (with sudo, pyinfra would stage them in /tmp,
-        # readable by every local user): the sudo user's, or root's in the state directory; emptied of what a
-        # killed run left.
-        up, own = shlex.quote(UPLOAD_DIR), shlex.quote(f"{STATE}/uploads")
-        lines.append(
-            'if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then'
-            ' home=$(getent passwd "$SUDO_USER" | cut -d: -f6); uploads="$home/"' + up + ";"
-            ' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$uploads";'
-            f' else uploads={own}; install -d -m 700 "$uploads"; fi'
-            ' && find "$uploads" -mindepth 1 -delete && printf \'T\\t%s\\n\' "$uploads"'
-        )
+        # The login user's upload directory, emptied of what a killed run left.
+        lines.append(f'{LOGIN_UPLOAD_DIR} && find "$dir" -mindepth 1 -delete && printf \'T\\t%s\\n\' "$dir"')
         return "\n".join(lines) + "\ntrue"
 
     def process(self, output):

@@ -15,6 +15,18 @@ from io import BytesIO
 
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
+from matrix_deploy.engine.paths import STATE, UPLOAD_DIR
+
+# Shell that makes the directory only the login user can read, for uploads and downloads (with sudo, pyinfra would
+# stage them in /tmp, readable by every local user), and sets $dir to it: the sudo user's, or root's in the state
+# directory.
+LOGIN_UPLOAD_DIR = (
+    'if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then'
+    ' home=$(getent passwd "$SUDO_USER" | cut -d: -f6); dir="$home/"' + shlex.quote(UPLOAD_DIR) + ";"
+    ' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$dir";'
+    f' else dir={shlex.quote(STATE + "/uploads")}; install -d -m 700 "$dir"; fi'
+)
+
 
 @operation()
 def secret_file(path: str, content: str, user: str | None, group: str | None, mode: str | None = "400",

@@ -32,6 +32,7 @@ from tests.support.lab import (
     fetch,
     fresh_secrets,
     holding_secrets,
+    killed_during,
     lab_settings,
     pyinfra,
     readable_files_holding,
@@ -169,10 +170,8 @@ def test_a_mas_database_with_users_is_refused(old):
 def test_the_adoption_killed_during_the_import_ends_as_one_that_was_not(old):
     host = old["host"]
     lab_settings(host, **ADOPT)
-    run = Running()
-    killed = ssh(host, KILL_MIGRATE, timeout=1200)
-    first = run.result(timeout=1800)
-    assert "killed" in killed.stdout, killed
+    first, killed = killed_during(Running(), host, KILL_MIGRATE)
+    assert "killed" in killed, (killed, first.stdout[-3000:])
     assert first.returncode != 0, first.stdout[-3000:]
     assert sh(host, f"cat {RECORD}").strip() == "migrating"
     assert not old_homeserver.running(old["old"])  # stopped before the import: the way back is to start it

@@ -37,6 +37,7 @@ from tests.support.lab import (
     Running,
     fresh_secrets,
     holding_secrets,
+    killed_during,
     lab_settings,
     pyinfra,
     readable_files_holding,
@@ -58,19 +59,6 @@ WAIT_COPYING = (
 )
 ROOMS = "SELECT count(*) FROM rooms"
 UPLOADS = "find /home/*/.matrix-deploy-uploads /var/lib/matrix-deploy/uploads -mindepth 1 2>/dev/null; true"
-
-
-def killed_during(run: Running, host, killer: str) -> tuple[subprocess.CompletedProcess, str]:
-    """The deploy `run`'s result, and the output of `killer` (a shell loop on `host` that kills something once it
-    sees its moment): stopped if the run ended without it (the moment never came), so a failure shows at once."""
-    loop = subprocess.Popen(ssh_argv(host, killer), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    result = run.result(timeout=1800)
-    try:
-        said, _ = loop.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        loop.kill()
-        said, _ = loop.communicate()
-    return result, said
 
 
 @pytest.fixture(scope="module")

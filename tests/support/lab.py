@@ -29,6 +29,7 @@ from matrix_deploy.lab.probe import (  # noqa: F401  (the tests' helpers, with t
     services,
     sh,
     ssh,
+    ssh_argv,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +107,19 @@ class Running:
         self.process.wait(timeout=timeout)
         self._reader.join()
         return subprocess.CompletedProcess(self.process.args, self.process.returncode, "".join(self._lines))
+
+
+def killed_during(run: Running, host: LabHost, killer: str) -> tuple[subprocess.CompletedProcess, str]:
+    """The deploy `run`'s result, and the output of `killer` (a shell loop on `host` that kills something once it
+    sees its moment): stopped if the run ended without it (the moment never came), so a failure shows at once."""
+    loop = subprocess.Popen(ssh_argv(host, killer), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = run.result(timeout=1800)
+    try:
+        said, _ = loop.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        loop.kill()
+        said, _ = loop.communicate()
+    return result, said
 
 
 # MAS's default rate_limiting.login.per_ip (crates/config/src/sections/rate_limiting.rs): a burst of 3 password

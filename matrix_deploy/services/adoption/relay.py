@@ -30,7 +30,8 @@ from pyinfra.api.exceptions import OperationError
 from pyinfra.context import ctx_host
 
 from matrix_deploy.engine.paths import WORK_LOCK
-from matrix_deploy.services.adoption.source import RECORD, UPLOAD_DIR_SHELL
+from matrix_deploy.engine.uploads import LOGIN_UPLOAD_DIR
+from matrix_deploy.services.adoption.source import RECORD
 
 BATCH = 256 * 1024 * 1024  # bytes of media per tar: a killed run loses at most one batch's transfer
 LISTING = "find . -type f -printf '%s %P\\n'"
@@ -104,7 +105,7 @@ class _Hosts:
         directory. Returns its path there."""
         q = shlex.quote
         made = self.run(self.old, (
-            f'{UPLOAD_DIR_SHELL}; out="$dir/{name}"; rm -f "$out"; umask 077; ({make}) && '
+            f'{LOGIN_UPLOAD_DIR}; out="$dir/{name}"; rm -f "$out"; umask 077; ({make}) && '
             '{ [ -z "${SUDO_USER:-}" ] || chown "$SUDO_USER" "$out"; } && printf "%s\\n" "$out"'
         ), what)  # fmt: skip
         there, local, here = made[-1], os.path.join(local_dir, name), f"{self.target_upload_dir}/{name}"
@@ -120,6 +121,14 @@ class _Hosts:
             os.unlink(local)
         return here
 
+    def bring(self, dump: str, what: str, old_media: str, local_dir: str) -> None:
+        """A dump `dump` makes on the old host (shell writing "$out") restored here as the deployment's Synapse
+        database, then the media this host lacks; through the emptied relay directory `local_dir`."""
+        with _emptied(local_dir):
+            here = self.relay(dump, "adoption.dump", local_dir, what)
+            self.on_target(f"restore {shlex.quote(here)}", "restoring the old database's dump")
+            self.media(old_media, local_dir)
+
     def media(self, old_media: str, local_dir: str) -> None:
         """The old media the database host lacks, in batches (missing, batches)."""
         q = shlex.quote
@@ -128,7 +137,7 @@ class _Hosts:
         todo = missing(theirs, ours)
         if not todo:
             return
-        (upload_dir,) = self.run(self.old, f'{UPLOAD_DIR_SHELL}; printf "%s\\n" "$dir"', "the upload directory")[-1:]
+        (upload_dir,) = self.run(self.old, f'{LOGIN_UPLOAD_DIR}; printf "%s\\n" "$dir"', "the upload directory")[-1:]
         names = f"{upload_dir}/adoption-media.names"
         for batch in batches(todo, theirs):
             if not self.old.put_file(io.BytesIO(b"\0".join(n.encode() for n in batch) + b"\0"), names):
@@ -144,11 +153,8 @@ def _copy(state, host, old_name, target_upload_dir, script, local_dir, port, dat
     if hosts.record() not in ("", "copying"):
         return
     hosts.on_target("stand copying", "recording the copy")
-    with _emptied(local_dir):
-        dump = hosts.relay(f"cd / && runuser -u postgres -- pg_dump -p {port} -Fc {database} > \"$out\"",
-                           "adoption.dump", local_dir, "dumping the old database")  # fmt: skip
-        hosts.on_target(f"restore {shlex.quote(dump)}", "restoring the old database's dump")
-        hosts.media(old_media, local_dir)
+    hosts.bring(f"cd / && runuser -u postgres -- pg_dump -p {port} -Fc {database} > \"$out\"",
+                "dumping the old database", old_media, local_dir)  # fmt: skip
     hosts.on_target("stand copied", "recording the copy")
 
 
@@ -163,10 +169,7 @@ def _final(state, host, old_name, target_upload_dir, script, local_dir, port, da
         f"{{ [ -s {q(kept)} ] || {{ (umask 077 && cd / && runuser -u postgres -- pg_dump -p {port} -Fc {database}"
         f" > {q(kept + '.partial')}) && mv -f {q(kept + '.partial')} {q(kept)}; }}; }}"
     ), f"stopping {unit} and dumping its database")  # fmt: skip
-    with _emptied(local_dir):
-        dump = hosts.relay(f'cp {q(kept)} "$out"', "adoption.dump", local_dir, "copying the last dump")
-        hosts.on_target(f"restore {shlex.quote(dump)}", "restoring the old database's last dump")
-        hosts.media(old_media, local_dir)
+    hosts.bring(f'cp {q(kept)} "$out"', "copying the last dump", old_media, local_dir)
     hosts.on_target("stand restored", "recording the restore")
 
 

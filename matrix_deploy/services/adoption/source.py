@@ -22,7 +22,8 @@ from pyinfra.api import FactBase
 from pyinfra.api.exceptions import DeployError
 
 from matrix_deploy.engine import debian
-from matrix_deploy.engine.paths import STATE, UPLOAD_DIR
+from matrix_deploy.engine.paths import STATE
+from matrix_deploy.engine.uploads import LOGIN_UPLOAD_DIR
 from matrix_deploy.operator import store
 from matrix_deploy.operator.inventory import Deployment
 from matrix_deploy.operator.settings import version_tuple
@@ -142,15 +143,6 @@ class Old:
     target_postgres: int = 0  # across hosts: the database host's (its running cluster's, else its Debian's; 0: unknown)
 
 
-# The login user's own directory, as the snapshot's uploads (host_state): the sudo user's, or root's; in $dir.
-UPLOAD_DIR_SHELL = (
-    'if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then'
-    ' home=$(getent passwd "$SUDO_USER" | cut -d: -f6); dir="$home/"' + shlex.quote(UPLOAD_DIR) + ";"
-    ' install -d -m 700 -o "$SUDO_USER" -g "$(id -g "$SUDO_USER")" "$dir";'
-    f' else dir={STATE}/uploads; install -d -m 700 "$dir"; fi'
-)
-
-
 class Source(FactBase):
     """The old Synapse: its unit, its config (and with `secrets`, its secrets in a file to fetch; with `whole`,
     the whole merged config in that file too)."""
@@ -161,7 +153,7 @@ class Source(FactBase):
         out = "-"
         lines = []
         if secrets:
-            lines.append(f'{UPLOAD_DIR_SHELL}; out="$dir/{SECRETS_FILE}"')
+            lines.append(f'{LOGIN_UPLOAD_DIR}; out="$dir/{SECRETS_FILE}"')
             out = '"$out"'
         lines += [
             f'printf \'S\\t%s\\t%s\\n\' "$(systemctl is-active {q(unit)})" "$(systemctl is-enabled {q(unit)} 2>/dev/null)"',
